@@ -10,6 +10,7 @@
 // dense buffers work too).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/common.h"
