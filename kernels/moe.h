@@ -1,0 +1,92 @@
+// Sparse MoE block of Qwen3.5-MoE / Qwen3-Next (per tensor-parallel rank: experts' intermediate
+// dimension Ie and the shared expert's Is are the rank's shards; the router is replicated):
+//
+//   logits = x · W_routerᵀ                       fp32 [T, E]
+//   probs  = softmax(logits) (fp32);  top-k experts per token (ties: lower expert id first)
+//   w      = top-k probs, renormalised to sum 1 when norm_topk_prob
+//   routed[t] = Σ_j w[t][j] · down_e( silu(gate_e(x[t])) · up_e(x[t]) ),  e = expert j of token t
+//   shared[t] = sigmoid(x[t] · w_shared_gate) · down_s( silu(gate_s(x[t])) · up_s(x[t]) )
+//   out[t] = routed[t] + shared[t]          (a partial sum on each rank: the caller all-reduces)
+//
+// Weight layouts (weights/rank_weights.h): router [E, H]; experts_gate_up [E, 2Ie, H] (per expert
+// rows [gate; up]); experts_down [E, H, Ie]; shared_gate_up [2Is, H]; shared_down [H, Is];
+// shared_gate [1, H]. The shared expert is optional (shared_intermediate = 0).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/common.h"
+
+namespace ds::kernels {
+
+struct MoeDims {
+  int64_t hidden = 0;               // H
+  int64_t num_experts = 0;          // E
+  int64_t top_k = 0;                // k
+  int64_t expert_intermediate = 0;  // Ie (per rank)
+  int64_t shared_intermediate = 0;  // Is (per rank), 0 = no shared expert
+  bool norm_topk_prob = true;
+};
+
+void validate_moe_dims(const MoeDims& dims);  // throws std::invalid_argument naming the field
+
+template <typename T>
+struct MoeWeights {
+  const T* router = nullptr;           // [E, H]
+  const T* experts_gate_up = nullptr;  // [E, 2Ie, H]
+  const T* experts_down = nullptr;     // [E, H, Ie]
+  const T* shared_gate_up = nullptr;   // [2Is, H]
+  const T* shared_down = nullptr;      // [H, Is]
+  const T* shared_gate = nullptr;      // [1, H]
+};
+
+namespace cpu {
+
+// Router: logits [T, E] fp32 -> topk_ids int32 [T, k], topk_weights fp32 [T, k] (descending prob).
+void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_k, bool norm_topk_prob,
+               int32_t* topk_ids, float* topk_weights);
+
+// The whole block in fp32: x [T, H] dense -> out [T, H] dense.
+void moe_forward(const float* x, int64_t T, const MoeDims& dims, const MoeWeights<float>& weights, float* out);
+
+}  // namespace cpu
+
+namespace cuda {
+
+class GemmRunner;
+
+// Router on device: same contract as cpu::moe_route (one warp per token, E <= 1024).
+void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_k, bool norm_topk_prob,
+               int32_t* topk_ids, float* topk_weights, cudaStream_t stream);
+
+// Owns the scratch of the MoE block for up to max_tokens tokens (allocated in the constructor).
+// forward() is host-orchestrated: router GEMM (fp32 logits) -> moe_route -> counting sort of the
+// (token, slot) pairs by expert on device -> gather x rows -> ONE cudaStreamSynchronize to read
+// the per-expert counts -> per non-empty expert gate_up GEMM (cuBLASLt) -> silu_and_mul -> per
+// expert down GEMM -> shared expert GEMMs -> one combine kernel (weights, sigmoid shared gate).
+// Because of the host read of the counts it is not CUDA-graph capturable.
+class MoeRunner {
+ public:
+  MoeRunner(const MoeDims& dims, int64_t max_tokens);
+  ~MoeRunner();
+  MoeRunner(const MoeRunner&) = delete;
+  MoeRunner& operator=(const MoeRunner&) = delete;
+
+  // x BF16 [T, H] dense (T <= max_tokens) -> out BF16 [T, H] dense. BF16 weights.
+  void forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& weights, bf16* out,
+               cudaStream_t stream);
+
+  const MoeDims& dims() const { return dims_; }
+
+ private:
+  MoeDims dims_;
+  int64_t max_tokens_ = 0;
+  void* scratch_ = nullptr;  // one device allocation, carved by forward()
+  size_t scratch_bytes_ = 0;
+  int32_t* host_counts_ = nullptr;  // pinned [E]
+};
+
+}  // namespace cuda
+
+}  // namespace ds::kernels
