@@ -33,8 +33,26 @@ struct SamplingParams {
   uint64_t step = 0;        // per request: index of the token being generated (0, 1, 2, ...)
 };
 
-// The uniform variate of (seed, step, token index): exactly the same bits on CPU and CUDA.
-float sampling_uniform(uint64_t seed, uint64_t step, uint64_t index);
+#if defined(__CUDACC__)
+#define DS_SAMPLING_HD __host__ __device__
+#else
+#define DS_SAMPLING_HD
+#endif
+
+// splitmix64's finaliser: a bijective 64-bit mix.
+DS_SAMPLING_HD inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// The uniform variate of (seed, step, token index) in (0, 1): 24 random bits plus one half, so it is
+// exact in fp32 and never 0 or 1. The same bits on CPU and CUDA.
+DS_SAMPLING_HD inline float sampling_uniform(uint64_t seed, uint64_t step, uint64_t index) {
+  const uint64_t h = splitmix64(seed ^ splitmix64(step ^ splitmix64(index)));
+  return (float(h >> 40) + 0.5f) * (1.f / 16777216.f);
+}
 
 namespace cpu {
 
