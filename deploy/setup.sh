@@ -31,7 +31,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libboost-dev libboost-system-dev libonig-dev libutf8proc-dev libopenblas-dev
   libgtest-dev libgmock-dev
-  nodejs npm curl procps iproute2 patchelf
+  curl procps iproute2 patchelf
 )
 
 install_packages() {
@@ -39,6 +39,8 @@ install_packages() {
   for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # Node.js (tokenizer data, test clients) may come from Debian or be preinstalled with its own npm.
+  command -v npm >/dev/null || missing+=(nodejs npm)
   if ((${#missing[@]} == 0)); then log "Debian packages: all present"; return; fi
   [[ $(id -u) == 0 ]] || die "run as root to install: ${missing[*]}"
   log "installing ${missing[*]}"
