@@ -1,0 +1,43 @@
+// Helpers for the GDN kernel unit tests: seeded random inputs and packed batches.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/gdn_types.h"
+
+namespace ds::kernels::test {
+
+inline std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// Host-side storage of a variable-length batch; view() gives the GdnVarlenBatch.
+struct HostBatch {
+  std::vector<int32_t> cu_seqlens{0};
+  std::vector<int32_t> slots;
+  std::vector<uint8_t> has_initial_state;
+
+  void add(int32_t len, int32_t slot, bool from_state) {
+    cu_seqlens.push_back(cu_seqlens.back() + len);
+    slots.push_back(slot);
+    has_initial_state.push_back(from_state ? 1 : 0);
+  }
+  int64_t num_tokens() const { return cu_seqlens.back(); }
+  GdnVarlenBatch view() const {
+    return {cu_seqlens.data(), slots.data(), has_initial_state.data(), int64_t(slots.size()), num_tokens()};
+  }
+};
+
+inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace ds::kernels::test
