@@ -1,0 +1,65 @@
+#include "worker/comm/nccl_communicator.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace ds::worker {
+namespace {
+
+void check_nccl(ncclResult_t result, const char* what, ncclComm_t comm = nullptr) {
+  if (result == ncclSuccess || result == ncclInProgress) return;
+  std::string message = std::string("NCCL ") + what + " failed: " + ncclGetErrorString(result);
+  if (const char* detail = ncclGetLastError(comm); detail && *detail) message += std::string(" (") + detail + ")";
+  throw std::runtime_error(message);
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(err));
+}
+
+ncclDataType_t nccl_type(CommDType dtype) { return dtype == CommDType::kFloat32 ? ncclFloat32 : ncclBfloat16; }
+
+}  // namespace
+
+std::string new_nccl_unique_id() {
+  disable_nccl_nvls_unless_set();
+  ncclUniqueId id;
+  check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  return std::string(id.internal, sizeof(id.internal));
+}
+
+void disable_nccl_nvls_unless_set() { ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); }
+
+NcclCommunicator::NcclCommunicator(const std::string& unique_id, int rank, int world_size, int device)
+    : rank_(rank), world_(world_size), device_(device) {
+  if (unique_id.size() != NCCL_UNIQUE_ID_BYTES) {
+    throw std::invalid_argument("NCCL unique id has " + std::to_string(unique_id.size()) + " bytes, expected " +
+                                std::to_string(NCCL_UNIQUE_ID_BYTES) + " (Init.nccl_unique_id from GPU rank 0's Hello)");
+  }
+  if (rank < 0 || rank >= world_size) {
+    throw std::invalid_argument("NCCL rank " + std::to_string(rank) + " outside world size " + std::to_string(world_size));
+  }
+  disable_nccl_nvls_unless_set();
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  ncclUniqueId id;
+  std::memcpy(id.internal, unique_id.data(), NCCL_UNIQUE_ID_BYTES);
+  check_nccl(ncclCommInitRank(&comm_, world_size, id, rank), "ncclCommInitRank");
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (comm_) ncclCommDestroy(comm_);
+}
+
+void NcclCommunicator::all_reduce_sum(void* data, size_t count, CommDType dtype, cudaStream_t stream) {
+  check_nccl(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream), "ncclAllReduce", comm_);
+}
+
+void NcclCommunicator::all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) {
+  check_nccl(ncclAllGather(in, out, count, nccl_type(dtype), comm_, stream), "ncclAllGather", comm_);
+}
+
+}  // namespace ds::worker

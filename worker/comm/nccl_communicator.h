@@ -1,0 +1,45 @@
+// Collectives between GPU ranks through NCCL (one process per GPU, or one thread per GPU in
+// tests and benchmarks). The unique id is made by rank 0 (new_nccl_unique_id) and handed to
+// every rank by the front end (Hello.nccl_unique_id -> Init.nccl_unique_id).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "worker/communicator.h"
+
+struct ncclComm;
+
+namespace ds::worker {
+
+// A fresh ncclGetUniqueId() as bytes (NCCL_UNIQUE_ID_BYTES long). The process that makes it
+// hosts NCCL's bootstrap root, so it must stay alive until every rank has initialised.
+std::string new_nccl_unique_id();
+
+// NCCL's NVLink SHARP (NVLS) needs multicast objects that the GPU hosts we use do not allow;
+// sets NCCL_NVLS_ENABLE=0 unless the environment already says otherwise. Call before the
+// first NCCL call of the process.
+void disable_nccl_nvls_unless_set();
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // Selects `device` on the calling thread and joins the group (blocks until all ranks join).
+  NcclCommunicator(const std::string& unique_id, int rank, int world_size, int device);
+  ~NcclCommunicator() override;
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  // Enqueued on `stream`; data is device memory of this rank's GPU.
+  void all_reduce_sum(void* data, size_t count, CommDType dtype, cudaStream_t stream) override;
+  void all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) override;
+
+ private:
+  ncclComm* comm_ = nullptr;
+  int rank_ = 0;
+  int world_ = 1;
+  int device_ = 0;
+};
+
+}  // namespace ds::worker
