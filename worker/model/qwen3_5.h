@@ -1,0 +1,51 @@
+// The Qwen3.5 (dense and MoE) / Qwen3-Next model on one tensor-parallel rank: weights, workspace,
+// KV page pool and GDN state pool, and the forward over one step's packed tokens. The layers are
+// assembled from the config (layer_types: Gated DeltaNet or gated full attention; dense or MoE MLP).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "weights/checkpoint.h"
+#include "weights/model_config.h"
+#include "weights/rank_weights.h"
+#include "worker/communicator.h"
+#include "worker/model/step_inputs.h"
+#include "worker/model_runner.h"
+
+namespace ds::worker {
+
+struct ModelOptions {
+  weights::ModelConfig config;
+  weights::GdnProjectionForm gdn_projection = weights::GdnProjectionForm::kFused;
+  int max_tokens = 8192;  // most tokens one step may carry (sizes the activation workspace)
+  int kv_page_size = 64;
+  double mem_fraction = 0.9;
+  int cuda_device = 0;
+  Communicator* comm = nullptr;  // required (a single-rank communicator for world 1)
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  virtual const weights::ModelConfig& config() const = 0;
+  virtual MemoryReport memory_report() const = 0;
+  virtual void allocate_pools(int num_kv_pages, int num_gdn_slots) = 0;
+  virtual int num_kv_pages() const = 0;
+  virtual int num_gdn_slots() const = 0;
+
+  // Runs every layer over the step's tokens (updating the KV pages and GDN slots) and returns in
+  // `logits` the fp32 logits [logit_rows.size()][vocab_size] of the given token rows (rows of
+  // `in`'s packed order; padded vocabulary columns removed). Every rank gets the same logits.
+  virtual void forward(const StepInputs& in, const std::vector<int32_t>& logit_rows, std::vector<float>& logits) = 0;
+};
+
+// Loads the rank's weights from `checkpoint`, or dummy weights from `seed` when it is null.
+std::unique_ptr<Model> make_cpu_model(const ModelOptions& options, const weights::Checkpoint* checkpoint,
+                                      uint64_t seed);
+std::unique_ptr<Model> make_cuda_model(const ModelOptions& options, const weights::Checkpoint* checkpoint,
+                                       uint64_t seed);
+
+}  // namespace ds::worker

@@ -1,0 +1,531 @@
+// The model, written once against a backend (CpuBackend: fp32; CudaBackend: BF16). Included only
+// by qwen3_5_cpu.cpp and qwen3_5_cuda.cpp, which instantiate it.
+//
+// Per step, with the residual stream kept apart from the normalised activations:
+//   residual = embed(ids) (vocab-parallel, all-reduced); normed = rms_norm(residual, ln_0)
+//   per layer i: delta = mixer_i(normed) (all-reduced); residual += delta; normed = rms_norm(residual, post_ln_i)
+//                delta = mlp_i(normed) (all-reduced); residual += delta; normed = rms_norm(residual, ln_{i+1} or final)
+//   logits = lm_head(normed[rows]) (vocab-parallel, all-gathered)
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/gdn_decode.h"
+#include "kernels/gdn_projection.h"
+#include "kernels/gdn_types.h"
+#include "kernels/moe.h"
+#include "kernels/rope.h"
+#include "weights/rank_weights.h"
+#include "worker/backend/memory.h"
+#include "worker/cache/gdn_state_pool.h"
+#include "worker/cache/kv_page_pool.h"
+#include "worker/model/qwen3_5.h"
+
+namespace ds::worker {
+
+template <class Backend>
+class HybridModel final : public Model {
+  using T = typename Backend::T;
+
+ public:
+  HybridModel(const ModelOptions& options, const weights::Checkpoint* checkpoint, uint64_t seed)
+      : options_(options),
+        config_(options.config),
+        comm_(options.comm),
+        dims_(weights::rank_dims(config_, comm_->rank(), comm_->world_size())),
+        gdn_dims_{dims_.key_heads, dims_.value_heads, config_.linear_key_head_dim, config_.linear_value_head_dim},
+        backend_(limits()) {
+    if (options.max_tokens <= 0) throw std::invalid_argument("max_tokens must be positive");
+    load_weights(checkpoint, seed);
+    bind_layers();
+    allocate_workspace();
+  }
+
+  const weights::ModelConfig& config() const override { return config_; }
+
+  MemoryReport memory_report() const override {
+    MemoryReport report;
+    report.weight_bytes = weight_bytes_;
+    report.free_bytes = cache_memory_budget(Backend::kMemory, options_.mem_fraction, weight_bytes_ + workspace_bytes_);
+    report.kv_page_bytes = kv_geometry().page_bytes();
+    report.gdn_slot_bytes = GdnStatePool::slot_bytes(gdn_dims_, num_gdn_layers_);
+    return report;
+  }
+
+  void allocate_pools(int num_kv_pages, int num_gdn_slots) override {
+    kv_pool_.reset();
+    gdn_pool_.reset();
+    kv_pool_ = std::make_unique<KvPagePool>(Backend::kMemory, kv_geometry(), num_kv_pages);
+    gdn_pool_ = std::make_unique<GdnStatePool>(Backend::kMemory, gdn_dims_, num_gdn_layers_, num_gdn_slots);
+  }
+  int num_kv_pages() const override { return kv_pool_ ? kv_pool_->num_pages() : 0; }
+  int num_gdn_slots() const override { return gdn_pool_ ? gdn_pool_->num_slots() : 0; }
+
+  void forward(const StepInputs& in, const std::vector<int32_t>& logit_rows, std::vector<float>& logits) override {
+    if (!kv_pool_ || !gdn_pool_) throw std::logic_error("forward before allocate_pools");
+    if (in.num_tokens > options_.max_tokens) {
+      throw std::invalid_argument("step of " + std::to_string(in.num_tokens) + " tokens exceeds max_num_batched_tokens " +
+                                  std::to_string(options_.max_tokens));
+    }
+    const Meta meta = upload_meta(in, logit_rows);
+    for (int32_t slot : in.reset_slots) gdn_pool_->reset_slot(slot, backend_.stream());
+
+    const int64_t n = in.num_tokens;
+    const int64_t H = config_.hidden_size;
+    const float eps = static_cast<float>(config_.rms_norm_eps);
+    backend_.embedding(meta.token_ids, n, embed_tokens_, dims_.rank * dims_.vocab_rows, dims_.vocab_rows, H, residual_);
+    all_reduce(residual_, n * H);
+    backend_.rms_norm(residual_, layers_[0].input_ln, normed_, n, H, eps);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const Layer& layer = layers_[i];
+      if (layer.type == weights::LayerType::kLinearAttention) {
+        gdn_forward(layer, in, meta);
+      } else {
+        attention_forward(layer, in, meta);
+      }
+      all_reduce(delta_, n * H);
+      backend_.add_rms_norm(residual_, delta_, layer.post_ln, normed_, n, H, eps);
+      mlp_forward(layer, n);
+      all_reduce(delta_, n * H);
+      const T* next_norm = i + 1 < layers_.size() ? layers_[i + 1].input_ln : final_norm_;
+      backend_.add_rms_norm(residual_, delta_, next_norm, normed_, n, H, eps);
+    }
+    compute_logits(meta, static_cast<int64_t>(logit_rows.size()), logits);
+  }
+
+ private:
+  struct Layer {
+    weights::LayerType type;
+    int cache_index = 0;  // index among the layers of its type (GDN slot pools / KV pools)
+    const T* input_ln = nullptr;
+    const T* post_ln = nullptr;
+    // GDN
+    const T* in_proj = nullptr;       // fused W_in
+    const T* in_proj_qkvz = nullptr;  // split form
+    const T* in_proj_ba = nullptr;
+    const T* conv1d = nullptr;
+    const float* A_log = nullptr;
+    const float* dt_bias = nullptr;
+    const T* gated_norm = nullptr;
+    const T* out_proj = nullptr;
+    // full attention
+    const T* q_proj = nullptr;
+    const T* k_proj = nullptr;
+    const T* v_proj = nullptr;
+    const T* q_norm = nullptr;
+    const T* k_norm = nullptr;
+    const T* o_proj = nullptr;
+    // MLP
+    bool moe = false;
+    const T* gate_up = nullptr;
+    const T* down = nullptr;
+    kernels::MoeWeights<T> experts;
+  };
+
+  // Device pointers into the step's uploaded int32 metadata.
+  struct Meta {
+    const int32_t* token_ids;
+    const int32_t* positions;
+    const int32_t* cu_seqlens;
+    const int32_t* prefill_cu_seqlens;
+    const int32_t* gdn_slots;
+    const int32_t* context_lens;
+    const int32_t* page_table;
+    const int32_t* logit_rows;
+  };
+
+  BackendLimits limits() const {
+    BackendLimits limits;
+    limits.max_tokens = options_.max_tokens;
+    if (config_.num_layers_of(weights::LayerType::kLinearAttention) > 0) limits.gdn = gdn_dims_;
+    limits.num_q_heads = dims_.q_heads;
+    limits.head_dim = config_.head_dim;
+    if (config_.is_moe()) {
+      limits.moe = kernels::MoeDims{config_.hidden_size, config_.num_experts, config_.num_experts_per_tok,
+                                    dims_.moe_intermediate, dims_.shared_intermediate, config_.norm_topk_prob};
+    }
+    return limits;
+  }
+
+  KvPageGeometry kv_geometry() const {
+    return KvPageGeometry{num_attention_layers_, options_.kv_page_size, dims_.kv_heads, config_.head_dim, sizeof(T)};
+  }
+
+  // ---- weights ----------------------------------------------------------------------------------
+
+  static bool stays_fp32(const std::string& name) {
+    return name.ends_with(".A_log") || name.ends_with(".dt_bias");
+  }
+
+  void load_weights(const weights::Checkpoint* checkpoint, uint64_t seed) {
+    const int rank = comm_->rank();
+    const int world = comm_->world_size();
+    std::vector<weights::HostTensor> host =
+        checkpoint != nullptr ? weights::load_rank_weights_host(*checkpoint, rank, world, options_.gdn_projection)
+                              : weights::dummy_rank_weights_host(config_, rank, world, options_.gdn_projection, seed);
+    std::vector<std::byte> staging;
+    for (weights::HostTensor& tensor : host) {
+      const weights::TensorSpec& spec = tensor.spec;
+      if (spec.dtype == weights::DType::F8_E4M3 || spec.name.ends_with("_scale_inv")) {
+        throw std::runtime_error("tensor " + spec.name + ": FP8 checkpoints are not supported by the " +
+                                 Backend::kName + " model yet");
+      }
+      const weights::DType target = stays_fp32(spec.name) ? weights::DType::F32 : Backend::kDType;
+      const size_t count = static_cast<size_t>(spec.numel());
+      staging.resize(count * weights::dtype_size(target));
+      weights::convert_float(spec.dtype, tensor.data(), target, staging.data(), count);
+      Buffer buffer(Backend::kMemory, staging.size());
+      copy_to(Backend::kMemory, buffer.data(), staging.data(), staging.size(), backend_.stream());
+      synchronize(Backend::kMemory, backend_.stream());
+      weight_bytes_ += staging.size();
+      weights_.emplace(spec.name, std::move(buffer));
+      std::vector<std::byte>().swap(tensor.storage);  // free the host copy as we go
+    }
+  }
+
+  const Buffer& find_weight(const std::string& name) const {
+    auto it = weights_.find(name);
+    if (it == weights_.end()) throw std::runtime_error("model: weight " + name + " was not loaded");
+    return it->second;
+  }
+  const T* w(const std::string& name) const { return find_weight(name).template as<const T>(); }
+  const float* w32(const std::string& name) const { return find_weight(name).template as<const float>(); }
+
+  void bind_layers() {
+    embed_tokens_ = w("embed_tokens");
+    lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : w("lm_head");
+    final_norm_ = w("norm");
+    const bool fused = options_.gdn_projection == weights::GdnProjectionForm::kFused;
+    for (int i = 0; i < config_.num_hidden_layers; ++i) {
+      const std::string p = "layers." + std::to_string(i) + ".";
+      Layer layer;
+      layer.type = config_.layer_types.at(i);
+      layer.input_ln = w(p + "input_layernorm");
+      layer.post_ln = w(p + "post_attention_layernorm");
+      if (layer.type == weights::LayerType::kLinearAttention) {
+        const std::string a = p + "linear_attn.";
+        layer.cache_index = num_gdn_layers_++;
+        if (fused) {
+          layer.in_proj = w(a + "in_proj");
+        } else {
+          layer.in_proj_qkvz = w(a + "in_proj_qkvz");
+          layer.in_proj_ba = w(a + "in_proj_ba");
+        }
+        layer.conv1d = w(a + "conv1d");
+        layer.A_log = w32(a + "A_log");
+        layer.dt_bias = w32(a + "dt_bias");
+        layer.gated_norm = w(a + "norm");
+        layer.out_proj = w(a + "out_proj");
+      } else {
+        const std::string a = p + "self_attn.";
+        layer.cache_index = num_attention_layers_++;
+        layer.q_proj = w(a + "q_proj");
+        layer.k_proj = w(a + "k_proj");
+        layer.v_proj = w(a + "v_proj");
+        layer.q_norm = w(a + "q_norm");
+        layer.k_norm = w(a + "k_norm");
+        layer.o_proj = w(a + "o_proj");
+      }
+      layer.moe = config_.layer_is_moe(i);
+      const std::string m = p + "mlp.";
+      if (layer.moe) {
+        layer.experts.router = w(m + "gate");
+        layer.experts.experts_gate_up = w(m + "experts.gate_up_proj");
+        layer.experts.experts_down = w(m + "experts.down_proj");
+        if (dims_.shared_intermediate > 0) {
+          layer.experts.shared_gate_up = w(m + "shared_expert.gate_up_proj");
+          layer.experts.shared_down = w(m + "shared_expert.down_proj");
+          layer.experts.shared_gate = w(m + "shared_expert_gate");
+        }
+      } else {
+        layer.gate_up = w(m + "gate_up_proj");
+        layer.down = w(m + "down_proj");
+      }
+      layers_.push_back(layer);
+    }
+    if (layers_.empty()) throw std::runtime_error("model: the config has no layers");
+  }
+
+  // ---- workspace --------------------------------------------------------------------------------
+
+  T* carve(int64_t elements) { return reinterpret_cast<T*>(carve_bytes(elements * sizeof(T))); }
+  std::byte* carve_bytes(size_t bytes) {
+    std::byte* p = workspace_.as<std::byte>() + carve_offset_;
+    carve_offset_ += (bytes + 255) / 256 * 256;
+    return p;
+  }
+
+  // Widths (elements per token) of the buffers the layers share; each sized for the widest user.
+  struct Widths {
+    int64_t proj = 0, split = 0, a = 0, b = 0, c = 0, gates = 0;
+  };
+  Widths widths() const {
+    const int64_t D = config_.head_dim;
+    const int64_t attn_proj = dims_.q_heads * 2 * D + 2 * dims_.kv_heads * D;
+    int64_t dense_intermediate = 0;
+    for (const Layer& layer : layers_) {
+      if (!layer.moe) dense_intermediate = std::max(dense_intermediate, dims_.intermediate);
+    }
+    Widths wd;
+    wd.proj = std::max({gdn_dims_.merged_width(), attn_proj, 2 * dense_intermediate});
+    if (options_.gdn_projection == weights::GdnProjectionForm::kSplit) wd.split = gdn_dims_.merged_width();
+    wd.a = std::max({gdn_dims_.conv_dim(), dims_.q_heads * D + dims_.kv_heads * D, dense_intermediate});
+    wd.b = std::max(gdn_dims_.value_dim(), dims_.q_heads * D);
+    wd.c = gdn_dims_.value_dim();
+    wd.gates = 2 * gdn_dims_.num_v_heads;
+    return wd;
+  }
+
+  void allocate_workspace() {
+    const int64_t n = options_.max_tokens;
+    const int64_t H = config_.hidden_size;
+    const Widths wd = widths();
+    const int64_t elements = n * (3 * H + wd.proj + wd.split + wd.a + wd.b + wd.c);
+    workspace_bytes_ = static_cast<uint64_t>(elements) * sizeof(T) + n * wd.gates * sizeof(float) + 16 * 256;
+    workspace_ = Buffer(Backend::kMemory, workspace_bytes_);
+    residual_ = carve(n * H);
+    normed_ = carve(n * H);
+    delta_ = carve(n * H);
+    proj_ = carve(n * wd.proj);
+    split_ = carve(n * wd.split);
+    buf_a_ = carve(n * wd.a);
+    buf_b_ = carve(n * wd.b);
+    buf_c_ = carve(n * wd.c);
+    gates_ = reinterpret_cast<float*>(carve_bytes(n * wd.gates * sizeof(float)));
+    workspace_bytes_ += backend_.workspace_bytes();
+  }
+
+  // ---- step metadata ----------------------------------------------------------------------------
+
+  Meta upload_meta(const StepInputs& in, const std::vector<int32_t>& logit_rows) {
+    std::vector<int32_t> packed;
+    std::vector<size_t> offsets;
+    for (const std::vector<int32_t>* part : {&in.token_ids, &in.positions, &in.cu_seqlens, &in.prefill_cu_seqlens,
+                                             &in.gdn_slots, &in.context_lens, &in.page_table, &logit_rows}) {
+      offsets.push_back(packed.size());
+      packed.insert(packed.end(), part->begin(), part->end());
+      packed.resize((packed.size() + 63) / 64 * 64);  // keep every array 256-byte aligned
+    }
+    const size_t bytes = packed.size() * sizeof(int32_t);
+    if (meta_.bytes() < bytes) meta_ = Buffer(Backend::kMemory, bytes * 2);
+    copy_to(Backend::kMemory, meta_.data(), packed.data(), bytes, backend_.stream());
+    const int32_t* base = meta_.as<const int32_t>();
+    return Meta{base + offsets[0], base + offsets[1], base + offsets[2], base + offsets[3],
+                base + offsets[4], base + offsets[5], base + offsets[6], base + offsets[7]};
+  }
+
+  // ---- layers -----------------------------------------------------------------------------------
+
+  void all_reduce(T* data, int64_t count) {
+    comm_->all_reduce_sum(data, static_cast<size_t>(count), Backend::kCommDType, backend_.stream());
+  }
+
+  // Gated DeltaNet: projection (one GEMM with views, or two GEMMs + split), then the decode rows
+  // through the fused decode kernel and the prefill rows through conv → gating → chunked rule →
+  // gated norm, then out_proj.
+  void gdn_forward(const Layer& layer, const StepInputs& in, const Meta& meta) {
+    const kernels::GdnDims& d = gdn_dims_;
+    const int64_t n = in.num_tokens;
+    const int64_t H = config_.hidden_size;
+    const float eps = static_cast<float>(config_.rms_norm_eps);
+    struct View {
+      const T* p;
+      int64_t ld;
+    } mixed, z, b, a;
+    if (options_.gdn_projection == weights::GdnProjectionForm::kFused) {
+      const int64_t mw = d.merged_width();
+      backend_.gemm(normed_, H, layer.in_proj, proj_, mw, n, mw, H);
+      mixed = {proj_, mw};
+      z = {proj_ + d.z_offset(), mw};
+      b = {proj_ + d.b_offset(), mw};
+      a = {proj_ + d.a_offset(), mw};
+    } else {
+      const int64_t qkvz_width = d.conv_dim() + d.value_dim();
+      T* ba = proj_ + n * qkvz_width;
+      backend_.gemm(normed_, H, layer.in_proj_qkvz, proj_, qkvz_width, n, qkvz_width, H);
+      backend_.gemm(normed_, H, layer.in_proj_ba, ba, 2 * d.num_v_heads, n, 2 * d.num_v_heads, H);
+      T* s_mixed = split_;
+      T* s_z = s_mixed + n * d.conv_dim();
+      T* s_b = s_z + n * d.value_dim();
+      T* s_a = s_b + n * d.num_v_heads;
+      const auto layout = config_.gdn_layout == weights::GdnCheckpointLayout::kInterleaved
+                              ? kernels::QkvzLayout::kInterleavedGroups
+                              : kernels::QkvzLayout::kContiguous;
+      backend_.gdn_split(proj_, ba, n, d, layout, s_mixed, s_z, s_b, s_a);
+      mixed = {s_mixed, d.conv_dim()};
+      z = {s_z, d.value_dim()};
+      b = {s_b, d.num_v_heads};
+      a = {s_a, d.num_v_heads};
+    }
+    float* conv_pool = gdn_pool_->conv(layer.cache_index);
+    float* state_pool = gdn_pool_->recurrent(layer.cache_index);
+    T* core_normed = buf_c_;  // [n, V]: gated-norm output, out_proj's input
+    const int64_t decodes = in.num_decodes;
+    if (decodes > 0) {
+      kernels::GdnDecodeInputs<T> inputs;
+      inputs.mixed_qkv = mixed.p;
+      inputs.mixed_qkv_stride = mixed.ld;
+      inputs.z = z.p;
+      inputs.z_stride = z.ld;
+      inputs.b = b.p;
+      inputs.b_stride = b.ld;
+      inputs.a = a.p;
+      inputs.a_stride = a.ld;
+      inputs.conv_weight = layer.conv1d;
+      inputs.A_log = layer.A_log;
+      inputs.dt_bias = layer.dt_bias;
+      inputs.norm_weight = layer.gated_norm;
+      inputs.norm_eps = eps;
+      backend_.gdn_decode(inputs, kernels::GdnDecodeState{conv_pool, state_pool, meta.gdn_slots}, decodes, d,
+                          core_normed);
+    }
+    const int64_t prefill_rows = n - decodes;
+    if (prefill_rows > 0) {
+      const kernels::GdnVarlenBatch batch{meta.prefill_cu_seqlens, meta.gdn_slots + in.num_decodes, nullptr,
+                                          in.num_seqs - in.num_decodes, prefill_rows};
+      T* conv_out = buf_a_;  // [P, C]
+      T* core = buf_b_;      // [P, V]
+      float* g = gates_;
+      float* beta = gates_ + prefill_rows * d.num_v_heads;
+      backend_.gdn_conv_prefill(mixed.p + decodes * mixed.ld, mixed.ld, layer.conv1d, d.conv_dim(), conv_pool, batch,
+                                conv_out);
+      backend_.gdn_gating(a.p + decodes * a.ld, a.ld, b.p + decodes * b.ld, b.ld, layer.A_log, layer.dt_bias,
+                          prefill_rows, d.num_v_heads, g, beta);
+      backend_.gated_delta_rule_prefill(conv_out, d.conv_dim(), g, beta, state_pool, batch, d, core);
+      backend_.gated_rms_norm(core, z.p + decodes * z.ld, z.ld, layer.gated_norm, prefill_rows, d.num_v_heads,
+                              d.head_v_dim, eps, core_normed + decodes * d.value_dim());
+    }
+    backend_.gemm(core_normed, d.value_dim(), layer.out_proj, delta_, H, n, H, d.value_dim());
+  }
+
+  // Gated full attention: q_proj (heads [q_h; gate_h]), k_proj and v_proj into one buffer; q/k
+  // norm + RoPE; K/V written to the pages; paged attention × sigmoid(gate); o_proj.
+  void attention_forward(const Layer& layer, const StepInputs& in, const Meta& meta) {
+    const int64_t n = in.num_tokens;
+    const int64_t H = config_.hidden_size;
+    const int64_t D = config_.head_dim;
+    const int64_t hq = dims_.q_heads;
+    const int64_t hkv = dims_.kv_heads;
+    const int64_t width = hq * 2 * D + 2 * hkv * D;
+    T* qg = proj_;
+    T* k = proj_ + hq * 2 * D;
+    T* v = k + hkv * D;
+    backend_.gemm(normed_, H, layer.q_proj, qg, width, n, hq * 2 * D, H);
+    backend_.gemm(normed_, H, layer.k_proj, k, width, n, hkv * D, H);
+    backend_.gemm(normed_, H, layer.v_proj, v, width, n, hkv * D, H);
+    T* q_out = buf_a_;
+    T* k_out = buf_a_ + n * hq * D;
+    const kernels::RopeParams rope{D, config_.rotary_dim(), static_cast<float>(config_.rope_theta)};
+    backend_.qk_norm_rope(qg, width, k, width, layer.q_norm, layer.k_norm, static_cast<float>(config_.rms_norm_eps),
+                          meta.positions, n, hq, hkv, rope, q_out, k_out);
+    const kernels::AttentionBatch batch{meta.cu_seqlens, meta.context_lens, meta.page_table, in.max_pages_per_seq,
+                                        in.num_seqs, n, in.max_q_len, in.max_kv_len};
+    const kernels::PagedKvCache<T> cache{static_cast<T*>(kv_pool_->k(layer.cache_index)),
+                                         static_cast<T*>(kv_pool_->v(layer.cache_index)), kv_pool_->num_pages(),
+                                         options_.kv_page_size, hkv, D};
+    backend_.write_kv(k_out, hkv * D, v, width, batch, cache);
+    T* attn_out = buf_b_;
+    kernels::AttentionIo<T> io;
+    io.q = q_out;
+    io.gate = qg + D;
+    io.gate_row_stride = width;
+    io.gate_head_stride = 2 * D;
+    io.out = attn_out;
+    io.out_row_stride = hq * D;
+    io.num_q_heads = hq;
+    io.scale = 1.f / std::sqrt(static_cast<float>(D));
+    backend_.attention(io, batch, cache);
+    backend_.gemm(attn_out, hq * D, layer.o_proj, delta_, H, n, H, hq * D);
+  }
+
+  void mlp_forward(const Layer& layer, int64_t n) {
+    const int64_t H = config_.hidden_size;
+    if (layer.moe) {
+      backend_.moe(normed_, n, layer.experts, delta_);
+      return;
+    }
+    const int64_t I = dims_.intermediate;
+    backend_.gemm(normed_, H, layer.gate_up, proj_, 2 * I, n, 2 * I, H);
+    backend_.silu_and_mul(proj_, buf_a_, n, I);
+    backend_.gemm(buf_a_, I, layer.down, delta_, H, n, H, I);
+  }
+
+  // lm_head over the requested rows: this rank's vocab slice, all-gathered, padding dropped.
+  void compute_logits(const Meta& meta, int64_t rows, std::vector<float>& logits) {
+    const int64_t H = config_.hidden_size;
+    const int64_t vr = dims_.vocab_rows;
+    const int64_t world = comm_->world_size();
+    const int64_t vocab = config_.vocab_size;
+    logits.assign(static_cast<size_t>(rows * vocab), 0.f);
+    if (rows == 0) {
+      synchronize(Backend::kMemory, backend_.stream());
+      return;
+    }
+    const size_t need = static_cast<size_t>(rows) * (H * sizeof(T) + (1 + world) * vr * sizeof(float)) + 512;
+    if (logits_buffer_.bytes() < need) logits_buffer_ = Buffer(Backend::kMemory, need);
+    T* gathered_in = logits_buffer_.as<T>();
+    float* local = reinterpret_cast<float*>(logits_buffer_.as<std::byte>() + (rows * H * sizeof(T) + 255) / 256 * 256);
+    float* all = local + rows * vr;
+    backend_.gather_rows(normed_, H, meta.logit_rows, rows, H, gathered_in);
+    backend_.gemm_f32(gathered_in, H, lm_head_, local, vr, rows, vr, H);
+    comm_->all_gather(local, all, static_cast<size_t>(rows * vr), CommDType::kFloat32, backend_.stream());
+    host_logits_.resize(static_cast<size_t>(world * rows * vr));
+    copy_from(Backend::kMemory, host_logits_.data(), all, host_logits_.size() * sizeof(float), backend_.stream());
+    synchronize(Backend::kMemory, backend_.stream());
+    // host_logits_ is [rank][row][vr]; global vocab id = rank * vr + column.
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t rank = 0; rank < world; ++rank) {
+        const int64_t first = rank * vr;
+        if (first >= vocab) break;
+        const int64_t count = std::min(vr, vocab - first);
+        std::memcpy(logits.data() + r * vocab + first, host_logits_.data() + (rank * rows + r) * vr,
+                    static_cast<size_t>(count) * sizeof(float));
+      }
+    }
+  }
+
+  ModelOptions options_;
+  weights::ModelConfig config_;
+  Communicator* comm_;
+  weights::RankDims dims_;
+  kernels::GdnDims gdn_dims_;
+  Backend backend_;
+
+  std::map<std::string, Buffer> weights_;
+  uint64_t weight_bytes_ = 0;
+  std::vector<Layer> layers_;
+  const T* embed_tokens_ = nullptr;
+  const T* lm_head_ = nullptr;
+  const T* final_norm_ = nullptr;
+  int num_gdn_layers_ = 0;
+  int num_attention_layers_ = 0;
+
+  Buffer workspace_;
+  uint64_t workspace_bytes_ = 0;
+  size_t carve_offset_ = 0;
+  T* residual_ = nullptr;
+  T* normed_ = nullptr;
+  T* delta_ = nullptr;
+  T* proj_ = nullptr;
+  T* split_ = nullptr;
+  T* buf_a_ = nullptr;
+  T* buf_b_ = nullptr;
+  T* buf_c_ = nullptr;
+  float* gates_ = nullptr;
+  Buffer meta_;
+  Buffer logits_buffer_;
+  std::vector<float> host_logits_;
+
+  std::unique_ptr<KvPagePool> kv_pool_;
+  std::unique_ptr<GdnStatePool> gdn_pool_;
+};
+
+}  // namespace ds::worker
