@@ -32,14 +32,10 @@ class Checkpoint {
   void release_pages(const TensorView& tensor) const;              // see SafetensorsFile
 
  private:
-  struct Entry {
-    const TensorView* view;
-    const SafetensorsFile* file;
-  };
   std::string dir_;
   ModelConfig config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, Entry> tensors_;
+  std::map<std::string, const TensorView*> tensors_;  // by canonical name
 };
 
 }  // namespace ds::weights

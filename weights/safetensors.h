@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -52,6 +53,7 @@ class SafetensorsFile {
   // Drops the mapped pages of `bytes` from this process (the page cache keeps them), so that
   // resident memory stays near one tensor while a checkpoint streams through.
   void release_pages(std::span<const std::byte> bytes) const;
+  bool holds(std::span<const std::byte> bytes) const;  // whether `bytes` lies in this file's mapping
 
  private:
   std::string path_;
@@ -71,5 +73,16 @@ struct TensorToWrite {
 // Throws naming the tensor on a size mismatch or a duplicate name.
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// The same, producing one tensor at a time: fill(index, bytes) writes tensor `index` into a
+// buffer of its size, so that memory stays at the largest tensor (multi-GB checkpoints).
+struct TensorLayout {
+  std::string name;
+  DType dtype = DType::BF16;
+  std::vector<int64_t> shape;
+};
+using TensorFill = std::function<void(size_t index, std::span<std::byte> bytes)>;
+void write_safetensors_streamed(const std::string& path, const std::vector<TensorLayout>& tensors, const TensorFill& fill,
+                                const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace ds::weights
