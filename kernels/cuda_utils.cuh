@@ -1,0 +1,90 @@
+// Small device helpers shared by the CUDA kernels (.cu files only).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/common.h"
+
+namespace ds::kernels::cuda_utils {
+
+// Our storage type and CUDA's are bit-identical (kernels/common.h).
+inline const __nv_bfloat16* as_nv(const bf16* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+inline __nv_bfloat16* as_nv(bf16* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+
+// Throws std::runtime_error naming `op` if the last launch failed (bad configuration, etc.).
+inline void check_launch(const char* op) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err));
+}
+
+inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Loads/stores N consecutive elements converting to/from fp32, in one access of N·sizeof(T) bytes
+// (4, 8 or 16, aligned to that size); store_vec also takes several whole 16-byte pieces.
+template <int N, typename T>
+__device__ __forceinline__ void load_vec(const T* src, float (&dst)[N]) {
+  static_assert((N * sizeof(T)) % 4 == 0 && N * sizeof(T) <= 16, "vector of 4..16 bytes");
+  constexpr int kWords = int(N * sizeof(T) / 4);
+  struct alignas(N * sizeof(T)) Pack { uint32_t w[kWords]; };
+  const Pack pack = *reinterpret_cast<const Pack*>(src);
+  const T* elems = reinterpret_cast<const T*>(pack.w);
+#pragma unroll
+  for (int i = 0; i < N; ++i) dst[i] = to_float(elems[i]);
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_vec(T* dst, const float (&src)[N]) {
+  if constexpr (N * sizeof(T) > 16) {  // several 16-byte pieces
+    constexpr int kPiece = int(16 / sizeof(T));
+    static_assert(N % kPiece == 0, "whole 16-byte pieces");
+#pragma unroll
+    for (int p = 0; p < N / kPiece; ++p) store_vec<kPiece>(dst + p * kPiece, reinterpret_cast<const float(&)[kPiece]>(src[p * kPiece]));
+  } else {
+    static_assert((N * sizeof(T)) % 4 == 0, "vector of 4..16 bytes");
+    constexpr int kWords = int(N * sizeof(T) / 4);
+    struct alignas(N * sizeof(T)) Pack { uint32_t w[kWords]; };
+    Pack pack;
+    T* elems = reinterpret_cast<T*>(pack.w);
+#pragma unroll
+    for (int i = 0; i < N; ++i) elems[i] = from_float<T>(src[i]);
+    *reinterpret_cast<Pack*>(dst) = pack;
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+
+// Index of the sequence holding packed token t: the s with cu_seqlens[s] <= t < cu_seqlens[s+1]
+// (the last such s when empty sequences share the boundary). t must be < cu_seqlens[num_seqs].
+__device__ __forceinline__ int64_t find_sequence(const int32_t* cu_seqlens, int64_t num_seqs, int64_t t) {
+  int64_t lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (cu_seqlens[mid] <= t) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+inline unsigned grid_dim(int64_t n, int64_t per_block) { return unsigned((n + per_block - 1) / per_block); }
+
+}  // namespace ds::kernels::cuda_utils
