@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "kernels/device.h"
+#include "weights/commands.h"
 
 namespace {
 
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   CLI::App app{"deltaserve: serving Qwen3.5 and Qwen3-Next (Gated DeltaNet hybrids) from C++/CUDA"};
   app.require_subcommand(1);
   add_info_command(app);
+  ds::weights::add_gen_model_command(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
