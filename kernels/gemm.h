@@ -72,7 +72,8 @@ class GemmRunner {
 
  private:
   struct Plan;
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;  // T,N,K,ldx,ldy,out type,beta!=0
+  // T, N, K, ldx, ldy, fp32 output, pointer alignment in bytes (1..16, cuBLASLt picks algorithms by it)
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
   const Plan& plan_for(const Key& key);
   void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
            float beta, bool out_f32, cudaStream_t stream);

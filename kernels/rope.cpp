@@ -22,12 +22,12 @@ namespace cpu {
 
 namespace {
 
-// Rotates one head in place. The angle is computed like the CUDA kernel: fp32 inv_freq, fp32
-// product with the position, precise sin/cos of that fp32 angle.
+// Rotates one head in place. The angle is computed exactly like the CUDA kernel: inv_freq rounded
+// to fp32 from a double pow, fp32 product with the position, precise sin/cos of that fp32 angle.
 void rope_head(float* x, int32_t position, const RopeParams& rope) {
   const int64_t half = rope.rotary_dim / 2;
   for (int64_t j = 0; j < half; ++j) {
-    const float inv_freq = std::pow(rope.theta, -float(2 * j) / float(rope.rotary_dim));
+    const float inv_freq = float(std::pow(double(rope.theta), -double(2 * j) / double(rope.rotary_dim)));
     const float angle = float(position) * inv_freq;
     const float c = std::cos(angle), s = std::sin(angle);
     const float a = x[j], b = x[j + half];
