@@ -1,0 +1,251 @@
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/activation.h"
+#include "kernels/cuda_utils.cuh"
+#include "kernels/gemm.h"
+#include "kernels/moe.h"
+
+namespace ds::kernels::cuda {
+
+namespace {
+
+using cuda_utils::as_nv;
+using cuda_utils::check_launch;
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("MoeRunner: ") + what + ": " + cudaGetErrorString(err));
+}
+
+// One warp per token: softmax over E logits, k rounds of warp argmax (lower expert id on ties),
+// renormalisation. Lane l owns experts l, l+32, ... (at most 32 of them: E <= 1024).
+__global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob,
+                             int32_t* topk_ids, float* topk_weights) {
+  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (t >= T) return;
+  const float* row = logits + t * E;
+  float mx = -INFINITY;
+  for (int64_t e = lane; e < E; e += 32) mx = fmaxf(mx, row[e]);
+  for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
+  float sum = 0.f;
+  for (int64_t e = lane; e < E; e += 32) sum += expf(row[e] - mx);
+  sum = cuda_utils::warp_sum(sum);
+
+  uint32_t taken = 0;  // bit i: expert lane + 32·i already chosen
+  float picked_sum = 0.f;
+  for (int64_t j = 0; j < k; ++j) {
+    float best = -INFINITY;
+    int32_t best_e = INT32_MAX;
+    for (int64_t i = 0; lane + 32 * i < E; ++i) {
+      const int64_t e = lane + 32 * i;
+      if (!(taken >> i & 1u) && (row[e] > best || best_e == INT32_MAX)) {
+        best = row[e];
+        best_e = int32_t(e);
+      }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int32_t other_e = __shfl_xor_sync(0xffffffffu, best_e, offset);
+      if (other > best || (other == best && other_e < best_e)) {
+        best = other;
+        best_e = other_e;
+      }
+    }
+    if (best_e % 32 == lane) taken |= 1u << (best_e / 32);
+    const float w = expf(best - mx) / sum;
+    picked_sum += w;
+    if (lane == 0) {
+      topk_ids[t * k + j] = best_e;
+      topk_weights[t * k + j] = w;
+    }
+  }
+  if (norm_topk_prob && lane == 0) {
+    for (int64_t j = 0; j < k; ++j) topk_weights[t * k + j] /= picked_sum;
+  }
+}
+
+// Counting sort of the T·k (token, slot) pairs by expert, in one block. Writes per-expert counts,
+// sorted_pairs[position] = pair and position_of[pair] = position.
+__global__ void sort_by_expert_kernel(const int32_t* topk_ids, int64_t pairs, int64_t E, int32_t* counts,
+                                      int32_t* sorted_pairs, int32_t* position_of) {
+  extern __shared__ int32_t cursor[];  // [E]
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) cursor[e] = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) atomicAdd(&cursor[topk_ids[i]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t offset = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int32_t n = cursor[e];
+      counts[e] = n;
+      cursor[e] = offset;
+      offset += n;
+    }
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const int32_t pos = atomicAdd(&cursor[topk_ids[i]], 1);
+    sorted_pairs[pos] = int32_t(i);
+    position_of[i] = pos;
+  }
+}
+
+// x_sorted[pos] = x[sorted_pairs[pos] / k], one block per position, 16-byte pieces (H % 8 == 0).
+__global__ void gather_kernel(const __nv_bfloat16* x, int64_t H, int64_t k, const int32_t* sorted_pairs,
+                              __nv_bfloat16* x_sorted) {
+  const int64_t pos = blockIdx.x;
+  const int64_t t = sorted_pairs[pos] / k;
+  const uint4* src = reinterpret_cast<const uint4*>(x + t * H);
+  uint4* dst = reinterpret_cast<uint4*>(x_sorted + pos * H);
+  for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) dst[i] = src[i];
+}
+
+// out[t] = Σ_j w[t][j] · y_sorted[position_of[t·k + j]] + sigmoid(shared_logit[t]) · shared_out[t].
+__global__ void combine_kernel(const __nv_bfloat16* y_sorted, const int32_t* position_of, const float* topk_weights,
+                               int64_t k, int64_t H, const __nv_bfloat16* shared_out, const float* shared_logit,
+                               __nv_bfloat16* out) {
+  const int64_t t = blockIdx.x;
+  const float shared_scale = shared_out ? 1.f / (1.f + expf(-shared_logit[t])) : 0.f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    float acc = shared_out ? shared_scale * __bfloat162float(shared_out[t * H + h]) : 0.f;
+    for (int64_t j = 0; j < k; ++j) {
+      acc += topk_weights[t * k + j] * __bfloat162float(y_sorted[int64_t(position_of[t * k + j]) * H + h]);
+    }
+    out[t * H + h] = __float2bfloat16(acc);
+  }
+}
+
+// Carves one allocation into aligned pieces.
+struct Carver {
+  char* base;
+  size_t used = 0;
+  template <typename T>
+  T* take(size_t count) {
+    used = (used + 255) / 256 * 256;
+    T* p = reinterpret_cast<T*>(base ? base + used : nullptr);
+    used += count * sizeof(T);
+    return p;
+  }
+};
+
+struct Buffers {
+  float* logits;
+  int32_t* topk_ids;
+  float* topk_weights;
+  int32_t* counts;
+  int32_t* sorted_pairs;
+  int32_t* position_of;
+  bf16* x_sorted;
+  bf16* hidden;
+  bf16* act;
+  bf16* y_sorted;
+  bf16* shared_hidden;
+  bf16* shared_act;
+  bf16* shared_out;
+  float* shared_logit;
+};
+
+Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
+  const size_t M = size_t(max_tokens), P = size_t(max_tokens * d.top_k), H = size_t(d.hidden);
+  const size_t Ie = size_t(d.expert_intermediate), Is = size_t(d.shared_intermediate), E = size_t(d.num_experts);
+  Buffers b;
+  b.logits = c.take<float>(M * E);
+  b.topk_ids = c.take<int32_t>(P);
+  b.topk_weights = c.take<float>(P);
+  b.counts = c.take<int32_t>(E);
+  b.sorted_pairs = c.take<int32_t>(P);
+  b.position_of = c.take<int32_t>(P);
+  b.x_sorted = c.take<bf16>(P * H);
+  b.hidden = c.take<bf16>(P * 2 * Ie);
+  b.act = c.take<bf16>(P * Ie);
+  b.y_sorted = c.take<bf16>(P * H);
+  b.shared_hidden = c.take<bf16>(M * 2 * Is);
+  b.shared_act = c.take<bf16>(M * Is);
+  b.shared_out = c.take<bf16>(M * H);
+  b.shared_logit = c.take<float>(M);
+  return b;
+}
+
+}  // namespace
+
+void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_k, bool norm_topk_prob,
+               int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
+  validate_moe_dims(MoeDims{1, num_experts, top_k, 1, 0, norm_topk_prob});
+  if (T <= 0) return;
+  const int threads = 256;
+  route_kernel<<<unsigned((T * 32 + threads - 1) / threads), threads, 0, stream>>>(logits, T, num_experts, top_k,
+                                                                                    norm_topk_prob, topk_ids, topk_weights);
+  check_launch("cuda::moe_route");
+}
+
+MoeRunner::MoeRunner(const MoeDims& dims, int64_t max_tokens) : dims_(dims), max_tokens_(max_tokens) {
+  validate_moe_dims(dims);
+  if (max_tokens <= 0 || dims.hidden % 8 != 0) {
+    throw std::invalid_argument("MoeRunner: need max_tokens > 0 and hidden % 8 == 0 (hidden " +
+                                std::to_string(dims.hidden) + ")");
+  }
+  Carver sizing{nullptr};
+  carve(sizing, dims_, max_tokens_);
+  scratch_bytes_ = sizing.used;
+  check_cuda(cudaMalloc(&scratch_, scratch_bytes_), "cudaMalloc scratch");
+  check_cuda(cudaMallocHost(&host_counts_, sizeof(int32_t) * size_t(dims.num_experts)), "cudaMallocHost counts");
+}
+
+MoeRunner::~MoeRunner() {
+  cudaFree(scratch_);
+  cudaFreeHost(host_counts_);
+}
+
+void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& w, bf16* out,
+                        cudaStream_t stream) {
+  if (T < 0 || T > max_tokens_) {
+    throw std::invalid_argument("MoeRunner::forward: T " + std::to_string(T) + " outside [0, " +
+                                std::to_string(max_tokens_) + "]");
+  }
+  if (T == 0) return;
+  const int64_t H = dims_.hidden, E = dims_.num_experts, k = dims_.top_k, Ie = dims_.expert_intermediate,
+                Is = dims_.shared_intermediate, pairs = T * k;
+  Carver carver{static_cast<char*>(scratch_)};
+  const Buffers b = carve(carver, dims_, max_tokens_);
+
+  gemm.gemm(x, H, w.router, b.logits, E, T, E, H, 0.f, stream);
+  moe_route(b.logits, T, E, k, dims_.norm_topk_prob, b.topk_ids, b.topk_weights, stream);
+  sort_by_expert_kernel<<<1, 1024, sizeof(int32_t) * size_t(E), stream>>>(b.topk_ids, pairs, E, b.counts,
+                                                                          b.sorted_pairs, b.position_of);
+  check_launch("MoeRunner sort_by_expert");
+  gather_kernel<<<unsigned(pairs), 128, 0, stream>>>(as_nv(x), H, k, b.sorted_pairs, as_nv(b.x_sorted));
+  check_launch("MoeRunner gather");
+  check_cuda(cudaMemcpyAsync(host_counts_, b.counts, sizeof(int32_t) * size_t(E), cudaMemcpyDeviceToHost, stream),
+             "copy expert counts");
+  check_cuda(cudaStreamSynchronize(stream), "wait for expert counts");
+
+  for (int64_t e = 0, offset = 0; e < E; offset += host_counts_[e], ++e) {
+    if (host_counts_[e] == 0) continue;
+    gemm.gemm(b.x_sorted + offset * H, H, w.experts_gate_up + e * 2 * Ie * H, b.hidden + offset * 2 * Ie, 2 * Ie,
+              host_counts_[e], 2 * Ie, H, 0.f, stream);
+  }
+  silu_and_mul(b.hidden, 2 * Ie, b.act, Ie, pairs, Ie, stream);
+  for (int64_t e = 0, offset = 0; e < E; offset += host_counts_[e], ++e) {
+    if (host_counts_[e] == 0) continue;
+    gemm.gemm(b.act + offset * Ie, Ie, w.experts_down + e * H * Ie, b.y_sorted + offset * H, H, host_counts_[e], H,
+              Ie, 0.f, stream);
+  }
+  const bool has_shared = Is > 0;
+  if (has_shared) {
+    gemm.gemm(x, H, w.shared_gate_up, b.shared_hidden, 2 * Is, T, 2 * Is, H, 0.f, stream);
+    silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream);
+    gemm.gemm(b.shared_act, Is, w.shared_down, b.shared_out, H, T, H, Is, 0.f, stream);
+    gemm.gemm(x, H, w.shared_gate, b.shared_logit, 1, T, 1, H, 0.f, stream);
+  }
+  combine_kernel<<<unsigned(T), 256, 0, stream>>>(as_nv(b.y_sorted), b.position_of, b.topk_weights, k, H,
+                                                  has_shared ? as_nv(b.shared_out) : nullptr, b.shared_logit,
+                                                  as_nv(out));
+  check_launch("MoeRunner combine");
+}
+
+}  // namespace ds::kernels::cuda

@@ -1,0 +1,210 @@
+// Sampling, one 1024-thread block per row (see sampling.h for the semantics). Passes over the row:
+//   1. raw max / argmax / sum of exp (online), for greedy and the raw logprob;
+//   2. top-k: four 8-bit radix passes of counts over the order-preserving uint32 image of z;
+//   3. top-p: the probability mass of the kept candidates, then four radix passes of mass;
+//   4. argmax of z + Gumbel(seed, step, i) over the kept set.
+// Logits are re-read each pass (L2 / HBM); nothing of the row is staged.
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda_utils.cuh"
+#include "kernels/sampling.h"
+
+namespace ds::kernels::cuda {
+
+namespace {
+
+constexpr int kThreads = 1024;
+constexpr int kBins = 256;
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t bits = __float_as_uint(f);
+  return bits ^ ((bits & 0x80000000u) ? 0xffffffffu : 0x80000000u);
+}
+__device__ __forceinline__ float from_order_key(uint32_t key) {
+  return __uint_as_float(key ^ ((key & 0x80000000u) ? 0x80000000u : 0xffffffffu));
+}
+
+// (value, index) with the larger value winning, the lower index on ties.
+struct ArgMax {
+  float value;
+  int32_t index;
+};
+__device__ __forceinline__ ArgMax better(ArgMax a, ArgMax b) {
+  if (b.value > a.value || (b.value == a.value && b.index < a.index)) return b;
+  return a;
+}
+
+// Online log-sum-exp state: sum of exp(x - max).
+struct Lse {
+  float max;
+  float sum;
+};
+__device__ __forceinline__ Lse merge(Lse a, Lse b) {
+  const float m = fmaxf(a.max, b.max);
+  if (m == -INFINITY) return {m, 0.f};
+  return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
+}
+
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op, T* scratch /* [32] */) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    T other;
+    static_assert(sizeof(T) % 4 == 0, "shuffled as 32-bit words");
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(&v);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(&other);
+#pragma unroll
+    for (int w = 0; w < int(sizeof(T) / 4); ++w) dst[w] = __shfl_xor_sync(0xffffffffu, src[w], offset);
+    v = op(v, other);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T total = scratch[0];
+  for (int w = 1; w < int(blockDim.x >> 5); ++w) total = op(total, scratch[w]);
+  return total;
+}
+
+struct Shared {
+  ArgMax argmax_scratch[32];
+  Lse lse_scratch[32];
+  float sum_scratch[32];
+  uint32_t count_hist[kBins];
+  float mass_hist[kBins];
+  uint32_t prefix, prefix_mask;
+  float remaining;  // count (top-k) or mass (top-p) still to be covered below the current prefix
+};
+
+// Radix selection from the top: finds the key K with weight(keys > K) < target <= weight(keys >= K)
+// among elements with include(i); weight is 1 (counts) or exp(z - z_max) (mass). One 8-bit digit
+// per pass, thread 0 scans the 256-bin histogram.
+template <bool kMass, typename Include>
+__device__ float radix_select(const float* x, int64_t vocab, float temperature, float z_max, float target,
+                              Include include, Shared& sh) {
+  if (threadIdx.x == 0) {
+    sh.prefix = 0;
+    sh.prefix_mask = 0;
+    sh.remaining = target;
+  }
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
+      sh.count_hist[b] = 0;
+      sh.mass_hist[b] = 0.f;
+    }
+    __syncthreads();
+    const uint32_t prefix = sh.prefix, mask = sh.prefix_mask;
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float z = x[i] / temperature;
+      if (!include(z)) continue;
+      const uint32_t key = order_key(z);
+      if ((key & mask) != prefix) continue;
+      const int bin = int((key >> shift) & 0xffu);
+      if constexpr (kMass) {
+        atomicAdd(&sh.mass_hist[bin], __expf(z - z_max));
+      } else {
+        atomicAdd(&sh.count_hist[bin], 1u);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float above = 0.f;
+      int chosen = -1, lowest_nonempty = -1;
+      for (int b = kBins - 1; b >= 0; --b) {
+        const float w = kMass ? sh.mass_hist[b] : float(sh.count_hist[b]);
+        if (w <= 0.f) continue;
+        lowest_nonempty = b;
+        if (above + w >= sh.remaining) {
+          chosen = b;
+          break;
+        }
+        above += w;
+      }
+      if (chosen < 0) {  // rounding left the target just out of reach: take everything
+        chosen = lowest_nonempty;
+        above -= kMass ? sh.mass_hist[chosen] : float(sh.count_hist[chosen]);
+      }
+      sh.remaining -= above;
+      sh.prefix |= uint32_t(chosen) << shift;
+      sh.prefix_mask |= 0xffu << shift;
+    }
+    __syncthreads();
+  }
+  return from_order_key(sh.prefix);
+}
+
+__global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, int64_t ld, int64_t vocab,
+                                                          const SamplingParams* params, int32_t* tokens,
+                                                          float* logprobs) {
+  __shared__ Shared sh;
+  const int64_t row = blockIdx.x;
+  const float* x = logits + row * ld;
+  const SamplingParams p = params[row];
+
+  ArgMax best{-INFINITY, INT32_MAX};
+  Lse lse{-INFINITY, 0.f};
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = x[i];
+    best = better(best, ArgMax{v, int32_t(i)});
+    lse = merge(lse, Lse{v, 1.f});
+  }
+  best = block_reduce(best, better, sh.argmax_scratch);
+  lse = block_reduce(lse, merge, sh.lse_scratch);
+
+  int32_t token = best.index;
+  if (!(p.temperature <= 0.f || p.top_k == 1)) {
+    const float temperature = p.temperature;
+    const float z_max = best.value / temperature;
+    float threshold = -INFINITY;
+    const float min_p = fminf(fmaxf(p.min_p, 0.f), 1.f);
+    if (min_p > 0.f) threshold = fmaxf(threshold, z_max + logf(min_p));
+    if (p.top_k > 0 && int64_t(p.top_k) < vocab) {
+      const float kth = radix_select<false>(x, vocab, temperature, z_max, float(p.top_k),
+                                            [](float) { return true; }, sh);
+      threshold = fmaxf(threshold, kth);
+    }
+    if (p.top_p < 1.f) {
+      float mass = 0.f;
+      for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float z = x[i] / temperature;
+        if (z >= threshold) mass += __expf(z - z_max);
+      }
+      mass = block_reduce(mass, [](float a, float b) { return a + b; }, sh.sum_scratch);
+      const float top_p = fmaxf(p.top_p, FLT_MIN);
+      const float th = threshold;
+      const float c = radix_select<true>(x, vocab, temperature, z_max, top_p * mass,
+                                         [th](float z) { return z >= th; }, sh);
+      threshold = fmaxf(threshold, c);
+    }
+    ArgMax pick{-INFINITY, INT32_MAX};
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float z = x[i] / temperature;
+      if (z < threshold) continue;
+      const float gumbel = -logf(-logf(sampling_uniform(p.seed, p.step, uint64_t(i))));
+      pick = better(pick, ArgMax{z + gumbel, int32_t(i)});
+    }
+    token = block_reduce(pick, better, sh.argmax_scratch).index;
+  }
+  if (threadIdx.x == 0) {
+    tokens[row] = token;
+    if (logprobs) logprobs[row] = x[token] - lse.max - logf(lse.sum);
+  }
+}
+
+}  // namespace
+
+void sample(const float* logits, int64_t ld, int64_t rows, int64_t vocab, const SamplingParams* params,
+            int32_t* tokens, float* logprobs, cudaStream_t stream) {
+  if (vocab <= 0 || ld < vocab || vocab > INT32_MAX || rows < 0) {
+    throw std::invalid_argument("cuda::sample: bad vocab " + std::to_string(vocab) + " / ld " + std::to_string(ld));
+  }
+  if (rows == 0) return;
+  sample_kernel<<<unsigned(rows), kThreads, 0, stream>>>(logits, ld, vocab, params, tokens, logprobs);
+  cuda_utils::check_launch("cuda::sample");
+}
+
+}  // namespace ds::kernels::cuda
