@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "bench/commands.h"
 #include "kernels/device.h"
 #include "weights/commands.h"
 
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   CLI::App app{"deltaserve: serving Qwen3.5 and Qwen3-Next (Gated DeltaNet hybrids) from C++/CUDA"};
   app.require_subcommand(1);
   add_info_command(app);
+  ds::bench::add_bench_command(app);
   ds::weights::add_gen_model_command(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
