@@ -60,9 +60,21 @@ class HybridModel final : public Model {
     return report;
   }
 
+  // Refuses pools that do not fit the memory left within mem_fraction, naming the sizes.
   void allocate_pools(int num_kv_pages, int num_gdn_slots) override {
     kv_pool_.reset();
     gdn_pool_.reset();
+    const MemoryReport report = memory_report();
+    const uint64_t need = report.kv_page_bytes * static_cast<uint64_t>(std::max(num_kv_pages, 0)) +
+                          report.gdn_slot_bytes * static_cast<uint64_t>(std::max(num_gdn_slots, 0));
+    if (need > report.free_bytes) {
+      throw std::runtime_error("cache pools of " + std::to_string(num_kv_pages) + " KV pages (" +
+                               std::to_string(report.kv_page_bytes) + " bytes each) and " +
+                               std::to_string(num_gdn_slots) + " GDN slots (" + std::to_string(report.gdn_slot_bytes) +
+                               " bytes each) need " + std::to_string(need) + " bytes; only " +
+                               std::to_string(report.free_bytes) + " are free within mem_fraction " +
+                               std::to_string(options_.mem_fraction));
+    }
     kv_pool_ = std::make_unique<KvPagePool>(Backend::kMemory, kv_geometry(), num_kv_pages);
     gdn_pool_ = std::make_unique<GdnStatePool>(Backend::kMemory, gdn_dims_, num_gdn_layers_, num_gdn_slots);
   }
