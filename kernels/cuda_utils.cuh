@@ -66,6 +66,25 @@ __device__ __forceinline__ void store_vec(T* dst, const float (&src)[N]) {
   }
 }
 
+// load_vec when `vector_ok` (the caller checked alignment of base pointer and row stride), else
+// element by element: row-strided views of odd widths (e.g. a merged projection row of 2060
+// columns) still work, at a lower speed.
+template <int N, typename T>
+__device__ __forceinline__ void load_vec_or_scalar(const T* src, float (&dst)[N], bool vector_ok) {
+  if (vector_ok) {
+    load_vec<N>(src, dst);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) dst[i] = to_float(src[i]);
+}
+
+// Whether rows of `stride` elements starting at `base` can be read in vectors of `bytes` bytes.
+template <typename T>
+inline bool rows_vector_aligned(const T* base, int64_t stride, size_t bytes) {
+  return is_aligned(base, bytes) && (size_t(stride) * sizeof(T)) % bytes == 0;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -31,6 +31,7 @@ struct DecodeParams {
   const float* dt_bias;
   const __nv_bfloat16* z;
   int64_t z_stride;
+  bool z_vec_ok;  // z rows allow 8-byte loads
   const __nv_bfloat16* norm_weight;
   float norm_eps;
   float* state_pool;  // [slots][Hv][128][128]
@@ -102,7 +103,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(DecodeParams<
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) x.v[j] = o_head[lane * kPerLane + j];
       const float inv_rms = rsqrtf(cuda_utils::warp_sum(dot4(x, x)) / float(kHeadDim) + p.norm_eps);
-      const Lane4 z = load_lane4(p.z + b * p.z_stride + h * kHeadDim);
+      Lane4 z;
+      cuda_utils::load_vec_or_scalar<kPerLane>(p.z + b * p.z_stride + h * kHeadDim + lane * kPerLane, z.v, p.z_vec_ok);
       const Lane4 w = load_lane4(p.norm_weight);
       float y[kPerLane];
 #pragma unroll

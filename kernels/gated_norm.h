@@ -21,7 +21,8 @@ void gated_rms_norm(const float* x, const float* z, int64_t z_stride, const floa
 
 namespace cuda {
 // x, z, weight, out BF16 device pointers; fp32 math; one launch. head_dim must be a multiple of 8
-// and at most 1024 (throws std::invalid_argument otherwise).
+// and x, weight, out 16-byte aligned (throws std::invalid_argument otherwise); z may have any
+// stride (16-byte vector loads when its rows allow them).
 void gated_rms_norm(const bf16* x, const bf16* z, int64_t z_stride, const bf16* weight, int64_t num_tokens,
                     int64_t num_heads, int64_t head_dim, float eps, bf16* out, cudaStream_t stream);
 }  // namespace cuda

@@ -31,10 +31,10 @@ __device__ __forceinline__ SequenceView sequence_view(const GdnVarlenBatch& batc
 
 // Inputs of channels [c, c+kVec) at packed token t of the sequence: x itself for t >= start,
 // else the conv state (t in [start-3, start)) or zeros.
-__device__ __forceinline__ void inputs_at(const __nv_bfloat16* x, int64_t x_stride, const SequenceView& seq, int64_t c,
-                                          int64_t t, float (&dst)[kVec]) {
+__device__ __forceinline__ void inputs_at(const __nv_bfloat16* x, int64_t x_stride, bool x_vec_ok,
+                                          const SequenceView& seq, int64_t c, int64_t t, float (&dst)[kVec]) {
   if (t >= seq.start) {
-    cuda_utils::load_vec<kVec>(x + t * x_stride + c, dst);
+    cuda_utils::load_vec_or_scalar<kVec>(x + t * x_stride + c, dst, x_vec_ok);
     return;
   }
   const int64_t j = kGdnConvStateLen + (t - seq.start);  // 0 oldest .. 2 newest
@@ -43,7 +43,7 @@ __device__ __forceinline__ void inputs_at(const __nv_bfloat16* x, int64_t x_stri
 }
 
 // grid (T, channel blocks): output of token blockIdx.x for kVec channels per thread.
-__global__ void conv_prefill_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+__global__ void conv_prefill_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
                                     const __nv_bfloat16* __restrict__ weight, int64_t channels,
                                     float* __restrict__ conv_state_pool, GdnVarlenBatch batch,
                                     __nv_bfloat16* __restrict__ out) {
@@ -59,7 +59,7 @@ __global__ void conv_prefill_kernel(const __nv_bfloat16* __restrict__ x, int64_t
 #pragma unroll
   for (int j = 0; j < kGdnConvKernel; ++j) {
     float in[kVec];
-    inputs_at(x, x_stride, seq, c, t - (kGdnConvKernel - 1) + j, in);
+    inputs_at(x, x_stride, x_vec_ok, seq, c, t - (kGdnConvKernel - 1) + j, in);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) acc[i] += w[i][j] * in[i];
   }
@@ -70,7 +70,8 @@ __global__ void conv_prefill_kernel(const __nv_bfloat16* __restrict__ x, int64_t
 
 // grid (num_seqs, channel blocks): the sequence's last 3 inputs become its slot's state. Runs
 // after conv_prefill_kernel (same stream), which read the old state.
-__global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, int64_t channels,
+__global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
+                                         int64_t channels,
                                          float* __restrict__ conv_state_pool, GdnVarlenBatch batch) {
   const int64_t s = blockIdx.x;
   const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * kVec;
@@ -78,7 +79,7 @@ __global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, in
   const SequenceView seq = sequence_view(batch, conv_state_pool, channels, s);
   float last[kGdnConvStateLen][kVec];
 #pragma unroll
-  for (int j = 0; j < kGdnConvStateLen; ++j) inputs_at(x, x_stride, seq, c, seq.end - kGdnConvStateLen + j, last[j]);
+  for (int j = 0; j < kGdnConvStateLen; ++j) inputs_at(x, x_stride, x_vec_ok, seq, c, seq.end - kGdnConvStateLen + j, last[j]);
 #pragma unroll
   for (int i = 0; i < kVec; ++i) {
 #pragma unroll
@@ -86,12 +87,11 @@ __global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, in
   }
 }
 
-void check_conv_args(const bf16* x, int64_t x_stride, int64_t channels, const char* op) {
+void check_conv_args(int64_t x_stride, int64_t channels, const char* op) {
   check_positive(channels, op, "channels");
   check_row_stride(x_stride, channels, op, "x");
-  if (channels % kVec != 0 || x_stride % kVec != 0 || !cuda_utils::is_aligned(x, 16)) {
-    throw std::invalid_argument(std::string(op) + ": the CUDA conv needs channels and x_stride multiples of 8 and x "
-                                "16-byte aligned");
+  if (channels % kVec != 0) {
+    throw std::invalid_argument(std::string(op) + ": the CUDA conv needs channels to be a multiple of 8");
   }
 }
 
@@ -99,26 +99,28 @@ void check_conv_args(const bf16* x, int64_t x_stride, int64_t channels, const ch
 
 void gdn_conv_prefill(const bf16* x, int64_t x_stride, const bf16* weight, int64_t channels, float* conv_state_pool,
                       const GdnVarlenBatch& batch, bf16* out, cudaStream_t stream) {
-  check_conv_args(x, x_stride, channels, "gdn_conv_prefill");
+  check_conv_args(x_stride, channels, "gdn_conv_prefill");
   check_varlen_batch_shape(batch, "gdn_conv_prefill");
   if (batch.num_seqs == 0) return;
+  const bool x_vec_ok = cuda_utils::rows_vector_aligned(x, x_stride, 16);
   const unsigned channel_blocks = cuda_utils::grid_dim(channels / kVec, kThreads);
   if (batch.num_tokens > 0) {
     conv_prefill_kernel<<<dim3(unsigned(batch.num_tokens), channel_blocks), kThreads, 0, stream>>>(
-        as_nv(x), x_stride, as_nv(weight), channels, conv_state_pool, batch, as_nv(out));
+        as_nv(x), x_stride, x_vec_ok, as_nv(weight), channels, conv_state_pool, batch, as_nv(out));
     cuda_utils::check_launch("gdn_conv_prefill");
   }
   conv_state_update_kernel<<<dim3(unsigned(batch.num_seqs), channel_blocks), kThreads, 0, stream>>>(
-      as_nv(x), x_stride, channels, conv_state_pool, batch);
+      as_nv(x), x_stride, x_vec_ok, channels, conv_state_pool, batch);
   cuda_utils::check_launch("gdn_conv_prefill (state update)");
 }
 
 void gdn_conv_decode(const bf16* x, int64_t x_stride, const bf16* weight, int64_t channels, float* conv_state_pool,
                      const int32_t* slots, int64_t batch_size, bf16* out, cudaStream_t stream) {
-  check_conv_args(x, x_stride, channels, "gdn_conv_decode");
+  check_conv_args(x_stride, channels, "gdn_conv_decode");
   if (batch_size == 0) return;
   conv::decode_kernel<<<dim3(unsigned(batch_size), cuda_utils::grid_dim(channels / kVec, kThreads)), kThreads, 0,
-                       stream>>>(as_nv(x), x_stride, as_nv(weight), channels, conv_state_pool, slots, as_nv(out));
+                       stream>>>(as_nv(x), x_stride, cuda_utils::rows_vector_aligned(x, x_stride, 16), as_nv(weight), channels,
+                      conv_state_pool, slots, as_nv(out));
   cuda_utils::check_launch("gdn_conv_decode");
 }
 

@@ -36,7 +36,9 @@ void gdn_conv_decode(const float* x, int64_t x_stride, const float* weight, int6
 namespace cuda {
 
 // Device pointers: x, weight, out BF16; conv_state_pool fp32; batch arrays in device memory.
-// fp32 math. Two launches (outputs, then state write-back); CUDA-graph safe.
+// fp32 math. channels must be a multiple of 8 (C = 2K+V always is for dk = dv = 128); x may have
+// any row stride (16-byte loads when the rows allow them). Two launches (outputs, then state
+// write-back); CUDA-graph safe.
 void gdn_conv_prefill(const bf16* x, int64_t x_stride, const bf16* weight, int64_t channels, float* conv_state_pool,
                       const GdnVarlenBatch& batch, bf16* out, cudaStream_t stream);
 

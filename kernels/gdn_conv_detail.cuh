@@ -13,7 +13,7 @@ constexpr int kThreads = 128;
 
 // grid (B, channel blocks): one token per sequence, state shifted in place.
 template <typename Out>
-__global__ void decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+__global__ void decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
                                    const __nv_bfloat16* __restrict__ weight, int64_t channels,
                                    float* __restrict__ conv_state_pool, const int32_t* __restrict__ slots,
                                    Out* __restrict__ out) {
@@ -22,7 +22,7 @@ __global__ void decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_str
   if (c >= channels) return;
   float* state = conv_state_pool + int64_t(slots[b]) * channels * kGdnConvStateLen;
   float in[kVec];
-  cuda_utils::load_vec<kVec>(x + b * x_stride + c, in);
+  cuda_utils::load_vec_or_scalar<kVec>(x + b * x_stride + c, in, x_vec_ok);
   float acc[kVec];
 #pragma unroll
   for (int i = 0; i < kVec; ++i) {

@@ -21,10 +21,6 @@ void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, in
   check_row_stride(in.z_stride, dims.value_dim(), "gdn_decode", "z");
   check_row_stride(in.a_stride, dims.num_v_heads, "gdn_decode", "a");
   check_row_stride(in.b_stride, dims.num_v_heads, "gdn_decode", "b");
-  if (in.mixed_qkv_stride % 8 != 0 || in.z_stride % 8 != 0 || !cuda_utils::is_aligned(in.mixed_qkv, 16) ||
-      !cuda_utils::is_aligned(in.z, 16)) {
-    throw std::invalid_argument("gdn_decode: mixed_qkv and z need 16-byte aligned rows (strides multiples of 8)");
-  }
   if (scratch_bytes < gdn_decode_scratch_bytes(batch_size, dims) || !cuda_utils::is_aligned(scratch, 16)) {
     throw std::invalid_argument("gdn_decode: scratch must be 16-byte aligned and hold gdn_decode_scratch_bytes()");
   }
@@ -33,6 +29,7 @@ void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, in
 
   conv::decode_kernel<float><<<dim3(unsigned(batch_size), cuda_utils::grid_dim(C / conv::kVec, conv::kThreads)),
                                conv::kThreads, 0, stream>>>(as_nv(in.mixed_qkv), in.mixed_qkv_stride,
+                                                            cuda_utils::rows_vector_aligned(in.mixed_qkv, in.mixed_qkv_stride, 16),
                                                             as_nv(in.conv_weight), C, state.conv_state_pool,
                                                             state.slots, qkv);
   cuda_utils::check_launch("gdn_decode (conv)");
@@ -50,6 +47,7 @@ void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, in
   p.dt_bias = in.dt_bias;
   p.z = as_nv(in.z);
   p.z_stride = in.z_stride;
+  p.z_vec_ok = cuda_utils::rows_vector_aligned(in.z, in.z_stride, 8);
   p.norm_weight = as_nv(in.norm_weight);
   p.norm_eps = in.norm_eps;
   p.state_pool = state.ssm_state_pool;
