@@ -82,31 +82,36 @@ class HybridModelRunner final : public ModelRunner {
   std::vector<SampledToken> step(const std::vector<SequenceStep>& batch) override {
     const StepInputs in = build_step_inputs(batch, options_.kv_page_size, model_->num_kv_pages(),
                                             model_->num_gdn_slots(), model_->config().vocab_size);
-    model_->forward(in, in.sample_rows, last_logits_);
-    const int64_t rows = static_cast<int64_t>(in.sample_rows.size());
-    const int64_t vocab = model_->config().vocab_size;
+    logits_on_host_ = false;
+    model_->forward(in, in.sample_rows);
     std::vector<kernels::SamplingParams> params;
     for (int32_t seq : in.sample_seqs) params.push_back(sampling_params(batch[seq]));
-    std::vector<int32_t> tokens(rows);
-    std::vector<float> logprobs(rows);
-    if (rows > 0) {
-      kernels::cpu::sample(last_logits_.data(), vocab, rows, vocab, params.data(), tokens.data(), logprobs.data());
-    }
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+    model_->sample(params, tokens, logprobs);
     std::vector<SampledToken> sampled;
-    for (int64_t r = 0; r < rows; ++r) {
+    for (size_t r = 0; r < tokens.size(); ++r) {
       sampled.push_back(SampledToken{batch[in.sample_seqs[r]].seq_id, tokens[r], logprobs[r]});
     }
     return sampled;
   }
 
-  const std::vector<float>& last_logits() const override { return last_logits_; }
+  // Copied from the device only when asked (tests): the serving path never pays for it.
+  const std::vector<float>& last_logits() const override {
+    if (!logits_on_host_) {
+      model_->copy_logits(last_logits_);
+      logits_on_host_ = true;
+    }
+    return last_logits_;
+  }
   int vocab_size() const override { return static_cast<int>(model_->config().vocab_size); }
 
  private:
   RunnerOptions options_;
   std::unique_ptr<Communicator> owned_comm_;
   std::unique_ptr<Model> model_;
-  std::vector<float> last_logits_;
+  mutable std::vector<float> last_logits_;
+  mutable bool logits_on_host_ = false;
 };
 
 }  // namespace

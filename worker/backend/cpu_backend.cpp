@@ -99,4 +99,9 @@ void CpuBackend::attention(const kernels::AttentionIo<T>& io, const kernels::Att
   kc::attention(io, batch, cache);
 }
 
+void CpuBackend::sample(const float* logits, int64_t ld, int64_t rows, int64_t vocab,
+                        const kernels::SamplingParams* params, int32_t* tokens, float* logprobs) {
+  kc::sample(logits, ld, rows, vocab, params, tokens, logprobs);
+}
+
 }  // namespace ds::worker

@@ -12,6 +12,7 @@
 #include "kernels/gdn_types.h"
 #include "kernels/moe.h"
 #include "kernels/rope.h"
+#include "kernels/sampling.h"
 #include "weights/dtype.h"
 #include "worker/backend/memory.h"
 #include "worker/communicator.h"
@@ -70,6 +71,10 @@ class CpuBackend {
                 const kernels::PagedKvCache<T>& cache);
   void attention(const kernels::AttentionIo<T>& io, const kernels::AttentionBatch& batch,
                  const kernels::PagedKvCache<T>& cache);
+
+  // logits fp32 [rows][ld] where the backend computes; params, tokens and logprobs on the host.
+  void sample(const float* logits, int64_t ld, int64_t rows, int64_t vocab, const kernels::SamplingParams* params,
+              int32_t* tokens, float* logprobs);
 
  private:
   BackendLimits limits_;

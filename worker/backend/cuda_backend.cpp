@@ -8,6 +8,7 @@
 #include "kernels/gdn_conv.h"
 #include "kernels/gdn_gating.h"
 #include "kernels/norm.h"
+#include "kernels/sampling.h"
 
 namespace ds::worker {
 
@@ -119,6 +120,21 @@ void CudaBackend::write_kv(const T* k, int64_t ldk, const T* v, int64_t ldv, con
 void CudaBackend::attention(const kernels::AttentionIo<T>& io, const kernels::AttentionBatch& batch,
                             const kernels::PagedKvCache<T>& cache) {
   kc::attention(io, batch, cache, attention_workspace_.data(), attention_workspace_.bytes(), stream_);
+}
+
+void CudaBackend::sample(const float* logits, int64_t ld, int64_t rows, int64_t vocab,
+                         const kernels::SamplingParams* params, int32_t* tokens, float* logprobs) {
+  const size_t params_bytes = (rows * sizeof(kernels::SamplingParams) + 255) / 256 * 256;
+  const size_t out_bytes = (rows * sizeof(int32_t) + 255) / 256 * 256;
+  if (sample_io_.bytes() < params_bytes + 2 * out_bytes) sample_io_ = Buffer(kMemory, 2 * (params_bytes + 2 * out_bytes));
+  auto* d_params = sample_io_.as<kernels::SamplingParams>();
+  auto* d_tokens = reinterpret_cast<int32_t*>(sample_io_.as<std::byte>() + params_bytes);
+  auto* d_logprobs = reinterpret_cast<float*>(sample_io_.as<std::byte>() + params_bytes + out_bytes);
+  copy_to(kMemory, d_params, params, rows * sizeof(kernels::SamplingParams), stream_);
+  kc::sample(logits, ld, rows, vocab, d_params, d_tokens, d_logprobs, stream_);
+  copy_from(kMemory, tokens, d_tokens, rows * sizeof(int32_t), stream_);
+  copy_from(kMemory, logprobs, d_logprobs, rows * sizeof(float), stream_);
+  synchronize(kMemory, stream_);
 }
 
 }  // namespace ds::worker

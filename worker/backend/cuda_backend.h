@@ -12,6 +12,7 @@
 #include "kernels/gemm.h"
 #include "kernels/moe.h"
 #include "kernels/rope.h"
+#include "kernels/sampling.h"
 #include "weights/dtype.h"
 #include "worker/backend/cpu_backend.h"
 #include "worker/backend/memory.h"
@@ -66,6 +67,10 @@ class CudaBackend {
   void attention(const kernels::AttentionIo<T>& io, const kernels::AttentionBatch& batch,
                  const kernels::PagedKvCache<T>& cache);
 
+  // logits fp32 [rows][ld] where the backend computes; params, tokens and logprobs on the host.
+  void sample(const float* logits, int64_t ld, int64_t rows, int64_t vocab, const kernels::SamplingParams* params,
+              int32_t* tokens, float* logprobs);
+
  private:
   BackendLimits limits_;
   cudaStream_t stream_ = nullptr;
@@ -74,6 +79,7 @@ class CudaBackend {
   Buffer gdn_prefill_workspace_;
   Buffer gdn_decode_scratch_;
   Buffer attention_workspace_;
+  Buffer sample_io_;  // params, tokens and logprobs of one sample() call
 };
 
 // worker/backend/cuda_gather.cu: out[i] = x[row_ids[i]] (rows of `width` BF16 elements).

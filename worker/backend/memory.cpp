@@ -74,6 +74,20 @@ void copy_from(MemoryKind kind, void* host_dst, const void* src, size_t bytes, c
   }
 }
 
+void copy_2d(MemoryKind kind, void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+             size_t height, cudaStream_t stream) {
+  if (width == 0 || height == 0) return;
+  if (kind == MemoryKind::kHost) {
+    for (size_t row = 0; row < height; ++row) {
+      std::memmove(static_cast<std::byte*>(dst) + row * dst_pitch, static_cast<const std::byte*>(src) + row * src_pitch,
+                   width);
+    }
+  } else {
+    check_cuda(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height, cudaMemcpyDeviceToDevice, stream),
+               "cudaMemcpy2DAsync");
+  }
+}
+
 void fill_zero(MemoryKind kind, void* dst, size_t bytes, cudaStream_t stream) {
   if (bytes == 0) return;
   if (kind == MemoryKind::kHost) {

@@ -36,6 +36,9 @@ class Buffer {
 // Copies between host memory and memory of `kind` (stream-ordered for CUDA; null stream allowed).
 void copy_to(MemoryKind kind, void* dst, const void* host_src, size_t bytes, cudaStream_t stream);
 void copy_from(MemoryKind kind, void* host_dst, const void* src, size_t bytes, cudaStream_t stream);
+// 2-D copy within memory of `kind`: `height` rows of `width` bytes, with row pitches in bytes.
+void copy_2d(MemoryKind kind, void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+             size_t height, cudaStream_t stream);
 void fill_zero(MemoryKind kind, void* dst, size_t bytes, cudaStream_t stream);
 void synchronize(MemoryKind kind, cudaStream_t stream);
 

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/sampling.h"
 #include "weights/checkpoint.h"
 #include "weights/model_config.h"
 #include "weights/rank_weights.h"
@@ -36,10 +37,15 @@ class Model {
   virtual int num_kv_pages() const = 0;
   virtual int num_gdn_slots() const = 0;
 
-  // Runs every layer over the step's tokens (updating the KV pages and GDN slots) and returns in
-  // `logits` the fp32 logits [logit_rows.size()][vocab_size] of the given token rows (rows of
-  // `in`'s packed order; padded vocabulary columns removed). Every rank gets the same logits.
-  virtual void forward(const StepInputs& in, const std::vector<int32_t>& logit_rows, std::vector<float>& logits) = 0;
+  // Runs every layer over the step's tokens (updating the KV pages and GDN slots) and computes the
+  // fp32 logits of the given token rows (rows of `in`'s packed order), kept where the backend
+  // computes for sample() and copy_logits(). Every rank ends with the same logits.
+  virtual void forward(const StepInputs& in, const std::vector<int32_t>& logit_rows) = 0;
+  // One token (and its logprob) per logits row of the last forward, params[row] for row.
+  virtual void sample(const std::vector<kernels::SamplingParams>& params, std::vector<int32_t>& tokens,
+                      std::vector<float>& logprobs) = 0;
+  // The last forward's logits on the host, [rows][vocab_size] (padded vocabulary columns removed).
+  virtual void copy_logits(std::vector<float>& logits) const = 0;
 };
 
 // Loads the rank's weights from `checkpoint`, or dummy weights from `seed` when it is null.

@@ -81,7 +81,7 @@ class HybridModel final : public Model {
   int num_kv_pages() const override { return kv_pool_ ? kv_pool_->num_pages() : 0; }
   int num_gdn_slots() const override { return gdn_pool_ ? gdn_pool_->num_slots() : 0; }
 
-  void forward(const StepInputs& in, const std::vector<int32_t>& logit_rows, std::vector<float>& logits) override {
+  void forward(const StepInputs& in, const std::vector<int32_t>& logit_rows) override {
     if (!kv_pool_ || !gdn_pool_) throw std::logic_error("forward before allocate_pools");
     if (in.num_tokens > options_.max_tokens) {
       throw std::invalid_argument("step of " + std::to_string(in.num_tokens) + " tokens exceeds max_num_batched_tokens " +
@@ -110,7 +110,7 @@ class HybridModel final : public Model {
       const T* next_norm = i + 1 < layers_.size() ? layers_[i + 1].input_ln : final_norm_;
       backend_.add_rms_norm(residual_, delta_, next_norm, normed_, n, H, eps);
     }
-    compute_logits(meta, static_cast<int64_t>(logit_rows.size()), logits);
+    compute_logits(meta, static_cast<int64_t>(logit_rows.size()));
   }
 
  private:
@@ -470,46 +470,62 @@ class HybridModel final : public Model {
     backend_.gemm(buf_a_, I, layer.down, delta_, H, n, H, I);
   }
 
-  // lm_head over the requested rows: this rank's vocab slice, all-gathered, padding dropped.
-  void compute_logits(const Meta& meta, int64_t rows, std::vector<float>& logits) {
+  // lm_head over the requested rows: each rank's vocab slice [rows][Vp_r], all-gathered into
+  // [rank][rows][Vp_r], then laid out as logits_ [rows][Vp] (global id = rank·Vp_r + column).
+  void compute_logits(const Meta& meta, int64_t rows) {
     const int64_t H = config_.hidden_size;
     const int64_t vr = dims_.vocab_rows;
     const int64_t world = comm_->world_size();
-    const int64_t vocab = config_.vocab_size;
-    logits.assign(static_cast<size_t>(rows * vocab), 0.f);
-    if (rows == 0) {
-      synchronize(Backend::kMemory, backend_.stream());
-      return;
-    }
-    const size_t need = static_cast<size_t>(rows) * (H * sizeof(T) + (1 + world) * vr * sizeof(float)) + 512;
+    logit_rows_ = rows;
+    if (rows == 0) return;
+    const size_t need = static_cast<size_t>(rows) * (H * sizeof(T) + (2 * world + 1) * vr * sizeof(float)) + 1024;
     if (logits_buffer_.bytes() < need) logits_buffer_ = Buffer(Backend::kMemory, need);
-    T* gathered_in = logits_buffer_.as<T>();
+    T* lm_head_in = logits_buffer_.as<T>();
     float* local = reinterpret_cast<float*>(logits_buffer_.as<std::byte>() + (rows * H * sizeof(T) + 255) / 256 * 256);
-    float* all = local + rows * vr;
-    backend_.gather_rows(normed_, H, meta.logit_rows, rows, H, gathered_in);
-    backend_.gemm_f32(gathered_in, H, lm_head_, local, vr, rows, vr, H);
-    comm_->all_gather(local, all, static_cast<size_t>(rows * vr), CommDType::kFloat32, backend_.stream());
-    host_logits_.resize(static_cast<size_t>(world * rows * vr));
-    copy_from(Backend::kMemory, host_logits_.data(), all, host_logits_.size() * sizeof(float), backend_.stream());
-    synchronize(Backend::kMemory, backend_.stream());
-    // host_logits_ is [rank][row][vr]; global vocab id = rank * vr + column.
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t rank = 0; rank < world; ++rank) {
-        const int64_t first = rank * vr;
-        if (first >= vocab) break;
-        const int64_t count = std::min(vr, vocab - first);
-        std::memcpy(logits.data() + r * vocab + first, host_logits_.data() + (rank * rows + r) * vr,
-                    static_cast<size_t>(count) * sizeof(float));
-      }
+    float* gathered = local + rows * vr;
+    logits_ = gathered + world * rows * vr;
+    backend_.gather_rows(normed_, H, meta.logit_rows, rows, H, lm_head_in);
+    backend_.gemm_f32(lm_head_in, H, lm_head_, local, vr, rows, vr, H);
+    comm_->all_gather(local, gathered, static_cast<size_t>(rows * vr), CommDType::kFloat32, backend_.stream());
+    for (int64_t rank = 0; rank < world; ++rank) {
+      copy_2d(Backend::kMemory, logits_ + rank * vr, world * vr * sizeof(float), gathered + rank * rows * vr,
+              vr * sizeof(float), vr * sizeof(float), rows, backend_.stream());
     }
   }
 
+ public:
+  void sample(const std::vector<kernels::SamplingParams>& params, std::vector<int32_t>& tokens,
+              std::vector<float>& logprobs) override {
+    if (static_cast<int64_t>(params.size()) != logit_rows_) {
+      throw std::invalid_argument("sample: " + std::to_string(params.size()) + " sampling params for " +
+                                  std::to_string(logit_rows_) + " logits rows");
+    }
+    tokens.assign(params.size(), 0);
+    logprobs.assign(params.size(), 0.f);
+    if (logit_rows_ == 0) return;
+    backend_.sample(logits_, dims_.vocab_padded, logit_rows_, config_.vocab_size, params.data(), tokens.data(),
+                    logprobs.data());
+  }
+
+  void copy_logits(std::vector<float>& logits) const override {
+    const int64_t vocab = config_.vocab_size;
+    logits.assign(static_cast<size_t>(logit_rows_ * vocab), 0.f);
+    if (logit_rows_ == 0) return;
+    std::vector<float> padded(static_cast<size_t>(logit_rows_ * dims_.vocab_padded));
+    copy_from(Backend::kMemory, padded.data(), logits_, padded.size() * sizeof(float), backend_.stream());
+    synchronize(Backend::kMemory, backend_.stream());
+    for (int64_t r = 0; r < logit_rows_; ++r) {
+      std::memcpy(logits.data() + r * vocab, padded.data() + r * dims_.vocab_padded, vocab * sizeof(float));
+    }
+  }
+
+ private:
   ModelOptions options_;
   weights::ModelConfig config_;
   Communicator* comm_;
   weights::RankDims dims_;
   kernels::GdnDims gdn_dims_;
-  Backend backend_;
+  mutable Backend backend_;
 
   std::map<std::string, Buffer> weights_;
   uint64_t weight_bytes_ = 0;
@@ -534,7 +550,8 @@ class HybridModel final : public Model {
   float* gates_ = nullptr;
   Buffer meta_;
   Buffer logits_buffer_;
-  std::vector<float> host_logits_;
+  float* logits_ = nullptr;  // [logit_rows_][Vp] fp32, where the backend computes
+  int64_t logit_rows_ = 0;
 
   std::unique_ptr<KvPagePool> kv_pool_;
   std::unique_ptr<GdnStatePool> gdn_pool_;
