@@ -130,12 +130,20 @@ struct RuleInputs {
   }
 };
 
-enum class Prefill { kRecurrent };
+enum class Prefill { kRecurrent, kChunked };
 
-void run_prefill(Prefill, const bf16* qkv, const GdnDims& d, int64_t C, const float* g, const float* beta, float* state,
-                 const GdnVarlenBatch& batch, bf16* out) {
+void run_prefill(Prefill algo, const bf16* qkv, const GdnDims& d, int64_t C, const float* g, const float* beta,
+                 float* state, const GdnVarlenBatch& batch, bf16* out) {
   const int64_t K = d.key_dim();
-  cuda::gated_delta_rule_prefill_recurrent(qkv, qkv + K, qkv + 2 * K, C, g, beta, state, batch, d, out, nullptr);
+  if (algo == Prefill::kRecurrent) {
+    cuda::gated_delta_rule_prefill_recurrent(qkv, qkv + K, qkv + 2 * K, C, g, beta, state, batch, d, out, nullptr);
+    return;
+  }
+  const size_t ws_bytes = cuda::gated_delta_rule_prefill_workspace_bytes(batch.num_tokens, batch.num_seqs, d);
+  DeviceBuffer<uint8_t> ws(ws_bytes);  // poisoned: every slot the scan reads must have been written
+  cuda::gated_delta_rule_prefill_chunked(qkv, qkv + K, qkv + 2 * K, C, g, beta, state, batch, d, ws.get(), ws_bytes,
+                                         out, nullptr);
+  gpu_test::cuda_or_throw(cudaDeviceSynchronize(), "chunked prefill");
 }
 
 void check_prefill(const GdnDims& d, const std::vector<int32_t>& lengths, Prefill algo) {
@@ -167,6 +175,18 @@ TEST(GatedDeltaRuleGpu, RecurrentPrefillVarlenPublishedShapes) {
 TEST(GatedDeltaRuleGpu, RecurrentPrefillLong) {
   check_prefill({2, 4, 128, 128}, {16384}, Prefill::kRecurrent);
   check_prefill({2, 6, 128, 128}, {4000, 3, 1000}, Prefill::kRecurrent);
+}
+
+TEST(GatedDeltaRuleGpu, ChunkedPrefillVarlenPublishedShapes) {
+  for (const auto& nd : gpu_test::published_rank_dims()) {
+    SCOPED_TRACE(nd.name);
+    check_prefill(nd.dims, {1, 0, 65, 64, 2, 130, 63}, Prefill::kChunked);
+  }
+}
+
+TEST(GatedDeltaRuleGpu, ChunkedPrefillLong) {
+  check_prefill({2, 4, 128, 128}, {16384}, Prefill::kChunked);
+  check_prefill({2, 6, 128, 128}, {4000, 3, 1000}, Prefill::kChunked);
 }
 
 void check_decode(const GdnDims& d, int64_t B) {

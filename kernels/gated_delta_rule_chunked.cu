@@ -1,0 +1,366 @@
+// Prefill "v2": the chunked (WY / UT-transform) gated delta rule on tensor cores (TF32 WMMA,
+// fp32 accumulation), chunk 64, dk = dv = 128.
+//
+// With chunk-local cumulative log decay γ_i, A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j (j < i) and
+// T = (I + A)⁻¹ (see cpu::gated_delta_rule_prefill_chunked for the derivation):
+//   W_k = T diag(β e^γ) K̂,  W_v = T diag(β) V                              (chunk-local)
+//   U = W_v − W_k Mᵀ;  O = Q_γ Mᵀ + P U;  M ← e^{γ_L} M + Uᵀ K_d             (sequential in M)
+// with Q_γ = diag(e^γ) Q̂, P_ij = e^{γ_i-γ_j} q̂_i·k̂_j (j <= i), K_d = diag(e^{γ_L-γ}) K̂.
+//
+// Kernel 1 (prepare_chunk_kernel), one block per (chunk, value head), fully parallel: writes
+// W_k, W_v, Q_γ, K_d, P and e^{γ_L} to the workspace. Kernel 2 (scan_chunks_kernel), one block per
+// (sequence, value head, 32-row slice of the state), walks the sequence's chunks in order with its
+// state slice in shared memory; state rows are independent, so slices need no communication.
+//
+// Chunks are aligned to each sequence's start. Sequence s's chunks use workspace slots
+// first_chunk(s) = cu_seqlens[s] / 64 + s onwards: non-overlapping, at most T/64 + num_seqs in all.
+#include <mma.h>
+
+#include <stdexcept>
+
+#include "kernels/cuda_utils.cuh"
+#include "kernels/gated_delta_rule.h"
+#include "kernels/gated_delta_rule_detail.cuh"
+#include "kernels/gdn_batch_check.h"
+
+namespace ds::kernels::cuda {
+
+namespace {
+
+namespace wmma = nvcuda::wmma;
+using cuda_utils::as_nv;
+using gdr::kHeadDim;
+
+constexpr int kChunk = 64;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kSlice = 32;  // state rows per scan block
+constexpr int kTile = 16;   // WMMA tile edge (m16n16k8 TF32)
+constexpr int kTileK = 8;
+
+// Workspace of one (chunk, head), in floats.
+constexpr int64_t kWkOffset = 0;
+constexpr int64_t kWvOffset = kWkOffset + kChunk * kHeadDim;
+constexpr int64_t kQgOffset = kWvOffset + kChunk * kHeadDim;
+constexpr int64_t kKdOffset = kQgOffset + kChunk * kHeadDim;
+constexpr int64_t kPOffset = kKdOffset + kChunk * kHeadDim;
+constexpr int64_t kDecayOffset = kPOffset + kChunk * kChunk;
+constexpr int64_t kChunkFloats = kDecayOffset + 8;  // keeps every block 32-byte aligned
+
+__host__ __device__ inline int64_t first_chunk(const int32_t* cu_seqlens, int64_t s) {
+  return cu_seqlens[s] / kChunk + s;
+}
+
+int64_t max_chunk_slots(int64_t num_tokens, int64_t num_seqs) { return num_tokens / kChunk + num_seqs; }
+
+using FragA = wmma::fragment<wmma::matrix_a, kTile, kTile, kTileK, wmma::precision::tf32, wmma::row_major>;
+using FragAcol = wmma::fragment<wmma::matrix_a, kTile, kTile, kTileK, wmma::precision::tf32, wmma::col_major>;
+using FragBrow = wmma::fragment<wmma::matrix_b, kTile, kTile, kTileK, wmma::precision::tf32, wmma::row_major>;
+using FragBcol = wmma::fragment<wmma::matrix_b, kTile, kTile, kTileK, wmma::precision::tf32, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, kTile, kTile, kTileK, float>;
+
+template <typename Frag>
+__device__ __forceinline__ void load_tf32(Frag& f, const float* p, unsigned ld) {
+  wmma::load_matrix_sync(f, p, ld);
+#pragma unroll
+  for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+}
+
+// acc += A[m0.., 0..K) · B[0..K), n0..) with A row-major (lda) and B given by `BFrag` layout:
+// row-major B (ldb) or col-major B, i.e. B[k][n] = Bt[n][k] with Bt row-major (ldb).
+template <typename AFrag, typename BFrag>
+__device__ __forceinline__ void mma_tile(FragC& acc, const float* A, unsigned lda, const float* B, unsigned ldb,
+                                         int m0, int n0, int K) {
+  constexpr bool kAColMajor = std::is_same_v<AFrag, FragAcol>;
+  constexpr bool kBColMajor = std::is_same_v<BFrag, FragBcol>;
+  for (int k = 0; k < K; k += kTileK) {
+    AFrag a;
+    BFrag b;
+    load_tf32(a, kAColMajor ? A + k * lda + m0 : A + m0 * lda + k, lda);
+    load_tf32(b, kBColMajor ? B + n0 * ldb + k : B + k * ldb + n0, ldb);
+    wmma::mma_sync(acc, a, b, acc);
+  }
+}
+
+struct ChunkedParams {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  int64_t qkv_stride;
+  const float* g;
+  const float* beta;
+  float* state_pool;
+  GdnVarlenBatch batch;
+  int64_t num_v_heads;
+  int64_t ratio;
+  float* workspace;
+  __nv_bfloat16* out;
+};
+
+// Shared memory of kernel 1, in floats.
+struct PrepareSmem {
+  float kn[kChunk * kHeadDim];  // k̂, later β e^γ k̂
+  float qn[kChunk * kHeadDim];  // q̂ (scaled by dk^-0.5)
+  float vb[kChunk * kHeadDim];  // β v
+  float kk[kChunk * kChunk];    // k̂ k̂ᵀ
+  float qk[kChunk * kChunk];    // q̂ k̂ᵀ
+  float t[kChunk * kChunk];     // (I + A)⁻¹
+  float gamma[kChunk];
+  float beta[kChunk];
+};
+
+// Largest s with first_chunk(s) <= c (first_chunk is increasing in s).
+__device__ int64_t sequence_of_chunk(const GdnVarlenBatch& batch, int64_t c) {
+  int64_t lo = 0, hi = batch.num_seqs - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (first_chunk(batch.cu_seqlens, mid) <= c) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// grid (max chunk slots, Hv).
+__global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p) {
+  extern __shared__ __align__(128) float4 smem_raw[];
+  PrepareSmem& sm = *reinterpret_cast<PrepareSmem*>(smem_raw);
+  const int64_t c = blockIdx.x, h = blockIdx.y;
+  const int64_t s = sequence_of_chunk(p.batch, c);
+  const int64_t t0 = p.batch.cu_seqlens[s] + (c - first_chunk(p.batch.cu_seqlens, s)) * kChunk;
+  const int64_t seq_end = p.batch.cu_seqlens[s + 1];
+  if (t0 >= seq_end) return;  // an unused slot
+  const int L = int(seq_end - t0 < kChunk ? seq_end - t0 : kChunk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t kh = h / p.ratio;
+  float* ws = p.workspace + (c * p.num_v_heads + h) * kChunkFloats;
+
+  // 1. Normalised q, k and β·v rows (zeros past the chunk's end); gates.
+  for (int r = warp; r < kChunk; r += kWarps) {
+    gdr::Lane4 kr{}, qr{}, vr{};
+    const float b = r < L ? p.beta[(t0 + r) * p.num_v_heads + h] : 0.f;
+    if (r < L) {
+      const int64_t row = (t0 + r) * p.qkv_stride;
+      kr = gdr::l2_normalized(gdr::load_lane4(p.k + row + kh * kHeadDim), 1.f);
+      qr = gdr::l2_normalized(gdr::load_lane4(p.q + row + kh * kHeadDim), rsqrtf(float(kHeadDim)));
+      vr = gdr::load_lane4(p.v + row + h * kHeadDim);
+    }
+#pragma unroll
+    for (int j = 0; j < gdr::kPerLane; ++j) {
+      sm.kn[r * kHeadDim + lane * gdr::kPerLane + j] = kr.v[j];
+      sm.qn[r * kHeadDim + lane * gdr::kPerLane + j] = qr.v[j];
+      sm.vb[r * kHeadDim + lane * gdr::kPerLane + j] = b * vr.v[j];
+    }
+    if (lane == 0) {
+      sm.beta[r] = b;
+      sm.gamma[r] = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float acc = 0.f;
+    for (int r = 0; r < kChunk; ++r) sm.gamma[r] = acc += sm.gamma[r];
+  }
+  // 2. k̂ k̂ᵀ and q̂ k̂ᵀ (64×64 each: 16 tiles, 2 per warp per product).
+  for (int tile = warp; tile < 16; tile += kWarps) {
+    const int m0 = (tile / 4) * kTile, n0 = (tile % 4) * kTile;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.f);
+    mma_tile<FragA, FragBcol>(acc, sm.kn, kHeadDim, sm.kn, kHeadDim, m0, n0, kHeadDim);
+    wmma::store_matrix_sync(sm.kk + m0 * kChunk + n0, acc, kChunk, wmma::mem_row_major);
+    wmma::fill_fragment(acc, 0.f);
+    mma_tile<FragA, FragBcol>(acc, sm.qn, kHeadDim, sm.kn, kHeadDim, m0, n0, kHeadDim);
+    wmma::store_matrix_sync(sm.qk + m0 * kChunk + n0, acc, kChunk, wmma::mem_row_major);
+  }
+  __syncthreads();
+  // 3. T = (I + A)⁻¹ by forward substitution, one row at a time; column `col` per thread.
+  for (int i = 0; i < kChunk; ++i) {
+    if (threadIdx.x < kChunk) {
+      const int col = threadIdx.x;
+      float acc = col == i ? 1.f : 0.f;
+      for (int j = col; j < i; ++j) {
+        const float a = sm.beta[i] * __expf(sm.gamma[i] - sm.gamma[j]) * sm.kk[i * kChunk + j];
+        acc -= a * sm.t[j * kChunk + col];
+      }
+      sm.t[i * kChunk + col] = col <= i ? acc : 0.f;
+    }
+    __syncthreads();
+  }
+  // 4. Q_γ, K_d and the masked decayed q̂k̂ᵀ go to the workspace; k̂ becomes β e^γ k̂ in place.
+  const float gamma_last = sm.gamma[L - 1];
+  for (int i = threadIdx.x; i < kChunk * kHeadDim; i += kThreads) {
+    const int r = i / kHeadDim;
+    const float gr = sm.gamma[r];
+    ws[kQgOffset + i] = __expf(gr) * sm.qn[i];
+    ws[kKdOffset + i] = r < L ? __expf(gamma_last - gr) * sm.kn[i] : 0.f;
+    sm.kn[i] *= sm.beta[r] * __expf(gr);
+  }
+  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
+    const int r = i / kChunk, col = i % kChunk;
+    ws[kPOffset + i] = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) * sm.qk[i] : 0.f;
+  }
+  if (threadIdx.x == 0) ws[kDecayOffset] = __expf(gamma_last);
+  __syncthreads();
+  // 5. W_k = T (β e^γ K̂), W_v = T (β V): 64×128 each, 32 tiles, 4 per warp per product.
+  for (int tile = warp; tile < 32; tile += kWarps) {
+    const int m0 = (tile / 8) * kTile, n0 = (tile % 8) * kTile;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.f);
+    mma_tile<FragA, FragBrow>(acc, sm.t, kChunk, sm.kn, kHeadDim, m0, n0, kChunk);
+    wmma::store_matrix_sync(ws + kWkOffset + m0 * kHeadDim + n0, acc, kHeadDim, wmma::mem_row_major);
+    wmma::fill_fragment(acc, 0.f);
+    mma_tile<FragA, FragBrow>(acc, sm.t, kChunk, sm.vb, kHeadDim, m0, n0, kChunk);
+    wmma::store_matrix_sync(ws + kWvOffset + m0 * kHeadDim + n0, acc, kHeadDim, wmma::mem_row_major);
+  }
+}
+
+// Shared memory of kernel 2, in floats.
+struct ScanSmem {
+  float wk[kChunk * kHeadDim];
+  float qg[kChunk * kHeadDim];
+  float kd[kChunk * kHeadDim];
+  float pm[kChunk * kChunk];
+  float wv[kChunk * kSlice];  // W_v columns of this slice
+  float m[kSlice * kHeadDim];  // state rows of this slice
+  float u[kChunk * kSlice];
+  float o[kChunk * kSlice];
+};
+
+__device__ __forceinline__ void copy_floats(float* dst, const float* src, int n) {
+  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
+    *reinterpret_cast<float4*>(dst + i) = *reinterpret_cast<const float4*>(src + i);
+  }
+}
+
+// grid (num_seqs, Hv, 128 / kSlice).
+__global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) {
+  extern __shared__ __align__(128) float4 smem_raw[];
+  ScanSmem& sm = *reinterpret_cast<ScanSmem*>(smem_raw);
+  const int64_t s = blockIdx.x, h = blockIdx.y;
+  const int row0 = blockIdx.z * kSlice;
+  const int warp = threadIdx.x / 32;
+  const int64_t start = p.batch.cu_seqlens[s], end = p.batch.cu_seqlens[s + 1];
+  const bool from_state = p.batch.has_initial_state == nullptr || p.batch.has_initial_state[s] != 0;
+  float* state = p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim +
+                 int64_t(row0) * kHeadDim;
+  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) sm.m[i] = from_state ? state[i] : 0.f;
+
+  const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
+  for (int64_t t0 = start; t0 < end; t0 += kChunk) {
+    const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
+    const float* ws = p.workspace + ((chunk0 + (t0 - start) / kChunk) * p.num_v_heads + h) * kChunkFloats;
+    __syncthreads();  // the previous chunk is done with the buffers
+    copy_floats(sm.wk, ws + kWkOffset, kChunk * kHeadDim);
+    copy_floats(sm.qg, ws + kQgOffset, kChunk * kHeadDim);
+    copy_floats(sm.kd, ws + kKdOffset, kChunk * kHeadDim);
+    copy_floats(sm.pm, ws + kPOffset, kChunk * kChunk);
+    for (int i = threadIdx.x * 4; i < kChunk * kSlice; i += kThreads * 4) {
+      const int r = i / kSlice, col = i % kSlice;
+      *reinterpret_cast<float4*>(sm.wv + i) = *reinterpret_cast<const float4*>(ws + kWvOffset + r * kHeadDim + row0 + col);
+    }
+    const float decay = ws[kDecayOffset];
+    __syncthreads();
+    // U = W_v − W_k Mᵀ: 64×32, one tile per warp.
+    const int m0 = (warp / 2) * kTile, n0 = (warp % 2) * kTile;
+    {
+      FragC acc;
+      wmma::load_matrix_sync(acc, sm.wv + m0 * kSlice + n0, kSlice, wmma::mem_row_major);
+#pragma unroll
+      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = -acc.x[i];
+      mma_tile<FragA, FragBcol>(acc, sm.wk, kHeadDim, sm.m, kHeadDim, m0, n0, kHeadDim);
+#pragma unroll
+      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = -acc.x[i];
+      wmma::store_matrix_sync(sm.u + m0 * kSlice + n0, acc, kSlice, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // O = Q_γ Mᵀ + P U: 64×32, one tile per warp.
+    {
+      FragC acc;
+      wmma::fill_fragment(acc, 0.f);
+      mma_tile<FragA, FragBcol>(acc, sm.qg, kHeadDim, sm.m, kHeadDim, m0, n0, kHeadDim);
+      mma_tile<FragA, FragBrow>(acc, sm.pm, kChunk, sm.u, kSlice, m0, n0, kChunk);
+      wmma::store_matrix_sync(sm.o + m0 * kSlice + n0, acc, kSlice, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // M ← e^{γ_L} M + Uᵀ K_d: 32×128, two tiles per warp (all reads of the old M are done).
+    for (int tile = warp; tile < 16; tile += kWarps) {
+      const int mm = (tile / 8) * kTile, nn = (tile % 8) * kTile;
+      FragC acc;
+      wmma::load_matrix_sync(acc, sm.m + mm * kHeadDim + nn, kHeadDim, wmma::mem_row_major);
+#pragma unroll
+      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= decay;
+      mma_tile<FragAcol, FragBrow>(acc, sm.u, kSlice, sm.kd, kHeadDim, mm, nn, kChunk);
+      wmma::store_matrix_sync(sm.m + mm * kHeadDim + nn, acc, kHeadDim, wmma::mem_row_major);
+    }
+    // Output rows of this chunk: 8 values (16 bytes of BF16) per thread.
+    for (int i = threadIdx.x * 8; i < L * kSlice; i += kThreads * 8) {
+      const int r = i / kSlice, col = i % kSlice;
+      float vals[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) vals[j] = sm.o[i + j];
+      cuda_utils::store_vec<8>(p.out + ((t0 + r) * p.num_v_heads + h) * kHeadDim + row0 + col, vals);
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) state[i] = sm.m[i];
+}
+
+template <typename Kernel>
+void set_smem(Kernel kernel, size_t bytes) {
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("gated_delta_rule_prefill_chunked: shared memory opt-in failed: ") +
+                             cudaGetErrorString(err));
+  }
+}
+
+}  // namespace
+
+size_t gated_delta_rule_prefill_workspace_bytes(int64_t num_tokens, int64_t num_seqs, const GdnDims& dims) {
+  return size_t(max_chunk_slots(num_tokens, num_seqs)) * size_t(dims.num_v_heads) * kChunkFloats * sizeof(float);
+}
+
+void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride,
+                                      const float* g, const float* beta, float* state_pool,
+                                      const GdnVarlenBatch& batch, const GdnDims& dims, void* workspace,
+                                      size_t workspace_bytes, bf16* out, cudaStream_t stream) {
+  const char* op = "gated_delta_rule_prefill_chunked";
+  check_cuda_head_dims(dims, op);
+  check_row_stride(qkv_stride, dims.conv_dim(), op, "q/k/v");
+  check_varlen_batch_shape(batch, op);
+  if (qkv_stride % 8 != 0) throw std::invalid_argument(std::string(op) + ": qkv_stride must be a multiple of 8");
+  if (workspace_bytes < gated_delta_rule_prefill_workspace_bytes(batch.num_tokens, batch.num_seqs, dims) ||
+      !cuda_utils::is_aligned(workspace, 32)) {
+    throw std::invalid_argument(std::string(op) + ": workspace must be 32-byte aligned and hold "
+                                "gated_delta_rule_prefill_workspace_bytes() bytes");
+  }
+  if (batch.num_seqs == 0) return;
+  const ChunkedParams p{as_nv(q),     as_nv(k),         as_nv(v),     qkv_stride,
+                        g,            beta,             state_pool,   batch,
+                        dims.num_v_heads, dims.ratio(), static_cast<float*>(workspace), as_nv(out)};
+  if (batch.num_tokens > 0) {
+    set_smem(prepare_chunk_kernel, sizeof(PrepareSmem));
+    const dim3 grid(unsigned(max_chunk_slots(batch.num_tokens, batch.num_seqs)), unsigned(dims.num_v_heads));
+    prepare_chunk_kernel<<<grid, kThreads, sizeof(PrepareSmem), stream>>>(p);
+    cuda_utils::check_launch("gated_delta_rule_prefill_chunked (prepare)");
+  }
+  set_smem(scan_chunks_kernel, sizeof(ScanSmem));
+  const dim3 grid(unsigned(batch.num_seqs), unsigned(dims.num_v_heads), kHeadDim / kSlice);
+  scan_chunks_kernel<<<grid, kThreads, sizeof(ScanSmem), stream>>>(p);
+  cuda_utils::check_launch("gated_delta_rule_prefill_chunked (scan)");
+}
+
+void gated_delta_rule_prefill(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
+                              const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                              const GdnDims& dims, void* workspace, size_t workspace_bytes, bf16* out,
+                              cudaStream_t stream) {
+  const bool have_workspace =
+      workspace != nullptr &&
+      workspace_bytes >= gated_delta_rule_prefill_workspace_bytes(batch.num_tokens, batch.num_seqs, dims);
+  if (have_workspace) {
+    gated_delta_rule_prefill_chunked(q, k, v, qkv_stride, g, beta, state_pool, batch, dims, workspace,
+                                     workspace_bytes, out, stream);
+  } else {
+    gated_delta_rule_prefill_recurrent(q, k, v, qkv_stride, g, beta, state_pool, batch, dims, out, stream);
+  }
+}
+
+}  // namespace ds::kernels::cuda

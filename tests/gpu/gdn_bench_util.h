@@ -1,0 +1,66 @@
+// Timing for the GDN microbenchmarks: CUDA events after warm-up, median of many runs, and a
+// rotation index so that each run can touch a different copy of its inputs (sets larger than L2).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+namespace ds::kernels::gpu_bench {
+
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+// Median time in microseconds of `run(i)` (i = run index, for rotating inputs) on `stream`.
+inline double median_us(const std::function<void(int)>& run, cudaStream_t stream, int warmup = 5, int iters = 30) {
+  for (int i = 0; i < warmup; ++i) run(i);
+  check(cudaStreamSynchronize(stream), "warm-up");
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  std::vector<double> times;
+  for (int i = 0; i < iters; ++i) {
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    run(warmup + i);
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms * 1000.0);
+  }
+  check(cudaGetLastError(), "benchmarked kernels");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Number of copies of a `bytes`-sized working set needed to exceed 4x the 50 MB L2 (at least 2).
+inline int rotation_copies(size_t bytes) {
+  const size_t target = size_t(200) << 20;
+  return int(std::max<size_t>(2, (target + bytes - 1) / std::max<size_t>(bytes, 1)));
+}
+
+// Device memory of `bytes` filled with small random-ish BF16/fp32-safe bytes (never zeros).
+inline void* device_random(size_t bytes, unsigned seed) {
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "cudaMalloc");
+  std::vector<unsigned short> host(bytes / 2 + 1);
+  unsigned x = seed * 2654435761u + 1;
+  for (auto& v : host) {
+    x = x * 1664525u + 1013904223u;
+    v = static_cast<unsigned short>(0x3c00u | ((x >> 16) & 0x00ffu) | ((x >> 8) & 0x8000u));  // bf16 in ±[2^-7, 2^-6)
+  }
+  check(cudaMemcpy(p, host.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+  return p;
+}
+
+}  // namespace ds::kernels::gpu_bench
