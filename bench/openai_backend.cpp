@@ -69,7 +69,9 @@ class CompletionCall : public std::enable_shared_from_this<CompletionCall> {
   void on_body(error_code ec) {
     consume_body(timeline_.now());
     if (reader_.state() != CompletionStreamReader::State::kStreaming) return finish();
-    if (ec == http::error::end_of_stream || ec == asio::error::eof) return finish_at_end_of_body();
+    // The server closed the connection, between messages or inside one: the stream was cut.
+    if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == asio::error::eof)
+      return finish_at_end_of_body();
     if (ec) return finish_with("stream: " + ec.message());
     read_body();
   }

@@ -51,7 +51,10 @@ static int chunk_tokens(const nlohmann::json& chunk) {
   const auto& choice = chunk["choices"][0];
   if (choice.contains("token_ids") && choice["token_ids"].is_array()) return int(choice["token_ids"].size());
   if (choice.contains("text") && choice["text"].is_string() && !choice["text"].get_ref<const std::string&>().empty()) return 1;
-  return 0;
+  // An empty-text chunk before the finish carries a token whose text is not complete UTF-8 yet
+  // (servers that stream every token, deltaserve among them); an empty final chunk carries none.
+  bool finishing = choice.contains("finish_reason") && !choice["finish_reason"].is_null();
+  return choice.contains("text") && !finishing ? 1 : 0;
 }
 
 void CompletionStreamReader::on_event(const std::string& data, double time) {

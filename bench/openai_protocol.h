@@ -21,8 +21,9 @@ nlohmann::json completion_request_body(const RequestSpec& spec, const std::strin
 std::string http_error_reason(int status, std::string_view body);
 
 // Reads one streamed completion: feed it the response body as it arrives, with the arrival time.
-// A data event whose first choice has non-empty "text" (or a non-empty "token_ids" array: then
-// that many tokens) is a token chunk; "usage" sets the server's counts; an "error" object fails
+// A data event whose first choice has a "token_ids" array carries that many tokens; otherwise it
+// carries one token when its "text" is non-empty, or empty but not finishing (a token whose text
+// awaits more bytes); a finishing chunk with empty text carries none. "usage" sets the server's counts; an "error" object fails
 // the request; "[DONE]" completes it.
 class CompletionStreamReader {
  public:

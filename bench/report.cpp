@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +40,12 @@ nlohmann::json distribution_json(const std::string& name, const Distribution& d,
   j["p99_" + name + "_ms"] = d.p99 * 1e3;
   if (with_max) j["max_" + name + "_ms"] = d.max * 1e3;
   return j;
+}
+
+// gnuplot strings are single-quoted: a quote inside would end them.
+std::string quotable(std::string text) {
+  std::replace(text.begin(), text.end(), '\'', '"');
+  return text;
 }
 
 }  // namespace
@@ -160,7 +167,7 @@ void plot_sweep(const std::vector<SweepPoint>& points, const std::string& title,
       "set grid\n"
       "unset key\n"
       "plot '{}' using 2:3 with linespoints pt 7, '' using 2:3:(sprintf(' c=%d', $1)) with labels left offset 0.5,0.5\n",
-      png_path, title, data_path);
+      png_path, quotable(title), data_path);
   FILE* gnuplot = popen("gnuplot 2>&1", "w");
   if (!gnuplot) throw std::runtime_error("cannot start gnuplot (apt-get install gnuplot-nox)");
   std::fputs(script.c_str(), gnuplot);

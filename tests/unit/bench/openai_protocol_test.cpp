@@ -78,6 +78,16 @@ TEST(OpenAiProtocol, TokenIdsInAChunkCountEachToken) {
   EXPECT_EQ(output_tokens(r), 3);
 }
 
+TEST(OpenAiProtocol, EmptyTextBeforeTheFinishIsAToken) {
+  RequestRecord r;
+  CompletionStreamReader reader(r);
+  reader.feed(event(R"({"choices":[{"text":"","finish_reason":null}]})") + text_chunk("\u00e9") +
+                  event(R"({"choices":[{"text":"","finish_reason":"length"}]})") + kDone,
+              1.0);
+  EXPECT_EQ(r.chunks.size(), 2u);
+  EXPECT_TRUE(r.success);
+}
+
 TEST(OpenAiProtocol, StreamCutBeforeDoneFails) {
   RequestRecord r;
   CompletionStreamReader reader(r);
