@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "server/tokenizer/detokenizer.h"
+#include "server/tokenizer/regex_unicode.h"
 #include "server/tokenizer/utf8.h"
 
 namespace ds::server {
@@ -147,11 +148,13 @@ void parse_normalizer(const json& node, const std::string& origin, std::vector<N
 
 // ---------------------------------------------------------------------------------------------
 // Pre-tokenizer regexes through Oniguruma, with the same syntax and options as the Rust `onig`
-// crate that Hugging Face tokenizers uses (OnigDefaultSyntax, UTF-8, no options).
+// crate that Hugging Face tokenizers uses (OnigDefaultSyntax, UTF-8, no options), and its
+// Unicode 16 letters and digits (regex_unicode.h).
 
 class OnigRegex {
  public:
-  OnigRegex(const std::string& pattern, const std::string& origin) {
+  OnigRegex(const std::string& original_pattern, const std::string& origin) {
+    const std::string pattern = widen_unicode_properties(original_pattern);
     static std::once_flag init_once;
     std::call_once(init_once, [] {
       OnigEncoding encodings[] = {ONIG_ENCODING_UTF8};
@@ -164,7 +167,7 @@ class OnigRegex {
     if (rc != ONIG_NORMAL) {
       OnigUChar message[ONIG_MAX_ERROR_MESSAGE_LEN];
       onig_error_code_to_str(message, rc, &error_info);
-      fail(origin, "pre-tokenizer regex /" + pattern + "/ does not compile: " + reinterpret_cast<char*>(message));
+      fail(origin, "pre-tokenizer regex /" + original_pattern + "/ does not compile: " + reinterpret_cast<char*>(message));
     }
   }
   ~OnigRegex() { onig_free(regex_); }
