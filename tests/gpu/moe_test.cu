@@ -1,0 +1,57 @@
+// MoE router and the whole MoE block (BF16) against the fp32 reference.
+#include <vector>
+
+#include "kernels/gemm.h"
+#include "kernels/moe.h"
+#include "tests/gpu/cuda_check.h"
+#include "tests/gpu/kernels_test_util.h"
+
+namespace ds::kernels {
+namespace {
+
+using testing_util::all_close;
+using testing_util::DeviceBuffer;
+using testing_util::random_bf16;
+using testing_util::to_float;
+
+TEST(GpuMoeRoute, MatchesReference) {
+  const int64_t T = 100, E = 256, k = 8;
+  const auto logits = random_bf16(size_t(T * E), 1, 2.f);  // bf16-valued: no near-ties below 1e-2
+  DeviceBuffer<float> dl(logits.values), dw(size_t(T * k));
+  DeviceBuffer<int32_t> di(size_t(T * k));
+  cuda::moe_route(dl.get(), T, E, k, true, di.get(), dw.get(), nullptr);
+  std::vector<int32_t> ids(size_t(T * k));
+  std::vector<float> w(size_t(T * k));
+  cpu::moe_route(logits.values.data(), T, E, k, true, ids.data(), w.data());
+  EXPECT_EQ(di.download(), ids);
+  EXPECT_TRUE(all_close(dw.download(), w, 1e-5f, 1e-4f));
+}
+
+TEST(GpuMoeRunner, WholeBlockMatchesReference) {
+  const MoeDims dims{256, 16, 4, 128, 192, true};
+  const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
+  const auto router = random_bf16(size_t(E * H), 2, 0.1f), gate_up = random_bf16(size_t(E * 2 * Ie * H), 3, 0.06f),
+             down = random_bf16(size_t(E * H * Ie), 4, 0.09f), s_gate_up = random_bf16(size_t(2 * Is * H), 5, 0.06f),
+             s_down = random_bf16(size_t(H * Is), 6, 0.07f), s_gate = random_bf16(size_t(H), 7, 0.1f);
+  DeviceBuffer<bf16> d_router(router.bits), d_gate_up(gate_up.bits), d_down(down.bits), d_s_gate_up(s_gate_up.bits),
+      d_s_down(s_down.bits), d_s_gate(s_gate.bits);
+  const MoeWeights<bf16> gpu_w{d_router.get(), d_gate_up.get(), d_down.get(), d_s_gate_up.get(), d_s_down.get(), d_s_gate.get()};
+  const MoeWeights<float> cpu_w{router.values.data(), gate_up.values.data(), down.values.data(),
+                                s_gate_up.values.data(), s_down.values.data(), s_gate.values.data()};
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, 64);
+  for (int64_t T : {1, 37, 64}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const auto x = random_bf16(size_t(T * H), uint32_t(10 + T));
+    DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
+    runner.forward(gemm, dx.get(), T, gpu_w, dout.get(), nullptr);
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<float> want(size_t(T * H));
+    cpu::moe_forward(x.values.data(), T, dims, cpu_w, want.data());
+    EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
+  }
+  EXPECT_THROW(runner.forward(gemm, nullptr, 65, gpu_w, nullptr, nullptr), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace ds::kernels
