@@ -7,7 +7,8 @@
 //   U = W_v − W_k Mᵀ;  O = Q_γ Mᵀ + P U;  M ← e^{γ_L} M + Uᵀ K_d             (sequential in M)
 // with Q_γ = diag(e^γ) Q̂, P_ij = e^{γ_i-γ_j} q̂_i·k̂_j (j <= i), K_d = diag(e^{γ_L-γ}) K̂.
 //
-// Kernel 1 (prepare_chunk_kernel), one block per (chunk, value head), fully parallel: writes
+// Kernel 1 (prepare_chunk_kernel), one block per (chunk, value head), fully parallel: k̂k̂ᵀ and
+// q̂k̂ᵀ on tensor cores, W by forward substitution (one column per thread, in registers), then
 // W_k, W_v, Q_γ, K_d, P and e^{γ_L} to the workspace. Kernel 2 (scan_chunks_kernel), one block per
 // (sequence, value head, 32-row slice of the state), walks the sequence's chunks in order with its
 // state slice in shared memory; state rows are independent, so slices need no communication.
@@ -37,6 +38,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kSlice = 32;  // state rows per scan block
 constexpr int kTile = 16;   // WMMA tile edge (m16n16k8 TF32)
 constexpr int kTileK = 8;
+static_assert(kThreads == 2 * kHeadDim, "kernel 1 substitutes one column of [W_k | W_v] per thread");
 
 // Workspace of one (chunk, head), in floats.
 constexpr int64_t kWkOffset = 0;
@@ -102,9 +104,8 @@ struct PrepareSmem {
   float kn[kChunk * kHeadDim];  // k̂, later β e^γ k̂
   float qn[kChunk * kHeadDim];  // q̂ (scaled by dk^-0.5)
   float vb[kChunk * kHeadDim];  // β v
-  float kk[kChunk * kChunk];    // k̂ k̂ᵀ
+  float kk[kChunk * kChunk];    // k̂ k̂ᵀ, then A
   float qk[kChunk * kChunk];    // q̂ k̂ᵀ
-  float t[kChunk * kChunk];     // (I + A)⁻¹
   float gamma[kChunk];
   float beta[kChunk];
 };
@@ -171,18 +172,10 @@ __global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p
     wmma::store_matrix_sync(sm.qk + m0 * kChunk + n0, acc, kChunk, wmma::mem_row_major);
   }
   __syncthreads();
-  // 3. T = (I + A)⁻¹ by forward substitution, one row at a time; column `col` per thread.
-  for (int i = 0; i < kChunk; ++i) {
-    if (threadIdx.x < kChunk) {
-      const int col = threadIdx.x;
-      float acc = col == i ? 1.f : 0.f;
-      for (int j = col; j < i; ++j) {
-        const float a = sm.beta[i] * __expf(sm.gamma[i] - sm.gamma[j]) * sm.kk[i * kChunk + j];
-        acc -= a * sm.t[j * kChunk + col];
-      }
-      sm.t[i * kChunk + col] = col <= i ? acc : 0.f;
-    }
-    __syncthreads();
+  // 3. A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j for j < i, else 0 (in place of k̂k̂ᵀ).
+  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
+    const int r = i / kChunk, col = i % kChunk;
+    sm.kk[i] = col < r ? sm.beta[r] * __expf(sm.gamma[r] - sm.gamma[col]) * sm.kk[i] : 0.f;
   }
   // 4. Q_γ, K_d and the masked decayed q̂k̂ᵀ go to the workspace; k̂ becomes β e^γ k̂ in place.
   const float gamma_last = sm.gamma[L - 1];
@@ -199,17 +192,23 @@ __global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p
   }
   if (threadIdx.x == 0) ws[kDecayOffset] = __expf(gamma_last);
   __syncthreads();
-  // 5. W_k = T (β e^γ K̂), W_v = T (β V): 64×128 each, 32 tiles, 4 per warp per product.
-  for (int tile = warp; tile < 32; tile += kWarps) {
-    const int m0 = (tile / 8) * kTile, n0 = (tile % 8) * kTile;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBrow>(acc, sm.t, kChunk, sm.kn, kHeadDim, m0, n0, kChunk);
-    wmma::store_matrix_sync(ws + kWkOffset + m0 * kHeadDim + n0, acc, kHeadDim, wmma::mem_row_major);
-    wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBrow>(acc, sm.t, kChunk, sm.vb, kHeadDim, m0, n0, kChunk);
-    wmma::store_matrix_sync(ws + kWvOffset + m0 * kHeadDim + n0, acc, kHeadDim, wmma::mem_row_major);
+  // 5. (I + A) W = B by forward substitution, one column of W = [W_k | W_v] per thread, held in
+  //    registers: w_i = b_i − Σ_{j<i} A_ij w_j with B = [β e^γ K̂ | β V]. No synchronisation needed.
+  const int col = threadIdx.x;  // 0..255: columns of W_k, then of W_v
+  const float* src = col < kHeadDim ? sm.kn + col : sm.vb + (col - kHeadDim);
+  float w[kChunk];
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) w[i] = src[i * kHeadDim];
+#pragma unroll
+  for (int i = 1; i < kChunk; ++i) {
+    float acc = w[i];
+#pragma unroll
+    for (int j = 0; j < i; ++j) acc -= sm.kk[i * kChunk + j] * w[j];
+    w[i] = acc;
   }
+  float* dst = ws + (col < kHeadDim ? kWkOffset + col : kWvOffset + (col - kHeadDim));
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) dst[i * kHeadDim] = w[i];
 }
 
 // Shared memory of kernel 2, in floats.
@@ -224,13 +223,29 @@ struct ScanSmem {
   float o[kChunk * kSlice];
 };
 
-__device__ __forceinline__ void copy_floats(float* dst, const float* src, int n) {
-  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
-    *reinterpret_cast<float4*>(dst + i) = *reinterpret_cast<const float4*>(src + i);
+// Asynchronous global → shared copies (cp.async, 16 bytes each, L2 only): issued by the whole
+// block, waited for with wait_copies() before a __syncthreads().
+__device__ __forceinline__ void copy_async_16(float* smem, const float* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void wait_copies() { asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory"); }
+
+// n floats, n a multiple of 4 * kThreads.
+__device__ __forceinline__ void copy_floats_async(float* dst, const float* src, int n) {
+  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) copy_async_16(dst + i, src + i);
+}
+
+// The W_v columns [row0, row0 + kSlice) of a chunk's workspace, as a dense [64][kSlice] block.
+__device__ __forceinline__ void copy_wv_slice_async(float* dst, const float* ws, int row0) {
+  for (int i = threadIdx.x * 4; i < kChunk * kSlice; i += kThreads * 4) {
+    copy_async_16(dst + i, ws + kWvOffset + (i / kSlice) * kHeadDim + row0 + i % kSlice);
   }
 }
 
-// grid (num_seqs, Hv, 128 / kSlice).
+// grid (num_seqs, Hv, 128 / kSlice). Loads of chunk n+1's workspace overlap chunk n's math: each
+// buffer is refilled as soon as its last reader is done (W_k, W_v after U; Q_γ, P after O; K_d
+// after the state update).
 __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) {
   extern __shared__ __align__(128) float4 smem_raw[];
   ScanSmem& sm = *reinterpret_cast<ScanSmem*>(smem_raw);
@@ -244,22 +259,25 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
   for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) sm.m[i] = from_state ? state[i] : 0.f;
 
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
-  for (int64_t t0 = start; t0 < end; t0 += kChunk) {
+  const int64_t num_chunks = (end - start + kChunk - 1) / kChunk;
+  auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkFloats; };
+  if (num_chunks > 0) {
+    const float* ws = chunk_ws(0);
+    copy_floats_async(sm.wk, ws + kWkOffset, kChunk * kHeadDim);
+    copy_wv_slice_async(sm.wv, ws, row0);
+    copy_floats_async(sm.qg, ws + kQgOffset, kChunk * kHeadDim);
+    copy_floats_async(sm.pm, ws + kPOffset, kChunk * kChunk);
+    copy_floats_async(sm.kd, ws + kKdOffset, kChunk * kHeadDim);
+  }
+  const int m0 = (warp / 2) * kTile, n0 = (warp % 2) * kTile;  // this warp's tile of U and O (64×32)
+  for (int64_t n = 0; n < num_chunks; ++n) {
+    const int64_t t0 = start + n * kChunk;
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
-    const float* ws = p.workspace + ((chunk0 + (t0 - start) / kChunk) * p.num_v_heads + h) * kChunkFloats;
-    __syncthreads();  // the previous chunk is done with the buffers
-    copy_floats(sm.wk, ws + kWkOffset, kChunk * kHeadDim);
-    copy_floats(sm.qg, ws + kQgOffset, kChunk * kHeadDim);
-    copy_floats(sm.kd, ws + kKdOffset, kChunk * kHeadDim);
-    copy_floats(sm.pm, ws + kPOffset, kChunk * kChunk);
-    for (int i = threadIdx.x * 4; i < kChunk * kSlice; i += kThreads * 4) {
-      const int r = i / kSlice, col = i % kSlice;
-      *reinterpret_cast<float4*>(sm.wv + i) = *reinterpret_cast<const float4*>(ws + kWvOffset + r * kHeadDim + row0 + col);
-    }
-    const float decay = ws[kDecayOffset];
+    const float* next = n + 1 < num_chunks ? chunk_ws(n + 1) : nullptr;
+    const float decay = chunk_ws(n)[kDecayOffset];
+    wait_copies();
     __syncthreads();
-    // U = W_v − W_k Mᵀ: 64×32, one tile per warp.
-    const int m0 = (warp / 2) * kTile, n0 = (warp % 2) * kTile;
+    // U = W_v − W_k Mᵀ.
     {
       FragC acc;
       wmma::load_matrix_sync(acc, sm.wv + m0 * kSlice + n0, kSlice, wmma::mem_row_major);
@@ -271,7 +289,11 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
       wmma::store_matrix_sync(sm.u + m0 * kSlice + n0, acc, kSlice, wmma::mem_row_major);
     }
     __syncthreads();
-    // O = Q_γ Mᵀ + P U: 64×32, one tile per warp.
+    if (next != nullptr) {
+      copy_floats_async(sm.wk, next + kWkOffset, kChunk * kHeadDim);
+      copy_wv_slice_async(sm.wv, next, row0);
+    }
+    // O = Q_γ Mᵀ + P U.
     {
       FragC acc;
       wmma::fill_fragment(acc, 0.f);
@@ -280,7 +302,11 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
       wmma::store_matrix_sync(sm.o + m0 * kSlice + n0, acc, kSlice, wmma::mem_row_major);
     }
     __syncthreads();
-    // M ← e^{γ_L} M + Uᵀ K_d: 32×128, two tiles per warp (all reads of the old M are done).
+    if (next != nullptr) {
+      copy_floats_async(sm.qg, next + kQgOffset, kChunk * kHeadDim);
+      copy_floats_async(sm.pm, next + kPOffset, kChunk * kChunk);
+    }
+    // M ← e^{γ_L} M + Uᵀ K_d (all reads of the old M are done), two tiles per warp.
     for (int tile = warp; tile < 16; tile += kWarps) {
       const int mm = (tile / 8) * kTile, nn = (tile % 8) * kTile;
       FragC acc;
@@ -298,7 +324,10 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
       for (int j = 0; j < 8; ++j) vals[j] = sm.o[i + j];
       cuda_utils::store_vec<8>(p.out + ((t0 + r) * p.num_v_heads + h) * kHeadDim + row0 + col, vals);
     }
+    __syncthreads();
+    if (next != nullptr) copy_floats_async(sm.kd, next + kKdOffset, kChunk * kHeadDim);
   }
+  wait_copies();
   __syncthreads();
   for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) state[i] = sm.m[i];
 }

@@ -31,34 +31,45 @@ __device__ __forceinline__ int64_t source_column(const SplitGeometry& g, int32_t
   return (part == 0 ? off.v : off.z) + c % g.group_v;
 }
 
-// blockIdx.x = token; blockIdx.y·blockDim.x + threadIdx.x = unit of the output row: first the
-// (2K+2V)/VEC vectors of [mixed_qkv | z], then 2Hv scalars of [b | a].
+// Rows per block: each thread moves the same unit of kRows consecutive rows, issuing all loads
+// before the stores so that several 16-byte loads per thread are in flight.
+constexpr int kRows = 4;
+
+// blockIdx.x = group of kRows tokens; blockIdx.y·blockDim.x + threadIdx.x = unit of the output
+// row: first the (2K+2V)/VEC vectors of [mixed_qkv | z], then 2Hv scalars of [b | a].
 template <int VEC, typename T>
 __global__ void split_kernel(const T* __restrict__ qkvz, int64_t qkvz_stride, const T* __restrict__ ba,
-                             int64_t ba_stride, SplitGeometry g, T* __restrict__ mixed_qkv, T* __restrict__ z,
-                             T* __restrict__ b, T* __restrict__ a) {
-  const int64_t t = blockIdx.x;
+                             int64_t ba_stride, int64_t num_tokens, SplitGeometry g, T* __restrict__ mixed_qkv,
+                             T* __restrict__ z, T* __restrict__ b, T* __restrict__ a) {
+  const int64_t t0 = int64_t(blockIdx.x) * kRows;
+  const int rows = int(num_tokens - t0 < kRows ? num_tokens - t0 : kRows);
   const int32_t unit = blockIdx.y * blockDim.x + threadIdx.x;
   const int32_t conv_dim = 2 * g.key_dim + g.value_dim;
   const int32_t num_vectors = (conv_dim + g.value_dim) / VEC;
   if (unit < num_vectors) {
     const int32_t col = unit * VEC;
     struct alignas(VEC * sizeof(T)) Pack { T e[VEC]; };
-    const Pack v = *reinterpret_cast<const Pack*>(qkvz + t * qkvz_stride + source_column(g, col));
-    T* dst = col < conv_dim ? mixed_qkv + t * conv_dim + col : z + t * g.value_dim + (col - conv_dim);
-    *reinterpret_cast<Pack*>(dst) = v;
+    const T* src = qkvz + t0 * qkvz_stride + source_column(g, col);
+    T* dst = col < conv_dim ? mixed_qkv + t0 * conv_dim + col : z + t0 * g.value_dim + (col - conv_dim);
+    const int64_t dst_stride = col < conv_dim ? conv_dim : g.value_dim;
+    Pack v[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r < rows) v[r] = *reinterpret_cast<const Pack*>(src + r * qkvz_stride);
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r < rows) *reinterpret_cast<Pack*>(dst + r * dst_stride) = v[r];
+    }
     return;
   }
   const int32_t scalar = unit - num_vectors;
   if (scalar >= 2 * g.num_v_heads) return;
   const int32_t h = scalar % g.num_v_heads;
   const QkvzGroupOffsets off = qkvz_group_offsets(g.layout, g.dims, h / g.ratio);
-  const int32_t j = h % g.ratio;
-  if (scalar < g.num_v_heads) {
-    b[t * g.num_v_heads + h] = ba[t * ba_stride + off.b + j];
-  } else {
-    a[t * g.num_v_heads + h] = ba[t * ba_stride + off.a + j];
-  }
+  const int64_t src_col = (scalar < g.num_v_heads ? off.b : off.a) + h % g.ratio;
+  T* dst = scalar < g.num_v_heads ? b : a;
+  for (int r = 0; r < rows; ++r) dst[(t0 + r) * g.num_v_heads + h] = ba[(t0 + r) * ba_stride + src_col];
 }
 
 template <int VEC, typename T>
@@ -66,8 +77,9 @@ void launch_split(const T* qkvz, int64_t qkvz_stride, const T* ba, int64_t ba_st
                   const SplitGeometry& g, T* mixed_qkv, T* z, T* b, T* a, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int64_t units = (2 * g.key_dim + 2 * g.value_dim) / VEC + 2 * g.num_v_heads;
-  const dim3 grid(unsigned(num_tokens), cuda_utils::grid_dim(units, kThreads));
-  split_kernel<VEC><<<grid, kThreads, 0, stream>>>(qkvz, qkvz_stride, ba, ba_stride, g, mixed_qkv, z, b, a);
+  const dim3 grid(cuda_utils::grid_dim(num_tokens, kRows), cuda_utils::grid_dim(units, kThreads));
+  split_kernel<VEC><<<grid, kThreads, 0, stream>>>(qkvz, qkvz_stride, ba, ba_stride, num_tokens, g, mixed_qkv, z, b,
+                                                   a);
   cuda_utils::check_launch("fused_qkvzba_split_reshape_cat");
 }
 

@@ -43,6 +43,22 @@ inline double median_us(const std::function<void(int)>& run, cudaStream_t stream
   return times[times.size() / 2];
 }
 
+// Time per call in microseconds of `run(i)` replayed from a CUDA graph of `calls` captured calls
+// (median over `reps` graph launches): the in-graph cost, without per-launch CPU overhead, as the
+// server's decode step runs it.
+inline double graph_us(const std::function<void(int)>& run, cudaStream_t stream, int calls = 20, int reps = 10) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  for (int i = 0; i < calls; ++i) run(i);
+  check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  const double us = median_us([&](int) { check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch"); }, stream, 2, reps);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return us / calls;
+}
+
 // Number of copies of a `bytes`-sized working set needed to exceed 4x the 50 MB L2 (at least 2).
 inline int rotation_copies(size_t bytes) {
   const size_t target = size_t(200) << 20;

@@ -50,25 +50,24 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   check(cudaMalloc(&scratch, scratch_bytes), "cudaMalloc");
 
   const bf16* qkv = proj;  // q|k|v as the first C columns of the merged row
-  const double t_rule = median_us(
-      [&](int i) {
-        ds::kernels::cuda::gated_delta_rule_decode(qkv, qkv + d.key_dim(), qkv + 2 * d.key_dim(), W, g, beta, state,
-                                                   d_slots + (i % groups) * B, B, d, out, stream);
-      },
-      stream, 5, 50);
+  auto rule = [&](int i) {
+    ds::kernels::cuda::gated_delta_rule_decode(qkv, qkv + d.key_dim(), qkv + 2 * d.key_dim(), W, g, beta, state,
+                                               d_slots + (i % groups) * B, B, d, out, stream);
+  };
+  const double t_rule_event = median_us(rule, stream, 5, 50);
+  const double t_rule = ds::kernels::gpu_bench::graph_us(rule, stream);
   const ds::kernels::GdnDecodeInputs<bf16> in{proj, W, proj + d.z_offset(), W, proj + d.b_offset(), W,
                                               proj + d.a_offset(), W, conv_w, A_log, dt_bias, norm_w, 1e-6f};
-  const double t_fused = median_us(
-      [&](int i) {
-        ds::kernels::cuda::gdn_decode(in, {conv_state, state, d_slots + (i % groups) * B}, B, d, scratch, scratch_bytes,
-                                      out, stream);
-      },
-      stream, 5, 50);
+  auto fused = [&](int i) {
+    ds::kernels::cuda::gdn_decode(in, {conv_state, state, d_slots + (i % groups) * B}, B, d, scratch, scratch_bytes,
+                                  out, stream);
+  };
+  const double t_fused = ds::kernels::gpu_bench::graph_us(fused, stream);
   const double bytes = 2.0 * B * state_bytes_per_slot + double(B) * (d.conv_dim() + d.value_dim()) * sizeof(bf16);
   const double gbs = bytes / t_rule * 1e-3;
   std::printf("%-14s B=%-4ld | rule %7.1f us %6.0f GB/s (%3.0f%% of %.2f TB/s; floor %6.1f us)", name, long(B), t_rule,
               gbs, 100 * gbs / kCeilingGBs, kCeilingGBs / 1000, bytes / kCeilingGBs * 1e-3);
-  std::printf(" | fused decode %7.1f us", t_fused);
+  std::printf(" | fused decode %7.1f us | rule per-launch (events) %7.1f us", t_fused, t_rule_event);
   if (fla_us > 0) std::printf(" | FLA (GPU.md) %.0f us", fla_us);
   std::printf("\n");
   for (void* p : {static_cast<void*>(state), static_cast<void*>(conv_state), static_cast<void*>(proj),
@@ -88,7 +87,8 @@ int main() {
   }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-  std::printf("gdn_decode_bench on %s (times are GPU time between events; no launch overhead in a graph)\n", prop.name);
+  std::printf("gdn_decode_bench on %s: per-call time inside a CUDA graph of 20 calls (median of 10 graph launches),\n"
+              "and the rule kernel timed per launch with events (includes the launch gap)\n", prop.name);
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "stream");
   for (int64_t B : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
