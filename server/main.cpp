@@ -5,7 +5,9 @@
 
 #include "bench/commands.h"
 #include "kernels/device.h"
+#include "server/commands.h"
 #include "weights/commands.h"
+#include "worker/commands.h"
 
 namespace {
 
@@ -30,6 +32,8 @@ int main(int argc, char** argv) {
   add_info_command(app);
   ds::bench::add_bench_command(app);
   ds::weights::add_gen_model_command(app);
+  ds::server::add_serve_command(app);
+  ds::worker::add_worker_command(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
