@@ -30,6 +30,7 @@ struct BackendOptions {
   int port = 0;
   std::string model;  // empty: the served model (OpenAI: the first of /v1/models)
   bool ignore_eos = false;
+  double request_timeout_s = 0;  // > 0: a request still streaming after this long fails
 };
 
 class Backend {

@@ -41,6 +41,7 @@ struct BenchOptions {
   uint64_t seed = 1;
   bool ignore_eos = false;
   int warmup_requests = 1;
+  double request_timeout_s = 0;
   std::string output_file;
   std::vector<int> sweep;
   std::string plot;
@@ -110,6 +111,7 @@ nlohmann::json config_json(const BenchOptions& o, const std::string& model) {
   c["seed"] = o.seed;
   c["ignore_eos"] = o.ignore_eos;
   c["warmup_requests"] = o.warmup_requests;
+  c["request_timeout_s"] = o.request_timeout_s;
   return c;
 }
 
@@ -119,7 +121,7 @@ class Benchmark {
     if (o_.num_prompts < 1) throw std::invalid_argument("--num-prompts must be >= 1");
     if (!o_.plot.empty() && o_.sweep.empty()) throw std::invalid_argument("--plot needs --sweep");
     raise_open_file_limit();
-    BackendOptions b{o_.host, o_.port, o_.model, o_.ignore_eos};
+    BackendOptions b{o_.host, o_.port, o_.model, o_.ignore_eos, o_.request_timeout_s};
     if (o_.backend == "grpc") {
       auto grpc = std::make_unique<GrpcBackend>(b);
       // Random ids must be ids the served model can embed.
@@ -241,6 +243,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed)->capture_default_str();
   cmd->add_flag("--ignore-eos", o->ignore_eos, "ask for exactly max_tokens tokens");
   cmd->add_option("--warmup-requests", o->warmup_requests, "unmeasured requests sent first")->capture_default_str();
+  cmd->add_option("--request-timeout", o->request_timeout_s, "seconds before a request counts as failed (0: never)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--output-file", o->output_file, "JSON file: config, summary and every request");
   cmd->add_option("--sweep", o->sweep, "run once per max concurrency, e.g. 1,4,16,64")->delimiter(',');
   cmd->add_option("--plot", o->plot, "with --sweep: PNG of output throughput against median TPOT (gnuplot)");

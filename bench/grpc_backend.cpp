@@ -45,9 +45,12 @@ v1::GenerateRequest generate_request(const RequestSpec& spec, const BackendOptio
 // reactor), so the record needs no lock; `done` hands it over at the end.
 class GenerateCall : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
-  GenerateCall(v1::Generation::Stub& stub, v1::GenerateRequest request, RequestRecord& record, const Timeline& timeline,
-               std::function<void()> done)
+  GenerateCall(v1::Generation::Stub& stub, v1::GenerateRequest request, double timeout_s, RequestRecord& record,
+               const Timeline& timeline, std::function<void()> done)
       : request_(std::move(request)), record_(record), timeline_(timeline), done_(std::move(done)) {
+    if (timeout_s > 0)
+      context_.set_deadline(std::chrono::system_clock::now() +
+                            std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(timeout_s)));
     stub.async()->Generate(&context_, &request_, this);
   }
 
@@ -124,7 +127,7 @@ GrpcBackend::GrpcBackend(BackendOptions options) : options_(std::move(options)) 
 void GrpcBackend::send(const RequestSpec& spec, RequestRecord& record, const Timeline& timeline,
                        std::function<void()> done) {
   auto& stub = *stubs_[next_stub_++ % stubs_.size()];
-  auto* call = new GenerateCall(stub, generate_request(spec, options_), record, timeline, std::move(done));
+  auto* call = new GenerateCall(stub, generate_request(spec, options_), options_.request_timeout_s, record, timeline, std::move(done));
   call->start();  // the call deletes itself in OnDone
 }
 

@@ -1,8 +1,10 @@
 #include "bench/openai_backend.h"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cstdio>
 #include <stdexcept>
 
 #include "bench/openai_protocol.h"
@@ -22,15 +24,24 @@ constexpr std::uint64_t kMaxBodyBytes = 1ull << 32;  // streams of long outputs 
 // handing each piece to the stream reader with the time it arrived.
 class CompletionCall : public std::enable_shared_from_this<CompletionCall> {
  public:
-  CompletionCall(asio::io_context& io, http::request<http::string_body> request, RequestRecord& record,
+  CompletionCall(asio::io_context& io, http::request<http::string_body> request, double timeout_s, RequestRecord& record,
                  const Timeline& timeline, std::function<void()> done)
-      : socket_(io), request_(std::move(request)), record_(record), reader_(record), timeline_(timeline),
-        done_(std::move(done)) {
+      : socket_(io), timer_(io), timeout_s_(timeout_s), request_(std::move(request)), record_(record), reader_(record),
+        timeline_(timeline), done_(std::move(done)) {
     parser_.body_limit(kMaxBodyBytes);
   }
 
   void start(const tcp::resolver::results_type& endpoints) {
     record_.send_time = timeline_.now();
+    if (timeout_s_ > 0) {  // closing the socket makes the pending operation fail, which ends the call
+      timer_.expires_after(std::chrono::duration_cast<asio::steady_timer::duration>(std::chrono::duration<double>(timeout_s_)));
+      timer_.async_wait([self = shared_from_this()](error_code ec) {
+        if (ec) return;  // cancelled: the call finished first
+        self->timed_out_ = true;
+        error_code ignored;
+        self->socket_.close(ignored);
+      });
+    }
     asio::async_connect(socket_, endpoints, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
       if (ec) return self->finish_with("connect: " + ec.message());
       http::async_write(self->socket_, self->request_, [self](error_code ec, size_t) { self->on_written(ec); });
@@ -84,17 +95,25 @@ class CompletionCall : public std::enable_shared_from_this<CompletionCall> {
   }
 
   void finish_at_end_of_body() {
+    if (timed_out_) return finish_with("");
     reader_.end_of_body();
     finish();
   }
 
   void finish_with(std::string reason) {
     record_.success = false;
-    record_.error = std::move(reason);
+    record_.error = timed_out_ ? timeout_reason() : std::move(reason);
     finish();
   }
 
+  std::string timeout_reason() const {
+    char text[64];
+    std::snprintf(text, sizeof text, "timed out after %g s", timeout_s_);
+    return text;
+  }
+
   void finish() {
+    timer_.cancel();
     error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
@@ -102,6 +121,9 @@ class CompletionCall : public std::enable_shared_from_this<CompletionCall> {
   }
 
   tcp::socket socket_;
+  asio::steady_timer timer_;
+  double timeout_s_;
+  bool timed_out_ = false;
   beast::flat_buffer buffer_;
   http::request<http::string_body> request_;
   http::response_parser<http::string_body> parser_;
@@ -161,7 +183,7 @@ void OpenAiBackend::send(const RequestSpec& spec, RequestRecord& record, const T
   request.set(http::field::accept, "text/event-stream");
   request.body() = completion_request_body(spec, options_.model, options_.ignore_eos).dump();
   request.prepare_payload();
-  auto call = std::make_shared<CompletionCall>(io_, std::move(request), record, timeline, std::move(done));
+  auto call = std::make_shared<CompletionCall>(io_, std::move(request), options_.request_timeout_s, record, timeline, std::move(done));
   call->start(endpoints_);
 }
 
