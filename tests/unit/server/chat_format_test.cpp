@@ -13,20 +13,6 @@ namespace {
 
 using ordered_json = nlohmann::ordered_json;
 
-ChatMessage message_from_json(const ordered_json& m) {
-  ChatMessage message;
-  message.role = m.at("role").get<std::string>();
-  message.content = m.value("content", "");
-  if (m.contains("reasoning_content")) message.reasoning_content = m["reasoning_content"].get<std::string>();
-  if (m.contains("tool_calls")) {
-    for (const auto& call : m["tool_calls"]) {
-      const ordered_json& function = call.contains("function") ? call["function"] : call;
-      message.tool_calls.push_back({function.at("name").get<std::string>(), function.at("arguments")});
-    }
-  }
-  return message;
-}
-
 TEST(ChatFormat, MatchesJinjaTemplateOnFixtureCases) {
   const std::string path = std::string(DELTASERVE_SOURCE_DIR) + "/tests/data/tokenizer/chat_expected.jsonl";
   std::ifstream in(path);
@@ -35,8 +21,7 @@ TEST(ChatFormat, MatchesJinjaTemplateOnFixtureCases) {
   int cases = 0;
   while (std::getline(in, line)) {
     const auto row = ordered_json::parse(line);
-    std::vector<ChatMessage> messages;
-    for (const auto& m : row.at("messages")) messages.push_back(message_from_json(m));
+    const std::vector<ChatMessage> messages = chat_messages_from_openai(row.at("messages"));
     ChatOptions options;
     options.add_generation_prompt = row.at("add_generation_prompt").get<bool>();
     options.enable_thinking = row.value("enable_thinking", true);
@@ -78,6 +63,42 @@ TEST(ChatFormat, RejectsBadInput) {
   ChatOptions options;
   options.tools = ordered_json::object();
   EXPECT_THROW(format_chat({{"user", "a", {}, {}}}, options), std::invalid_argument);
+}
+
+TEST(ChatFormat, ConvertsOpenAiMessages) {
+  const auto messages = chat_messages_from_openai(ordered_json::parse(R"([
+    {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "42"}])"));
+  ASSERT_EQ(messages.size(), 3u);
+  EXPECT_EQ(messages[0].content, "Hello there");
+  EXPECT_EQ(messages[1].content, "");
+  ASSERT_EQ(messages[1].tool_calls.size(), 1u);
+  EXPECT_EQ(messages[1].tool_calls[0].name, "f");
+  EXPECT_EQ(messages[1].tool_calls[0].arguments, ordered_json("{\"x\": 1}"));
+  EXPECT_EQ(format_chat(messages),
+            "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"f\", "
+            "\"arguments\": {\"x\": 1}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n42\n"
+            "</tool_response><|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(ChatFormat, OpenAiConversionErrorsNameTheField) {
+  auto error_of = [](const char* text) -> std::string {
+    try {
+      chat_messages_from_openai(ordered_json::parse(text));
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_THAT(error_of(R"({"role": "user"})"), ::testing::HasSubstr("messages must be an array"));
+  EXPECT_THAT(error_of(R"([{"content": "x"}])"), ::testing::HasSubstr("messages[0].role"));
+  EXPECT_THAT(error_of(R"([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])"),
+              ::testing::HasSubstr("messages[0].content[0].type \"image_url\" is not supported"));
+  EXPECT_THAT(error_of(R"([{"role": "user", "content": 5}])"), ::testing::HasSubstr("messages[0].content"));
+  EXPECT_THAT(error_of(R"([{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}])"),
+              ::testing::HasSubstr("messages[0].tool_calls[0].function.name"));
 }
 
 TEST(PythonJsonDumps, MatchesPythonJsonDumpsFormatting) {
