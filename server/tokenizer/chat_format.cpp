@@ -218,7 +218,74 @@ void validate(const std::vector<ChatMessage>& messages, const ChatOptions& optio
   }
 }
 
+[[noreturn]] void bad_field(const std::string& field, const std::string& problem) {
+  throw std::invalid_argument(field + " " + problem);
+}
+
+std::string content_text(const nlohmann::ordered_json& content, const std::string& field) {
+  if (content.is_null()) return "";
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) bad_field(field, "must be a string, null or an array of content parts");
+  std::string text;
+  for (size_t j = 0; j < content.size(); ++j) {
+    const auto& part = content[j];
+    const std::string part_field = field + "[" + std::to_string(j) + "]";
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string()) {
+      bad_field(part_field, "must be an object with a string \"type\"");
+    }
+    const std::string type = part["type"].get<std::string>();
+    if (type != "text") bad_field(part_field + ".type", "\"" + type + "\" is not supported (text only)");
+    if (!part.contains("text") || !part["text"].is_string()) bad_field(part_field + ".text", "must be a string");
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
+ChatToolCall tool_call_from_openai(const nlohmann::ordered_json& call, const std::string& field) {
+  if (!call.is_object()) bad_field(field, "must be an object");
+  const nlohmann::ordered_json& function = call.contains("function") ? call["function"] : call;
+  const std::string function_field = call.contains("function") ? field + ".function" : field;
+  if (!function.is_object() || !function.contains("name") || !function["name"].is_string()) {
+    bad_field(function_field + ".name", "must be a string");
+  }
+  ChatToolCall tool_call{function["name"].get<std::string>(), nlohmann::ordered_json::object()};
+  if (function.contains("arguments")) {
+    const auto& arguments = function["arguments"];
+    if (!arguments.is_string() && !arguments.is_object()) {
+      bad_field(function_field + ".arguments", "must be a JSON string or an object");
+    }
+    tool_call.arguments = arguments;
+  }
+  return tool_call;
+}
+
 }  // namespace
+
+std::vector<ChatMessage> chat_messages_from_openai(const nlohmann::ordered_json& messages) {
+  if (!messages.is_array()) bad_field("messages", "must be an array");
+  std::vector<ChatMessage> out;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const auto& m = messages[i];
+    const std::string field = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad_field(field, "must be an object");
+    if (!m.contains("role") || !m["role"].is_string()) bad_field(field + ".role", "must be a string");
+    ChatMessage message;
+    message.role = m["role"].get<std::string>();
+    message.content = content_text(m.contains("content") ? m["content"] : nlohmann::ordered_json(), field + ".content");
+    if (m.contains("reasoning_content") && !m["reasoning_content"].is_null()) {
+      if (!m["reasoning_content"].is_string()) bad_field(field + ".reasoning_content", "must be a string");
+      message.reasoning_content = m["reasoning_content"].get<std::string>();
+    }
+    if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
+      if (!m["tool_calls"].is_array()) bad_field(field + ".tool_calls", "must be an array");
+      for (size_t j = 0; j < m["tool_calls"].size(); ++j) {
+        message.tool_calls.push_back(tool_call_from_openai(m["tool_calls"][j], field + ".tool_calls[" + std::to_string(j) + "]"));
+      }
+    }
+    out.push_back(std::move(message));
+  }
+  return out;
+}
 
 std::string python_json_dumps(const nlohmann::ordered_json& value) {
   std::string out;

@@ -46,6 +46,13 @@ struct ChatOptions {
 // an array.
 std::string format_chat(const std::vector<ChatMessage>& messages, const ChatOptions& options = {});
 
+// The "messages" array of an OpenAI chat completion request → ChatMessages. content may be a
+// string, null (e.g. an assistant turn with only tool_calls) or an array of {"type": "text",
+// "text": ...} parts (concatenated); tool_calls entries are {"type": "function", "function":
+// {"name", "arguments"}} with arguments a JSON string or object. Throws std::invalid_argument
+// naming the offending field, e.g. "messages[2].content[0].type \"image_url\" is not supported".
+std::vector<ChatMessage> chat_messages_from_openai(const nlohmann::ordered_json& messages);
+
 // Python json.dumps(value, ensure_ascii=False) text (separators ", " and ": "), as Jinja's tojson
 // in transformers produces. Exposed for tests.
 std::string python_json_dumps(const nlohmann::ordered_json& value);

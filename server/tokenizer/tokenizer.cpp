@@ -47,34 +47,30 @@ void append_utf8(std::string& out, char32_t cp) {
   }
 }
 
-// Decodes well-formed UTF-8 (vocabulary strings come from parsed JSON, so they are well formed).
-std::vector<char32_t> code_points(std::string_view s) {
-  std::vector<char32_t> out;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    const auto b = static_cast<uint8_t>(s[pos]);
-    const size_t len = b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
-    char32_t cp = len == 1 ? b : len == 2 ? (b & 0x1F) : len == 3 ? (b & 0x0F) : (b & 0x07);
-    for (size_t k = 1; k < len && pos + k < s.size(); ++k) cp = (cp << 6) | (static_cast<uint8_t>(s[pos + k]) & 0x3F);
-    out.push_back(cp);
-    pos += len;
-  }
-  return out;
+// Decodes the character starting at `pos` of well-formed UTF-8 and sets `length` to its size.
+char32_t decode_code_point(std::string_view s, size_t pos, size_t& length) {
+  const auto b = static_cast<uint8_t>(s[pos]);
+  length = b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+  char32_t cp = length == 1 ? b : length == 2 ? (b & 0x1F) : length == 3 ? (b & 0x0F) : (b & 0x07);
+  for (size_t k = 1; k < length && pos + k < s.size(); ++k) cp = (cp << 6) | (static_cast<uint8_t>(s[pos + k]) & 0x3F);
+  return cp;
 }
 
 // GPT-2's reversible byte ↔ printable-character alphabet used by ByteLevel: printable Latin-1
 // bytes stand for themselves, the other 68 bytes map to U+0100 onwards in byte order.
 struct ByteLevelAlphabet {
+  static constexpr char32_t kCharLimit = 256 + 68;  // every alphabet character is below this
   std::array<std::string, 256> byte_to_utf8;
-  std::unordered_map<char32_t, uint8_t> char_to_byte;
+  std::array<int16_t, kCharLimit> char_to_byte;  // -1: not an alphabet character
 
   ByteLevelAlphabet() {
     char32_t next_extra = 256;
+    char_to_byte.fill(-1);
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       const char32_t cp = printable ? static_cast<char32_t>(b) : next_extra++;
       append_utf8(byte_to_utf8[b], cp);
-      char_to_byte[cp] = static_cast<uint8_t>(b);
+      char_to_byte[cp] = static_cast<int16_t>(b);
     }
   }
 };
@@ -95,10 +91,12 @@ std::string to_byte_level(std::string_view bytes) {
 // bytes; any other token is passed through as its own UTF-8 text.
 std::string from_byte_level(const std::string& token) {
   std::string out;
-  for (char32_t cp : code_points(token)) {
-    auto it = byte_level().char_to_byte.find(cp);
-    if (it == byte_level().char_to_byte.end()) return token;
-    out += static_cast<char>(it->second);
+  size_t length = 0;
+  for (size_t pos = 0; pos < token.size(); pos += length) {
+    const char32_t cp = decode_code_point(token, pos, length);
+    const int byte = cp < ByteLevelAlphabet::kCharLimit ? byte_level().char_to_byte[cp] : -1;
+    if (byte < 0) return token;
+    out += static_cast<char>(byte);
   }
   return out;
 }
@@ -371,12 +369,15 @@ char32_t code_point_before(std::string_view s, size_t end, size_t& begin_out) {
   size_t b = end - 1;
   while (b > 0 && (static_cast<uint8_t>(s[b]) & 0xC0) == 0x80) --b;
   begin_out = b;
-  return code_points(s.substr(b, end - b)).front();
+  size_t length;
+  return decode_code_point(s, b, length);
 }
 
 char32_t code_point_at(std::string_view s, size_t begin, size_t& end_out) {
-  end_out = begin + utf8::next_step(s, begin).length;
-  return code_points(s.substr(begin, end_out - begin)).front();
+  size_t length;
+  const char32_t cp = decode_code_point(s, begin, length);
+  end_out = begin + length;
+  return cp;
 }
 
 struct MergeRule {
