@@ -195,21 +195,54 @@ assert r["summary"]["completed"] == 3 and r["summary"]["failed"] == 6, r["summar
 PY
 done
 
-# A server killed mid-run: requests in flight are cut, later ones cannot connect; all are counted.
+# A server killed mid-run: short requests finish first, then the server is killed while the long
+# ones stream; those are counted as failures (cut mid-stream), the short ones stay exact.
+python3 - "$WORK/killed.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(8):
+        f.write(json.dumps({"prompt": list(range(1000 + 7 * i, 1016 + 7 * i)), "output_len": 2 if i < 4 else 200}) + "\n")
+PY
+finished_by_length() {
+  curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" | sed -n 's/^deltaserve_requests_total{outcome="length"} \([0-9]*\).*/\1/p'
+}
 for backend in openai grpc; do
   log "$backend: server killed mid-run"
   out=$WORK/killed-$backend.json
+  before=$(finished_by_length)
+  [[ -n $before ]] || die "GET /metrics has no deltaserve_requests_total{outcome=\"length\"}"
   timeout 600 "$BIN" bench --backend "$backend" --host 127.0.0.1 --port "$(port_of "$backend")" --seed 7 \
-    --num-prompts 24 --random-input-len 16 --random-output-len 64 --random-range-ratio 1 --request-rate 8 \
-    --ignore-eos --warmup-requests 0 --output-file "$out" >"$out.log" 2>&1 &
+    --dataset jsonl --dataset-path "$WORK/killed.jsonl" --num-prompts 8 --ignore-eos --warmup-requests 0 \
+    --output-file "$out" >"$out.log" 2>&1 &
   bench_pid=$!
-  sleep 1.5
+  for _ in $(seq 1 1200); do
+    (($(finished_by_length) >= before + 4)) && break
+    sleep 0.25
+  done
   kill_server KILL
   rc=0
   wait "$bench_pid" || rc=$?
   ((rc == 0)) || { cat "$out.log" >&2; die "bench exited $rc after the server was killed"; }
   check "$out" cut || die "$backend killed server"
-  [[ $backend == openai ]] && start_server
+  python3 - "$out" <<'PY' || die "$backend killed server: outcomes"
+import json, sys
+reqs = json.load(open(sys.argv[1]))["requests"]
+short, long_ = reqs[:4], reqs[4:]
+assert all(q["success"] for q in short), [q["error"] for q in short]
+assert not any(q["success"] for q in long_), "a 200-token request finished before the kill"
+assert any(q["chunk_tokens"] for q in long_), "no long request was cut mid-stream"
+print("killed:", sorted({q["error"] for q in long_}))
+PY
+  if [[ $backend == openai ]]; then
+    dead_port=$HTTP_PORT
+    start_server
+  fi
 done
+
+log "bench against a dead server fails at once, naming the address"
+if "$BIN" bench --backend openai --host 127.0.0.1 --port "$dead_port" --num-prompts 1 >"$WORK/dead.log" 2>&1; then
+  die "bench against a dead port succeeded"
+fi
+grep -q "127.0.0.1:$dead_port" "$WORK/dead.log" || { cat "$WORK/dead.log" >&2; die "the error does not name the address"; }
 
 log "PASS"
