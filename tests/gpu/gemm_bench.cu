@@ -1,0 +1,69 @@
+// GEMM throughput at the projection shapes of the published Qwen3.5 models (TP 1), BF16 through
+// cuBLASLt and block-FP8 through our kernel, T in {1, 64, 1024, 8192}. Prints TFLOP/s against the
+// 790 TFLOP/s BF16 ceiling and, since small-T GEMMs are weight-bound, GB/s against 3.02 TB/s.
+#include <cstdio>
+#include <vector>
+
+#include "kernels/gemm.h"
+#include "tests/gpu/kernels_bench_util.h"
+
+using namespace ds::kernels;
+
+struct Projection {
+  const char* model;
+  const char* name;
+  int64_t N, K;
+};
+
+int main() {
+  const std::vector<Projection> shapes = {
+      {"9B", "gdn in_proj (fused)", 12352, 4096}, {"9B", "q_proj", 8192, 4096},   {"9B", "o_proj/out_proj", 4096, 4096},
+      {"9B", "mlp gate_up", 24576, 4096},         {"9B", "mlp down", 4096, 12288}, {"9B", "lm_head", 248320, 4096},
+      {"27B", "gdn in_proj (fused)", 16480, 5120}, {"27B", "q_proj", 12288, 5120}, {"27B", "mlp gate_up", 34816, 5120},
+      {"27B", "mlp down", 5120, 17408},           {"35B-A3B", "gdn in_proj (fused)", 12352, 2048},
+      {"35B-A3B", "q_proj", 8192, 2048},          {"35B-A3B", "expert gate_up", 1024, 2048},
+      {"35B-A3B", "expert down", 2048, 512},
+  };
+  const int64_t kTs[] = {1, 64, 1024, 8192};
+  cuda::GemmRunner runner;
+  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %8s %8s %6s\n", "model", "projection", "N", "K", "T",
+              "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "fp8 us", "TFLOP/s", "GB/s", "%copy");
+  for (const Projection& p : shapes) {
+    // Rotate weight copies so the working set exceeds the 50 MB L2.
+    const size_t w_elems = size_t(p.N * p.K);
+    const int copies = int(std::max<size_t>(1, (size_t(256) << 20) / (w_elems * 2) + 1));
+    bf16* w = bench::device_alloc<bf16>(w_elems * size_t(copies));
+    bench::fill_random_bf16(w, w_elems * size_t(copies), 0.02f, 1);
+    uint8_t* w8 = bench::device_alloc<uint8_t>(w_elems * size_t(copies));
+    bench::check(cudaMemset(w8, 0x30, w_elems * size_t(copies)), "fp8 fill");
+    const size_t scale_elems = size_t((p.N + 127) / 128 * ((p.K + 127) / 128));
+    float* scales = bench::device_alloc<float>(scale_elems);
+    std::vector<float> ones(scale_elems, 0.01f);
+    bench::check(cudaMemcpy(scales, ones.data(), scale_elems * 4, cudaMemcpyHostToDevice), "scales");
+    for (int64_t T : kTs) {
+      if (p.N >= 200000 && T > 1024) continue;  // lm_head at 8192 tokens: 4 GB of logits, skipped
+      bf16* x = bench::device_alloc<bf16>(size_t(T * p.K));
+      bf16* y = bench::device_alloc<bf16>(size_t(T * p.N));
+      bench::fill_random_bf16(x, size_t(T * p.K), 1.f, 2);
+      const double flops = 2.0 * double(T) * double(p.N) * double(p.K);
+      const double bf16_bytes = 2.0 * (double(w_elems) + double(T * p.K) + double(T * p.N));
+      const double fp8_bytes = bf16_bytes - double(w_elems);
+      const double us = bench::median_us([&](int i) {
+        runner.gemm(x, p.K, w + w_elems * size_t(i % copies), y, p.N, T, p.N, p.K, 0.f, nullptr);
+      });
+      const double us8 = bench::median_us([&](int i) {
+        runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
+      });
+      std::printf("%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %8.1f %8.0f %5.1f%%\n", p.model,
+                  p.name, long(p.N), long(p.K), long(T), us, flops / us * 1e-6, flops / us * 1e-6 / bench::kPeakBf16TflopS * 100,
+                  bf16_bytes / us * 1e-3, bf16_bytes / us * 1e-3 / bench::kCopyGbS * 100, us8, flops / us8 * 1e-6,
+                  fp8_bytes / us8 * 1e-3, fp8_bytes / us8 * 1e-3 / bench::kCopyGbS * 100);
+      cudaFree(x);
+      cudaFree(y);
+    }
+    cudaFree(w);
+    cudaFree(w8);
+    cudaFree(scales);
+  }
+  return 0;
+}

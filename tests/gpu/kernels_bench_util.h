@@ -1,0 +1,71 @@
+// Helpers for the kernel microbenchmarks: checked CUDA calls, median timing with CUDA events, and
+// the H100 ceilings of /work/shared/GPU.md.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "kernels/common.h"
+
+namespace ds::kernels::bench {
+
+inline constexpr double kPeakBf16TflopS = 790.0;  // measured dense BF16 GEMM ceiling (H100 80GB HBM3)
+inline constexpr double kCopyGbS = 3020.0;        // measured device-to-device copy (read + write)
+
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "FAILED: %s: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+// Median time in microseconds of `iters` runs after `warmup` runs; run(i) gets the iteration index
+// so callers can rotate through input copies larger than L2.
+inline double median_us(const std::function<void(int)>& run, int warmup = 5, int iters = 30) {
+  for (int i = 0; i < warmup; ++i) run(i);
+  check(cudaDeviceSynchronize(), "warm-up");
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  std::vector<float> ms(static_cast<size_t>(iters));
+  for (int i = 0; i < iters; ++i) {
+    check(cudaEventRecord(start), "record");
+    run(warmup + i);
+    check(cudaEventRecord(stop), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    check(cudaEventElapsedTime(&ms[size_t(i)], start, stop), "elapsed");
+  }
+  check(cudaGetLastError(), "benchmarked kernels");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return double(ms[ms.size() / 2]) * 1e3;
+}
+
+template <typename T>
+T* device_alloc(size_t count) {
+  T* p = nullptr;
+  check(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc");
+  return p;
+}
+
+// Fills n bf16 values with N(0, stddev) (generated on the host once, copied in pieces).
+inline void fill_random_bf16(bf16* dst, size_t n, float stddev, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, stddev);
+  const size_t piece = size_t(1) << 22;
+  std::vector<bf16> host(std::min(n, piece));
+  for (auto& v : host) v = float_to_bf16(dist(rng));
+  for (size_t off = 0; off < n; off += piece) {
+    const size_t count = std::min(piece, n - off);
+    check(cudaMemcpy(dst + off, host.data(), count * sizeof(bf16), cudaMemcpyHostToDevice), "fill");
+  }
+}
+
+}  // namespace ds::kernels::bench

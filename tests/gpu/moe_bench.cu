@@ -1,0 +1,46 @@
+// The MoE layer of Qwen3.5-35B-A3B (H 2048, 256 experts, top-8, expert and shared intermediate
+// 512), BF16, TP 1, at T in {1, 64, 1024}. Prints the layer time and the GB/s of the expert
+// weights it has to read (distinct experts hit + shared expert + router).
+#include <cstdio>
+#include <vector>
+
+#include "kernels/gemm.h"
+#include "kernels/moe.h"
+#include "tests/gpu/kernels_bench_util.h"
+
+using namespace ds::kernels;
+
+int main() {
+  const MoeDims dims{2048, 256, 8, 512, 512, true};
+  const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
+  bf16* router = bench::device_alloc<bf16>(size_t(E * H));
+  bf16* gate_up = bench::device_alloc<bf16>(size_t(E * 2 * Ie * H));
+  bf16* down = bench::device_alloc<bf16>(size_t(E * H * Ie));
+  bf16* s_gate_up = bench::device_alloc<bf16>(size_t(2 * Is * H));
+  bf16* s_down = bench::device_alloc<bf16>(size_t(H * Is));
+  bf16* s_gate = bench::device_alloc<bf16>(static_cast<size_t>(H));
+  bench::fill_random_bf16(router, size_t(E * H), 0.05f, 1);
+  bench::fill_random_bf16(gate_up, size_t(E * 2 * Ie * H), 0.02f, 2);
+  bench::fill_random_bf16(down, size_t(E * H * Ie), 0.02f, 3);
+  bench::fill_random_bf16(s_gate_up, size_t(2 * Is * H), 0.02f, 4);
+  bench::fill_random_bf16(s_down, size_t(H * Is), 0.02f, 5);
+  bench::fill_random_bf16(s_gate, size_t(H), 0.02f, 6);
+  const MoeWeights<bf16> w{router, gate_up, down, s_gate_up, s_down, s_gate};
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, 1024);
+  std::printf("%6s | %9s %12s %9s %6s\n", "T", "us", "experts hit", "GB/s", "%copy");
+  for (int64_t T : {1, 64, 1024}) {
+    bf16* x = bench::device_alloc<bf16>(size_t(T * H));
+    bf16* out = bench::device_alloc<bf16>(size_t(T * H));
+    bench::fill_random_bf16(x, size_t(T * H), 1.f, 7);
+    const double us = bench::median_us([&](int) { runner.forward(gemm, x, T, w, out, nullptr); });
+    // Expected distinct experts for T tokens × 8 picks among 256 (uniform routing).
+    const double hit = double(E) * (1.0 - std::pow(1.0 - double(dims.top_k) / double(E), double(T)));
+    const double bytes = (hit * 3.0 * double(Ie * H) + 3.0 * double(Is * H) + double(E * H)) * 2.0;
+    std::printf("%6ld | %9.1f %12.1f %9.0f %5.1f%%\n", long(T), us, hit, bytes / us * 1e-3,
+                bytes / us * 1e-3 / bench::kCopyGbS * 100);
+    cudaFree(x);
+    cudaFree(out);
+  }
+  return 0;
+}
