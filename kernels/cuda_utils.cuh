@@ -19,7 +19,8 @@ inline __nv_bfloat16* as_nv(bf16* p) { return reinterpret_cast<__nv_bfloat16*>(p
 // Throws std::runtime_error naming `op` if the last launch failed (bad configuration, etc.).
 inline void check_launch(const char* op) {
   const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err));
 }
 
 inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
@@ -30,9 +31,13 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 template <typename T>
 __device__ __forceinline__ T from_float(float v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 // Loads/stores N consecutive elements converting to/from fp32, in one access of N·sizeof(T) bytes
 // (4, 8 or 16, aligned to that size); store_vec also takes several whole 16-byte pieces.
@@ -40,7 +45,9 @@ template <int N, typename T>
 __device__ __forceinline__ void load_vec(const T* src, float (&dst)[N]) {
   static_assert((N * sizeof(T)) % 4 == 0 && N * sizeof(T) <= 16, "vector of 4..16 bytes");
   constexpr int kWords = int(N * sizeof(T) / 4);
-  struct alignas(N * sizeof(T)) Pack { uint32_t w[kWords]; };
+  struct alignas(N * sizeof(T)) Pack {
+    uint32_t w[kWords];
+  };
   const Pack pack = *reinterpret_cast<const Pack*>(src);
   const T* elems = reinterpret_cast<const T*>(pack.w);
 #pragma unroll
@@ -53,11 +60,14 @@ __device__ __forceinline__ void store_vec(T* dst, const float (&src)[N]) {
     constexpr int kPiece = int(16 / sizeof(T));
     static_assert(N % kPiece == 0, "whole 16-byte pieces");
 #pragma unroll
-    for (int p = 0; p < N / kPiece; ++p) store_vec<kPiece>(dst + p * kPiece, reinterpret_cast<const float(&)[kPiece]>(src[p * kPiece]));
+    for (int p = 0; p < N / kPiece; ++p)
+      store_vec<kPiece>(dst + p * kPiece, reinterpret_cast<const float(&)[kPiece]>(src[p * kPiece]));
   } else {
     static_assert((N * sizeof(T)) % 4 == 0, "vector of 4..16 bytes");
     constexpr int kWords = int(N * sizeof(T) / 4);
-    struct alignas(N * sizeof(T)) Pack { uint32_t w[kWords]; };
+    struct alignas(N * sizeof(T)) Pack {
+      uint32_t w[kWords];
+    };
     Pack pack;
     T* elems = reinterpret_cast<T*>(pack.w);
 #pragma unroll
@@ -99,7 +109,10 @@ __device__ __forceinline__ int64_t find_sequence(const int32_t* cu_seqlens, int6
   int64_t lo = 0, hi = num_seqs - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (cu_seqlens[mid] <= t) lo = mid; else hi = mid - 1;
+    if (cu_seqlens[mid] <= t)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }

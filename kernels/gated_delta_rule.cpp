@@ -137,8 +137,8 @@ void check_rule_args(int64_t qkv_stride, const GdnDims& dims, const char* op) {
 }  // namespace
 
 void gated_delta_rule_prefill(const float* q, const float* k, const float* v, int64_t qkv_stride, const float* g,
-                              const float* beta, float* state_pool, const GdnVarlenBatch& batch,
-                              const GdnDims& dims, float* out) {
+                              const float* beta, float* state_pool, const GdnVarlenBatch& batch, const GdnDims& dims,
+                              float* out) {
   check_rule_args(qkv_stride, dims, "gated_delta_rule_prefill");
   check_host_varlen_batch(batch, "gated_delta_rule_prefill");
   const RuleInputs in{q, k, v, qkv_stride, g, beta, dims};
@@ -164,8 +164,8 @@ void gated_delta_rule_decode(const float* q, const float* k, const float* v, int
 }
 
 void gated_delta_rule_prefill_chunked(const float* q, const float* k, const float* v, int64_t qkv_stride,
-                                      const float* g, const float* beta, float* state_pool,
-                                      const GdnVarlenBatch& batch, const GdnDims& dims, int64_t chunk, float* out) {
+                                      const float* g, const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                                      const GdnDims& dims, int64_t chunk, float* out) {
   check_rule_args(qkv_stride, dims, "gated_delta_rule_prefill_chunked");
   check_host_varlen_batch(batch, "gated_delta_rule_prefill_chunked");
   check_positive(chunk, "gated_delta_rule_prefill_chunked", "chunk");

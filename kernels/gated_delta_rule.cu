@@ -117,15 +117,14 @@ void gated_delta_rule_decode(const bf16* q, const bf16* k, const bf16* v, int64_
   cuda_utils::check_launch("gated_delta_rule_decode");
 }
 
-void gated_delta_rule_prefill_recurrent(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride,
-                                        const float* g, const float* beta, float* state_pool,
-                                        const GdnVarlenBatch& batch, const GdnDims& dims, bf16* out,
-                                        cudaStream_t stream) {
+void gated_delta_rule_prefill_recurrent(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
+                                        const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                                        const GdnDims& dims, bf16* out, cudaStream_t stream) {
   check_rule_args(qkv_stride, dims, "gated_delta_rule_prefill_recurrent");
   check_varlen_batch_shape(batch, "gated_delta_rule_prefill_recurrent");
   if (batch.num_seqs == 0) return;
-  const PrefillParams p{as_nv(q), as_nv(k),   as_nv(v),         qkv_stride,   g,
-                        beta,     state_pool, batch, dims.num_v_heads, dims.ratio(), as_nv(out)};
+  const PrefillParams p{as_nv(q),   as_nv(k), as_nv(v),         qkv_stride,   g,         beta,
+                        state_pool, batch,    dims.num_v_heads, dims.ratio(), as_nv(out)};
   const dim3 grid(unsigned(batch.num_seqs), unsigned(dims.num_v_heads), kHeadDim / kPrefillRowsPerBlock);
   prefill_recurrent_kernel<<<grid, kPrefillWarps * 32, 0, stream>>>(p);
   cuda_utils::check_launch("gated_delta_rule_prefill_recurrent");

@@ -32,8 +32,8 @@ namespace cpu {
 // Plain per-token recurrence over a variable-length batch. Sequences with has_initial_state = 0
 // start from S = 0; every sequence's final state is written to its slot.
 void gated_delta_rule_prefill(const float* q, const float* k, const float* v, int64_t qkv_stride, const float* g,
-                              const float* beta, float* state_pool, const GdnVarlenBatch& batch,
-                              const GdnDims& dims, float* out);
+                              const float* beta, float* state_pool, const GdnVarlenBatch& batch, const GdnDims& dims,
+                              float* out);
 
 // One token per sequence (row b of q/k/v/g/beta/out is sequence b), always from the slot state.
 void gated_delta_rule_decode(const float* q, const float* k, const float* v, int64_t qkv_stride, const float* g,
@@ -44,8 +44,8 @@ void gated_delta_rule_decode(const float* q, const float* k, const float* v, int
 // chunk size `chunk`: the oracle for the CUDA chunked kernels' intermediate algebra, and the proof
 // in the unit tests that chunked == recurrent. Same contract as gated_delta_rule_prefill.
 void gated_delta_rule_prefill_chunked(const float* q, const float* k, const float* v, int64_t qkv_stride,
-                                      const float* g, const float* beta, float* state_pool,
-                                      const GdnVarlenBatch& batch, const GdnDims& dims, int64_t chunk, float* out);
+                                      const float* g, const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                                      const GdnDims& dims, int64_t chunk, float* out);
 
 }  // namespace cpu
 
@@ -62,10 +62,9 @@ void gated_delta_rule_decode(const bf16* q, const bf16* k, const bf16* v, int64_
 
 // Prefill "v1": per-token recurrence with the state in registers, one block per
 // (sequence, value head, slice of dv). Baseline for the chunked version; needs no workspace.
-void gated_delta_rule_prefill_recurrent(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride,
-                                        const float* g, const float* beta, float* state_pool,
-                                        const GdnVarlenBatch& batch, const GdnDims& dims, bf16* out,
-                                        cudaStream_t stream);
+void gated_delta_rule_prefill_recurrent(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
+                                        const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                                        const GdnDims& dims, bf16* out, cudaStream_t stream);
 
 // Bytes of device workspace gated_delta_rule_prefill_chunked needs for a batch of this size
 // (depends only on the arguments, so a caller can size it once for its max tokens / sequences).
@@ -74,17 +73,16 @@ size_t gated_delta_rule_prefill_workspace_bytes(int64_t num_tokens, int64_t num_
 // Prefill "v2": chunked algorithm (chunk 64, WY/UT form). `workspace` is a device buffer of at
 // least gated_delta_rule_prefill_workspace_bytes(...) bytes (throws std::invalid_argument if
 // workspace_bytes is smaller).
-void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride,
-                                      const float* g, const float* beta, float* state_pool,
-                                      const GdnVarlenBatch& batch, const GdnDims& dims, void* workspace,
-                                      size_t workspace_bytes, bf16* out, cudaStream_t stream);
+void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
+                                      const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                                      const GdnDims& dims, void* workspace, size_t workspace_bytes, bf16* out,
+                                      cudaStream_t stream);
 
 // What the model calls: the fastest correct prefill (currently chunked when the workspace is
 // given, i.e. non-null with enough bytes; otherwise the recurrent v1).
 void gated_delta_rule_prefill(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
-                              const float* beta, float* state_pool, const GdnVarlenBatch& batch,
-                              const GdnDims& dims, void* workspace, size_t workspace_bytes, bf16* out,
-                              cudaStream_t stream);
+                              const float* beta, float* state_pool, const GdnVarlenBatch& batch, const GdnDims& dims,
+                              void* workspace, size_t workspace_bytes, bf16* out, cudaStream_t stream);
 
 }  // namespace cuda
 

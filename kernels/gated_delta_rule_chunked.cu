@@ -71,8 +71,8 @@ __device__ __forceinline__ void load_tf32(Frag& f, const float* p, unsigned ld) 
 // acc += A[m0.., 0..K) · B[0..K), n0..) with A row-major (lda) and B given by `BFrag` layout:
 // row-major B (ldb) or col-major B, i.e. B[k][n] = Bt[n][k] with Bt row-major (ldb).
 template <typename AFrag, typename BFrag>
-__device__ __forceinline__ void mma_tile(FragC& acc, const float* A, unsigned lda, const float* B, unsigned ldb,
-                                         int m0, int n0, int K) {
+__device__ __forceinline__ void mma_tile(FragC& acc, const float* A, unsigned lda, const float* B, unsigned ldb, int m0,
+                                         int n0, int K) {
   constexpr bool kAColMajor = std::is_same_v<AFrag, FragAcol>;
   constexpr bool kBColMajor = std::is_same_v<BFrag, FragBcol>;
   for (int k = 0; k < K; k += kTileK) {
@@ -115,7 +115,10 @@ __device__ int64_t sequence_of_chunk(const GdnVarlenBatch& batch, int64_t c) {
   int64_t lo = 0, hi = batch.num_seqs - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (first_chunk(batch.cu_seqlens, mid) <= c) lo = mid; else hi = mid - 1;
+    if (first_chunk(batch.cu_seqlens, mid) <= c)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -217,7 +220,7 @@ struct ScanSmem {
   float qg[kChunk * kHeadDim];
   float kd[kChunk * kHeadDim];
   float pm[kChunk * kChunk];
-  float wv[kChunk * kSlice];  // W_v columns of this slice
+  float wv[kChunk * kSlice];   // W_v columns of this slice
   float m[kSlice * kHeadDim];  // state rows of this slice
   float u[kChunk * kSlice];
   float o[kChunk * kSlice];
@@ -229,7 +232,9 @@ __device__ __forceinline__ void copy_async_16(float* smem, const float* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
-__device__ __forceinline__ void wait_copies() { asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
 
 // n floats, n a multiple of 4 * kThreads.
 __device__ __forceinline__ void copy_floats_async(float* dst, const float* src, int n) {
@@ -254,8 +259,8 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
   const int warp = threadIdx.x / 32;
   const int64_t start = p.batch.cu_seqlens[s], end = p.batch.cu_seqlens[s + 1];
   const bool from_state = p.batch.has_initial_state == nullptr || p.batch.has_initial_state[s] != 0;
-  float* state = p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim +
-                 int64_t(row0) * kHeadDim;
+  float* state =
+      p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim + int64_t(row0) * kHeadDim;
   for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) sm.m[i] = from_state ? state[i] : 0.f;
 
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
@@ -347,10 +352,10 @@ size_t gated_delta_rule_prefill_workspace_bytes(int64_t num_tokens, int64_t num_
   return size_t(max_chunk_slots(num_tokens, num_seqs)) * size_t(dims.num_v_heads) * kChunkFloats * sizeof(float);
 }
 
-void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride,
-                                      const float* g, const float* beta, float* state_pool,
-                                      const GdnVarlenBatch& batch, const GdnDims& dims, void* workspace,
-                                      size_t workspace_bytes, bf16* out, cudaStream_t stream) {
+void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
+                                      const float* beta, float* state_pool, const GdnVarlenBatch& batch,
+                                      const GdnDims& dims, void* workspace, size_t workspace_bytes, bf16* out,
+                                      cudaStream_t stream) {
   const char* op = "gated_delta_rule_prefill_chunked";
   check_cuda_head_dims(dims, op);
   check_row_stride(qkv_stride, dims.conv_dim(), op, "q/k/v");
@@ -358,13 +363,23 @@ void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* 
   if (qkv_stride % 8 != 0) throw std::invalid_argument(std::string(op) + ": qkv_stride must be a multiple of 8");
   if (workspace_bytes < gated_delta_rule_prefill_workspace_bytes(batch.num_tokens, batch.num_seqs, dims) ||
       !cuda_utils::is_aligned(workspace, 32)) {
-    throw std::invalid_argument(std::string(op) + ": workspace must be 32-byte aligned and hold "
+    throw std::invalid_argument(std::string(op) +
+                                ": workspace must be 32-byte aligned and hold "
                                 "gated_delta_rule_prefill_workspace_bytes() bytes");
   }
   if (batch.num_seqs == 0) return;
-  const ChunkedParams p{as_nv(q),     as_nv(k),         as_nv(v),     qkv_stride,
-                        g,            beta,             state_pool,   batch,
-                        dims.num_v_heads, dims.ratio(), static_cast<float*>(workspace), as_nv(out)};
+  const ChunkedParams p{as_nv(q),
+                        as_nv(k),
+                        as_nv(v),
+                        qkv_stride,
+                        g,
+                        beta,
+                        state_pool,
+                        batch,
+                        dims.num_v_heads,
+                        dims.ratio(),
+                        static_cast<float*>(workspace),
+                        as_nv(out)};
   if (batch.num_tokens > 0) {
     set_smem(prepare_chunk_kernel, sizeof(PrepareSmem));
     const dim3 grid(unsigned(max_chunk_slots(batch.num_tokens, batch.num_seqs)), unsigned(dims.num_v_heads));
@@ -378,15 +393,13 @@ void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* 
 }
 
 void gated_delta_rule_prefill(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
-                              const float* beta, float* state_pool, const GdnVarlenBatch& batch,
-                              const GdnDims& dims, void* workspace, size_t workspace_bytes, bf16* out,
-                              cudaStream_t stream) {
-  const bool have_workspace =
-      workspace != nullptr &&
-      workspace_bytes >= gated_delta_rule_prefill_workspace_bytes(batch.num_tokens, batch.num_seqs, dims);
+                              const float* beta, float* state_pool, const GdnVarlenBatch& batch, const GdnDims& dims,
+                              void* workspace, size_t workspace_bytes, bf16* out, cudaStream_t stream) {
+  const bool have_workspace = workspace != nullptr && workspace_bytes >= gated_delta_rule_prefill_workspace_bytes(
+                                                                             batch.num_tokens, batch.num_seqs, dims);
   if (have_workspace) {
-    gated_delta_rule_prefill_chunked(q, k, v, qkv_stride, g, beta, state_pool, batch, dims, workspace,
-                                     workspace_bytes, out, stream);
+    gated_delta_rule_prefill_chunked(q, k, v, qkv_stride, g, beta, state_pool, batch, dims, workspace, workspace_bytes,
+                                     out, stream);
   } else {
     gated_delta_rule_prefill_recurrent(q, k, v, qkv_stride, g, beta, state_pool, batch, dims, out, stream);
   }

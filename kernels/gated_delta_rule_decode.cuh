@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(DecodeParams<
   for (int r = 0; r < kDecodeRowsPerWarp; ++r) v[r] = cuda_utils::to_float(v_head[r]);
   float g, beta;
   if constexpr (kFused) {
-    const GdnGates gates = gdn_gates(__bfloat162float(p.a[b * p.a_stride + h]), __bfloat162float(p.b[b * p.b_stride + h]),
-                                     p.A_log[h], p.dt_bias[h]);
+    const GdnGates gates = gdn_gates(__bfloat162float(p.a[b * p.a_stride + h]),
+                                     __bfloat162float(p.b[b * p.b_stride + h]), p.A_log[h], p.dt_bias[h]);
     g = gates.g;
     beta = gates.beta;
   } else {

@@ -38,8 +38,8 @@ __device__ __forceinline__ Lane4 l2_normalized(Lane4 x, float scale) {
 // S ← decay·S; u = β(v − S k̂); S ← S + u k̂ᵀ; o = S q̂. v[r] is row r's value; o[r] receives
 // the output, identical in every lane.
 template <int ROWS>
-__device__ __forceinline__ void update_rows(Lane4 (&rows)[ROWS], const float (&v)[ROWS], const Lane4& k,
-                                            const Lane4& q, float decay, float beta, float (&o)[ROWS]) {
+__device__ __forceinline__ void update_rows(Lane4 (&rows)[ROWS], const float (&v)[ROWS], const Lane4& k, const Lane4& q,
+                                            float decay, float beta, float (&o)[ROWS]) {
   float kv[ROWS];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) kv[r] = dot4(rows[r], k);

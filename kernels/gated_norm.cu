@@ -14,8 +14,9 @@ constexpr int kWarpsPerBlock = 4;
 
 // One warp per (token, head) row; lanes own 8-element vectors, looping for head_dim > 256.
 __global__ void gated_norm_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ z,
-                                  int64_t z_stride, bool z_vec_ok, const __nv_bfloat16* __restrict__ weight, int64_t num_rows,
-                                  int64_t num_heads, int64_t head_dim, float eps, __nv_bfloat16* __restrict__ out) {
+                                  int64_t z_stride, bool z_vec_ok, const __nv_bfloat16* __restrict__ weight,
+                                  int64_t num_rows, int64_t num_heads, int64_t head_dim, float eps,
+                                  __nv_bfloat16* __restrict__ out) {
   const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= num_rows) return;
@@ -51,15 +52,15 @@ void gated_rms_norm(const bf16* x, const bf16* z, int64_t z_stride, const bf16* 
   check_row_stride(z_stride, num_heads * head_dim, "gated_rms_norm", "z");
   if (head_dim % kVec != 0 || !cuda_utils::is_aligned(x, 16) || !cuda_utils::is_aligned(out, 16) ||
       !cuda_utils::is_aligned(weight, 16)) {
-    throw std::invalid_argument("gated_rms_norm: the CUDA kernel needs head_dim a multiple of 8 and 16-byte aligned x, "
-                                "weight and out");
+    throw std::invalid_argument(
+        "gated_rms_norm: the CUDA kernel needs head_dim a multiple of 8 and 16-byte aligned x, "
+        "weight and out");
   }
   if (num_tokens <= 0) return;
   const int64_t rows = num_tokens * num_heads;
   gated_norm_kernel<<<cuda_utils::grid_dim(rows, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
       cuda_utils::as_nv(x), cuda_utils::as_nv(z), z_stride, cuda_utils::rows_vector_aligned(z, z_stride, 16),
-      cuda_utils::as_nv(weight), rows, num_heads, head_dim, eps,
-      cuda_utils::as_nv(out));
+      cuda_utils::as_nv(weight), rows, num_heads, head_dim, eps, cuda_utils::as_nv(out));
   cuda_utils::check_launch("gated_rms_norm");
 }
 

@@ -71,15 +71,15 @@ __global__ void conv_prefill_kernel(const __nv_bfloat16* __restrict__ x, int64_t
 // grid (num_seqs, channel blocks): the sequence's last 3 inputs become its slot's state. Runs
 // after conv_prefill_kernel (same stream), which read the old state.
 __global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
-                                         int64_t channels,
-                                         float* __restrict__ conv_state_pool, GdnVarlenBatch batch) {
+                                         int64_t channels, float* __restrict__ conv_state_pool, GdnVarlenBatch batch) {
   const int64_t s = blockIdx.x;
   const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * kVec;
   if (c >= channels) return;
   const SequenceView seq = sequence_view(batch, conv_state_pool, channels, s);
   float last[kGdnConvStateLen][kVec];
 #pragma unroll
-  for (int j = 0; j < kGdnConvStateLen; ++j) inputs_at(x, x_stride, x_vec_ok, seq, c, seq.end - kGdnConvStateLen + j, last[j]);
+  for (int j = 0; j < kGdnConvStateLen; ++j)
+    inputs_at(x, x_stride, x_vec_ok, seq, c, seq.end - kGdnConvStateLen + j, last[j]);
 #pragma unroll
   for (int i = 0; i < kVec; ++i) {
 #pragma unroll
@@ -119,8 +119,8 @@ void gdn_conv_decode(const bf16* x, int64_t x_stride, const bf16* weight, int64_
   check_conv_args(x_stride, channels, "gdn_conv_decode");
   if (batch_size == 0) return;
   conv::decode_kernel<<<dim3(unsigned(batch_size), cuda_utils::grid_dim(channels / kVec, kThreads)), kThreads, 0,
-                       stream>>>(as_nv(x), x_stride, cuda_utils::rows_vector_aligned(x, x_stride, 16), as_nv(weight), channels,
-                      conv_state_pool, slots, as_nv(out));
+                        stream>>>(as_nv(x), x_stride, cuda_utils::rows_vector_aligned(x, x_stride, 16), as_nv(weight),
+                                  channels, conv_state_pool, slots, as_nv(out));
   cuda_utils::check_launch("gdn_conv_decode");
 }
 

@@ -23,8 +23,8 @@ namespace ds::kernels {
 namespace cpu {
 
 // Variable-length prefill (batch.num_tokens tokens, cu_seqlens/slots/has_initial_state on host).
-void gdn_conv_prefill(const float* x, int64_t x_stride, const float* weight, int64_t channels,
-                      float* conv_state_pool, const GdnVarlenBatch& batch, float* out);
+void gdn_conv_prefill(const float* x, int64_t x_stride, const float* weight, int64_t channels, float* conv_state_pool,
+                      const GdnVarlenBatch& batch, float* out);
 
 // One token per sequence: x [B, C] row stride x_stride, slots [B]; the slot state is always used
 // (new sequences have zeroed slots). Shifts the new input into the state.

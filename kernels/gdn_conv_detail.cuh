@@ -14,9 +14,9 @@ constexpr int kThreads = 128;
 // grid (B, channel blocks): one token per sequence, state shifted in place.
 template <typename Out>
 __global__ void decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
-                                   const __nv_bfloat16* __restrict__ weight, int64_t channels,
-                                   float* __restrict__ conv_state_pool, const int32_t* __restrict__ slots,
-                                   Out* __restrict__ out) {
+                              const __nv_bfloat16* __restrict__ weight, int64_t channels,
+                              float* __restrict__ conv_state_pool, const int32_t* __restrict__ slots,
+                              Out* __restrict__ out) {
   const int64_t b = blockIdx.x;
   const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * kVec;
   if (c >= channels) return;

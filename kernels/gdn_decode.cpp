@@ -9,11 +9,12 @@
 
 namespace ds::kernels::cpu {
 
-void gdn_decode(const GdnDecodeInputs<float>& in, const GdnDecodeState& state, int64_t batch_size,
-                const GdnDims& dims, float* out) {
+void gdn_decode(const GdnDecodeInputs<float>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
+                float* out) {
   validate_gdn_dims(dims, "gdn_decode");
   const int64_t C = dims.conv_dim(), K = dims.key_dim(), Hv = dims.num_v_heads;
-  std::vector<float> qkv(batch_size * C), g(batch_size * Hv), beta(batch_size * Hv), core(batch_size * dims.value_dim());
+  std::vector<float> qkv(batch_size * C), g(batch_size * Hv), beta(batch_size * Hv),
+      core(batch_size * dims.value_dim());
   gdn_conv_decode(in.mixed_qkv, in.mixed_qkv_stride, in.conv_weight, C, state.conv_state_pool, state.slots, batch_size,
                   qkv.data());
   gdn_gating(in.a, in.a_stride, in.b, in.b_stride, in.A_log, in.dt_bias, batch_size, Hv, g.data(), beta.data());

@@ -12,8 +12,8 @@ size_t gdn_decode_scratch_bytes(int64_t batch_size, const GdnDims& dims) {
   return size_t(batch_size) * size_t(dims.conv_dim()) * sizeof(float);
 }
 
-void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size,
-                const GdnDims& dims, void* scratch, size_t scratch_bytes, bf16* out, cudaStream_t stream) {
+void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
+                void* scratch, size_t scratch_bytes, bf16* out, cudaStream_t stream) {
   using cuda_utils::as_nv;
   check_cuda_head_dims(dims, "gdn_decode");
   const int64_t C = dims.conv_dim();
@@ -27,11 +27,11 @@ void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, in
   if (batch_size <= 0) return;
   float* qkv = static_cast<float*>(scratch);
 
-  conv::decode_kernel<float><<<dim3(unsigned(batch_size), cuda_utils::grid_dim(C / conv::kVec, conv::kThreads)),
-                               conv::kThreads, 0, stream>>>(as_nv(in.mixed_qkv), in.mixed_qkv_stride,
-                                                            cuda_utils::rows_vector_aligned(in.mixed_qkv, in.mixed_qkv_stride, 16),
-                                                            as_nv(in.conv_weight), C, state.conv_state_pool,
-                                                            state.slots, qkv);
+  conv::decode_kernel<float>
+      <<<dim3(unsigned(batch_size), cuda_utils::grid_dim(C / conv::kVec, conv::kThreads)), conv::kThreads, 0, stream>>>(
+          as_nv(in.mixed_qkv), in.mixed_qkv_stride,
+          cuda_utils::rows_vector_aligned(in.mixed_qkv, in.mixed_qkv_stride, 16), as_nv(in.conv_weight), C,
+          state.conv_state_pool, state.slots, qkv);
   cuda_utils::check_launch("gdn_decode (conv)");
 
   gdr::DecodeParams<float> p{};

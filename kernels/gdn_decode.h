@@ -29,10 +29,10 @@ struct GdnDecodeInputs {
   int64_t b_stride = 0;
   const T* a = nullptr;  // [B, Hv] row stride a_stride
   int64_t a_stride = 0;
-  const T* conv_weight = nullptr;   // [C][4]
-  const float* A_log = nullptr;     // [Hv] fp32
-  const float* dt_bias = nullptr;   // [Hv] fp32
-  const T* norm_weight = nullptr;   // [dv] plain gated-RMSNorm weight
+  const T* conv_weight = nullptr;  // [C][4]
+  const float* A_log = nullptr;    // [Hv] fp32
+  const float* dt_bias = nullptr;  // [Hv] fp32
+  const T* norm_weight = nullptr;  // [dv] plain gated-RMSNorm weight
   float norm_eps = 1e-6f;
 };
 
@@ -45,8 +45,8 @@ struct GdnDecodeState {
 
 namespace cpu {
 // out [B][Hv·dv] dense. Uses a temporary heap buffer for the intermediates.
-void gdn_decode(const GdnDecodeInputs<float>& in, const GdnDecodeState& state, int64_t batch_size,
-                const GdnDims& dims, float* out);
+void gdn_decode(const GdnDecodeInputs<float>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
+                float* out);
 }  // namespace cpu
 
 namespace cuda {
@@ -55,8 +55,8 @@ namespace cuda {
 // block per (sequence, value head). `scratch` is a device buffer of at least
 // gdn_decode_scratch_bytes(batch_size, dims) bytes. out [B][Hv·dv] BF16 dense. CUDA-graph safe.
 size_t gdn_decode_scratch_bytes(int64_t batch_size, const GdnDims& dims);
-void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size,
-                const GdnDims& dims, void* scratch, size_t scratch_bytes, bf16* out, cudaStream_t stream);
+void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
+                void* scratch, size_t scratch_bytes, bf16* out, cudaStream_t stream);
 }  // namespace cuda
 
 }  // namespace ds::kernels

@@ -7,14 +7,15 @@ namespace ds::kernels::cuda {
 
 namespace {
 
-__global__ void gating_kernel(const __nv_bfloat16* __restrict__ a, int64_t a_stride, const __nv_bfloat16* __restrict__ b,
-                              int64_t b_stride, const float* __restrict__ A_log, const float* __restrict__ dt_bias,
-                              int64_t num_tokens, int64_t num_v_heads, float* __restrict__ g, float* __restrict__ beta) {
+__global__ void gating_kernel(const __nv_bfloat16* __restrict__ a, int64_t a_stride,
+                              const __nv_bfloat16* __restrict__ b, int64_t b_stride, const float* __restrict__ A_log,
+                              const float* __restrict__ dt_bias, int64_t num_tokens, int64_t num_v_heads,
+                              float* __restrict__ g, float* __restrict__ beta) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_tokens * num_v_heads) return;
   const int64_t t = i / num_v_heads, h = i % num_v_heads;
-  const GdnGates gates = gdn_gates(__bfloat162float(a[t * a_stride + h]), __bfloat162float(b[t * b_stride + h]),
-                                   A_log[h], dt_bias[h]);
+  const GdnGates gates =
+      gdn_gates(__bfloat162float(a[t * a_stride + h]), __bfloat162float(b[t * b_stride + h]), A_log[h], dt_bias[h]);
   g[i] = gates.g;
   beta[i] = gates.beta;
 }

@@ -48,7 +48,9 @@ __global__ void split_kernel(const T* __restrict__ qkvz, int64_t qkvz_stride, co
   const int32_t num_vectors = (conv_dim + g.value_dim) / VEC;
   if (unit < num_vectors) {
     const int32_t col = unit * VEC;
-    struct alignas(VEC * sizeof(T)) Pack { T e[VEC]; };
+    struct alignas(VEC * sizeof(T)) Pack {
+      T e[VEC];
+    };
     const T* src = qkvz + t0 * qkvz_stride + source_column(g, col);
     T* dst = col < conv_dim ? mixed_qkv + t0 * conv_dim + col : z + t0 * g.value_dim + (col - conv_dim);
     const int64_t dst_stride = col < conv_dim ? conv_dim : g.value_dim;
@@ -78,21 +80,25 @@ void launch_split(const T* qkvz, int64_t qkvz_stride, const T* ba, int64_t ba_st
   constexpr int kThreads = 256;
   const int64_t units = (2 * g.key_dim + 2 * g.value_dim) / VEC + 2 * g.num_v_heads;
   const dim3 grid(cuda_utils::grid_dim(num_tokens, kRows), cuda_utils::grid_dim(units, kThreads));
-  split_kernel<VEC><<<grid, kThreads, 0, stream>>>(qkvz, qkvz_stride, ba, ba_stride, num_tokens, g, mixed_qkv, z, b,
-                                                   a);
+  split_kernel<VEC><<<grid, kThreads, 0, stream>>>(qkvz, qkvz_stride, ba, ba_stride, num_tokens, g, mixed_qkv, z, b, a);
   cuda_utils::check_launch("fused_qkvzba_split_reshape_cat");
 }
 
 // 16-byte vectors when every segment, stride and pointer allows them, else single elements.
 template <typename T>
-void split(const T* qkvz, int64_t qkvz_stride, const T* ba, int64_t ba_stride, int64_t num_tokens,
-           const GdnDims& dims, QkvzLayout layout, T* mixed_qkv, T* z, T* b, T* a, cudaStream_t stream) {
+void split(const T* qkvz, int64_t qkvz_stride, const T* ba, int64_t ba_stride, int64_t num_tokens, const GdnDims& dims,
+           QkvzLayout layout, T* mixed_qkv, T* z, T* b, T* a, cudaStream_t stream) {
   validate_split_args(qkvz_stride, ba_stride, num_tokens, dims);
   if (num_tokens == 0) return;
   if (num_tokens > int64_t(INT32_MAX)) throw std::invalid_argument("fused_qkvzba_split_reshape_cat: too many tokens");
-  const SplitGeometry g{int32_t(dims.key_dim()), int32_t(dims.value_dim()), int32_t(dims.ratio() * dims.head_v_dim),
-                        int32_t(dims.ratio()),   int32_t(dims.num_v_heads), int32_t(dims.head_k_dim),
-                        layout,                  dims};
+  const SplitGeometry g{int32_t(dims.key_dim()),
+                        int32_t(dims.value_dim()),
+                        int32_t(dims.ratio() * dims.head_v_dim),
+                        int32_t(dims.ratio()),
+                        int32_t(dims.num_v_heads),
+                        int32_t(dims.head_k_dim),
+                        layout,
+                        dims};
   constexpr int kVec = int(16 / sizeof(T));
   const bool vectorizable = dims.head_k_dim % kVec == 0 && dims.head_v_dim % kVec == 0 && qkvz_stride % kVec == 0 &&
                             cuda_utils::is_aligned(qkvz, 16) && cuda_utils::is_aligned(mixed_qkv, 16) &&

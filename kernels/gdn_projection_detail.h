@@ -18,17 +18,22 @@ struct QkvzGroupOffsets {
 #if defined(__CUDACC__)
 __host__ __device__
 #endif
-inline QkvzGroupOffsets qkvz_group_offsets(QkvzLayout layout, const GdnDims& d, int64_t g) {
+    inline QkvzGroupOffsets
+    qkvz_group_offsets(QkvzLayout layout, const GdnDims& d, int64_t g) {
   const int64_t r = d.num_v_heads / d.num_k_heads;
   const int64_t K = d.num_k_heads * d.head_k_dim, V = d.num_v_heads * d.head_v_dim;
   if (layout == QkvzLayout::kContiguous) {
-    return {g * d.head_k_dim, K + g * d.head_k_dim, 2 * K + g * r * d.head_v_dim, 2 * K + V + g * r * d.head_v_dim,
-            g * r, d.num_v_heads + g * r};
+    return {g * d.head_k_dim,
+            K + g * d.head_k_dim,
+            2 * K + g * r * d.head_v_dim,
+            2 * K + V + g * r * d.head_v_dim,
+            g * r,
+            d.num_v_heads + g * r};
   }
   const int64_t group = 2 * d.head_k_dim + 2 * r * d.head_v_dim;
   const int64_t base = g * group;
-  return {base, base + d.head_k_dim, base + 2 * d.head_k_dim, base + 2 * d.head_k_dim + r * d.head_v_dim, g * 2 * r,
-          g * 2 * r + r};
+  return {base,      base + d.head_k_dim, base + 2 * d.head_k_dim, base + 2 * d.head_k_dim + r * d.head_v_dim,
+          g * 2 * r, g * 2 * r + r};
 }
 
 // Throws std::invalid_argument for bad dims, negative T or strides shorter than the rows.

@@ -20,9 +20,9 @@ struct GdnDims {
   int64_t head_k_dim = 0;   // dk (128 in every published model)
   int64_t head_v_dim = 0;   // dv (128 in every published model)
 
-  int64_t ratio() const { return num_v_heads / num_k_heads; }  // r = Hv / Hk (1, 2, 3, 4, 8)
-  int64_t key_dim() const { return num_k_heads * head_k_dim; }    // K = Hk·dk
-  int64_t value_dim() const { return num_v_heads * head_v_dim; }  // V = Hv·dv
+  int64_t ratio() const { return num_v_heads / num_k_heads; }       // r = Hv / Hk (1, 2, 3, 4, 8)
+  int64_t key_dim() const { return num_k_heads * head_k_dim; }      // K = Hk·dk
+  int64_t value_dim() const { return num_v_heads * head_v_dim; }    // V = Hv·dv
   int64_t conv_dim() const { return 2 * key_dim() + value_dim(); }  // C = 2K + V: q|k|v channels
 
   // Column layout of the merged projection output [T, merged_width()] = x·W_inᵀ with

@@ -152,8 +152,8 @@ void check_prefill(const GdnDims& d, const std::vector<int32_t>& lengths, Prefil
   const int64_t C = d.conv_dim(), K = d.key_dim(), T = in.T;
   auto state_ref = in.state;
   std::vector<float> out_ref(T * d.value_dim());
-  cpu::gated_delta_rule_prefill(in.qkv.data(), in.qkv.data() + K, in.qkv.data() + 2 * K, C, in.g.data(),
-                                in.beta.data(), state_ref.data(), batch.host_view(), d, out_ref.data());
+  cpu::gated_delta_rule_prefill(in.qkv.data(), in.qkv.data() + K, in.qkv.data() + 2 * K, C, in.g.data(), in.beta.data(),
+                                state_ref.data(), batch.host_view(), d, out_ref.data());
 
   DeviceBuffer<bf16> d_qkv(gpu_test::to_bf16(in.qkv)), d_out(T * d.value_dim());
   DeviceBuffer<float> d_g(in.g), d_beta(in.beta), d_state(in.state);
@@ -237,9 +237,19 @@ TEST(GdnDecodeGpu, FusedMatchesReferenceOnMergedViews) {
       const auto ssm0 = gpu_test::random_floats(num_slots * d.state_floats(), 66, -0.3f, 0.3f);
       auto conv_ref = conv0, ssm_ref = ssm0;
       std::vector<float> y_ref(B * d.value_dim());
-      const GdnDecodeInputs<float> in_ref{proj.data(), W, proj.data() + d.z_offset(), W, proj.data() + d.b_offset(), W,
-                                          proj.data() + d.a_offset(), W, conv_w.data(), A_log.data(), dt_bias.data(),
-                                          norm_w.data(), 1e-6f};
+      const GdnDecodeInputs<float> in_ref{proj.data(),
+                                          W,
+                                          proj.data() + d.z_offset(),
+                                          W,
+                                          proj.data() + d.b_offset(),
+                                          W,
+                                          proj.data() + d.a_offset(),
+                                          W,
+                                          conv_w.data(),
+                                          A_log.data(),
+                                          dt_bias.data(),
+                                          norm_w.data(),
+                                          1e-6f};
       cpu::gdn_decode(in_ref, {conv_ref.data(), ssm_ref.data(), slots.data()}, B, d, y_ref.data());
 
       DeviceBuffer<bf16> d_proj(gpu_test::to_bf16(proj)), d_conv_w(gpu_test::to_bf16(conv_w)),
@@ -248,9 +258,19 @@ TEST(GdnDecodeGpu, FusedMatchesReferenceOnMergedViews) {
       DeviceBuffer<int32_t> d_slots(slots);
       const size_t scratch_bytes = cuda::gdn_decode_scratch_bytes(B, d);
       DeviceBuffer<uint8_t> scratch(scratch_bytes);
-      const GdnDecodeInputs<bf16> in{d_proj.get(), W, d_proj.get() + d.z_offset(), W, d_proj.get() + d.b_offset(), W,
-                                     d_proj.get() + d.a_offset(), W, d_conv_w.get(), d_A.get(), d_dt.get(),
-                                     d_norm_w.get(), 1e-6f};
+      const GdnDecodeInputs<bf16> in{d_proj.get(),
+                                     W,
+                                     d_proj.get() + d.z_offset(),
+                                     W,
+                                     d_proj.get() + d.b_offset(),
+                                     W,
+                                     d_proj.get() + d.a_offset(),
+                                     W,
+                                     d_conv_w.get(),
+                                     d_A.get(),
+                                     d_dt.get(),
+                                     d_norm_w.get(),
+                                     1e-6f};
       cuda::gdn_decode(in, {d_conv.get(), d_ssm.get(), d_slots.get()}, B, d, scratch.get(), scratch_bytes, d_y.get(),
                        nullptr);
       ASSERT_CUDA(cudaGetLastError());

@@ -27,7 +27,8 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   const int64_t groups = ds::kernels::gpu_bench::rotation_copies(B * state_bytes_per_slot);
   const int64_t num_slots = groups * B;
   float* state = static_cast<float*>(ds::kernels::gpu_bench::device_random(num_slots * state_bytes_per_slot, 3));
-  float* conv_state = static_cast<float*>(ds::kernels::gpu_bench::device_random(num_slots * d.conv_state_floats() * 4, 4));
+  float* conv_state =
+      static_cast<float*>(ds::kernels::gpu_bench::device_random(num_slots * d.conv_state_floats() * 4, 4));
   const int64_t W = d.merged_width();
   bf16* proj = static_cast<bf16*>(ds::kernels::gpu_bench::device_random(B * W * sizeof(bf16), 5));
   bf16* conv_w = static_cast<bf16*>(ds::kernels::gpu_bench::device_random(d.conv_dim() * 4 * sizeof(bf16), 6));
@@ -37,7 +38,8 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   float* d_gates = nullptr;
   check(cudaMalloc(&d_gates, gates.size() * sizeof(float)), "cudaMalloc");
   check(cudaMemcpy(d_gates, gates.data(), gates.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
-  float *g = d_gates, *beta = d_gates + B * d.num_v_heads, *A_log = beta + B * d.num_v_heads, *dt_bias = A_log + d.num_v_heads;
+  float *g = d_gates, *beta = d_gates + B * d.num_v_heads, *A_log = beta + B * d.num_v_heads,
+        *dt_bias = A_log + d.num_v_heads;
   std::vector<int32_t> slots(num_slots);
   std::iota(slots.begin(), slots.end(), 0);
   int32_t* d_slots = nullptr;
@@ -56,8 +58,9 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   };
   const double t_rule_event = median_us(rule, stream, 5, 50);
   const double t_rule = ds::kernels::gpu_bench::graph_us(rule, stream);
-  const ds::kernels::GdnDecodeInputs<bf16> in{proj, W, proj + d.z_offset(), W, proj + d.b_offset(), W,
-                                              proj + d.a_offset(), W, conv_w, A_log, dt_bias, norm_w, 1e-6f};
+  const ds::kernels::GdnDecodeInputs<bf16> in{
+      proj,   W,    proj + d.z_offset(), W, proj + d.b_offset(), W, proj + d.a_offset(), W, conv_w, A_log, dt_bias,
+      norm_w, 1e-6f};
   auto fused = [&](int i) {
     ds::kernels::cuda::gdn_decode(in, {conv_state, state, d_slots + (i % groups) * B}, B, d, scratch, scratch_bytes,
                                   out, stream);
@@ -87,8 +90,10 @@ int main() {
   }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-  std::printf("gdn_decode_bench on %s: per-call time inside a CUDA graph of 20 calls (median of 10 graph launches),\n"
-              "and the rule kernel timed per launch with events (includes the launch gap)\n", prop.name);
+  std::printf(
+      "gdn_decode_bench on %s: per-call time inside a CUDA graph of 20 calls (median of 10 graph launches),\n"
+      "and the rule kernel timed per launch with events (includes the launch gap)\n",
+      prop.name);
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "stream");
   for (int64_t B : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {

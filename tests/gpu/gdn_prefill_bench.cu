@@ -31,7 +31,7 @@ void bench(const char* name, const GdnDims& d, int64_t T, double fla_ms, bool wi
   bf16* qkv = static_cast<bf16*>(ds::kernels::gpu_bench::device_random(T * C * sizeof(bf16), 1));
   std::vector<float> gates(2 * T * d.num_v_heads);
   for (int64_t i = 0; i < T * d.num_v_heads; ++i) {
-    gates[i] = -0.01f - 0.2f * float(i % 7) / 7.f;  // g
+    gates[i] = -0.01f - 0.2f * float(i % 7) / 7.f;                    // g
     gates[T * d.num_v_heads + i] = 0.1f + 0.8f * float(i % 5) / 5.f;  // beta
   }
   float* d_gates = nullptr;

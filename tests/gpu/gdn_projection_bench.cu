@@ -128,8 +128,8 @@ void bench_shape(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_bytes,
     gemm_ba.run(b.x, b.w_merged + n_qkvz * H, b.ba, stream);
   };
   auto split_kernel = [&](Buffers& b, QkvzLayout layout) {
-    ds::kernels::cuda::fused_qkvzba_split_reshape_cat(b.qkvz, n_qkvz, b.ba, n_ba, T, d, layout, b.mixed, b.z, b.b,
-                                                      b.a, stream);
+    ds::kernels::cuda::fused_qkvzba_split_reshape_cat(b.qkvz, n_qkvz, b.ba, n_ba, T, d, layout, b.mixed, b.z, b.b, b.a,
+                                                      stream);
   };
   auto eager_copies = [&](Buffers& b) {
     const size_t e = sizeof(bf16);
@@ -142,25 +142,38 @@ void bench_shape(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_bytes,
   // Per-call times inside a CUDA graph (the server replays its steps from graphs), and the split
   // kernel also per launch with events, as GPU.md's Triton figures were taken.
   using ds::kernels::gpu_bench::graph_us;
-  const double t_merged = graph_us([&](int i) { merged.run(at(i).x, at(i).w_merged, at(i).merged_out, stream); }, stream);
+  const double t_merged =
+      graph_us([&](int i) { merged.run(at(i).x, at(i).w_merged, at(i).merged_out, stream); }, stream);
   const double t_two = graph_us([&](int i) { two_gemms(at(i)); }, stream);
   const double t_split_c = graph_us([&](int i) { split_kernel(at(i), QkvzLayout::kContiguous); }, stream);
   const double t_split_i = graph_us([&](int i) { split_kernel(at(i), QkvzLayout::kInterleavedGroups); }, stream);
   const double t_split_event = median_us([&](int i) { split_kernel(at(i), QkvzLayout::kContiguous); }, stream);
-  const double t_split_stage = graph_us([&](int i) { two_gemms(at(i)); split_kernel(at(i), QkvzLayout::kContiguous); }, stream);
-  const double t_eager_stage = graph_us([&](int i) { two_gemms(at(i)); eager_copies(at(i)); }, stream);
+  const double t_split_stage = graph_us(
+      [&](int i) {
+        two_gemms(at(i));
+        split_kernel(at(i), QkvzLayout::kContiguous);
+      },
+      stream);
+  const double t_eager_stage = graph_us(
+      [&](int i) {
+        two_gemms(at(i));
+        eager_copies(at(i));
+      },
+      stream);
   const double split_bytes = 2.0 * double(T) * double(n_all) * sizeof(bf16);
   const double gbs_c = split_bytes / t_split_c * 1e-3, gbs_i = split_bytes / t_split_i * 1e-3;
   const double gemm_flops = 2.0 * double(T) * double(n_all) * double(H);
 
-  std::printf("%-26s T=%-6ld | merged GEMM %8.1f us (%5.1f TFLOP/s) | fused stage %8.1f us (= merged GEMM + 0 copies)\n",
-              s.name, long(T), t_merged, gemm_flops / t_merged * 1e-6, t_merged);
-  std::printf("%-26s          | 2 GEMMs %8.1f | split kernel contiguous %6.1f us %6.0f GB/s (%3.0f%% of copy) | "
-              "interleaved %6.1f us %6.0f GB/s (%3.0f%%)\n",
-              "", t_two, t_split_c, gbs_c, 100 * gbs_c / kCopyCeilingGBs, t_split_i, gbs_i,
-              100 * gbs_i / kCopyCeilingGBs);
-  std::printf("%-26s          | split kernel per launch (events) %6.1f us | split stage %8.1f us | eager stage %8.1f us",
-              "", t_split_event, t_split_stage, t_eager_stage);
+  std::printf(
+      "%-26s T=%-6ld | merged GEMM %8.1f us (%5.1f TFLOP/s) | fused stage %8.1f us (= merged GEMM + 0 copies)\n",
+      s.name, long(T), t_merged, gemm_flops / t_merged * 1e-6, t_merged);
+  std::printf(
+      "%-26s          | 2 GEMMs %8.1f | split kernel contiguous %6.1f us %6.0f GB/s (%3.0f%% of copy) | "
+      "interleaved %6.1f us %6.0f GB/s (%3.0f%%)\n",
+      "", t_two, t_split_c, gbs_c, 100 * gbs_c / kCopyCeilingGBs, t_split_i, gbs_i, 100 * gbs_i / kCopyCeilingGBs);
+  std::printf(
+      "%-26s          | split kernel per launch (events) %6.1f us | split stage %8.1f us | eager stage %8.1f us", "",
+      t_split_event, t_split_stage, t_eager_stage);
   if (s.sglang_split_us > 0) {
     std::printf(" | SGLang (GPU.md): 2 GEMMs %.1f, split %.1f, merged %.1f", s.sglang_two_gemms_us, s.sglang_split_us,
                 s.sglang_merged_us);
@@ -181,9 +194,10 @@ int main() {
   }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-  std::printf("gdn_projection_bench on %s; ceilings: copy %.2f TB/s, bf16 GEMM ~780-800 TFLOP/s\n"
-              "times: per call inside a CUDA graph of 20 calls, inputs rotated over > L2\n", prop.name,
-              kCopyCeilingGBs / 1000);
+  std::printf(
+      "gdn_projection_bench on %s; ceilings: copy %.2f TB/s, bf16 GEMM ~780-800 TFLOP/s\n"
+      "times: per call inside a CUDA graph of 20 calls, inputs rotated over > L2\n",
+      prop.name, kCopyCeilingGBs / 1000);
   cublasLtHandle_t lt;
   check_lt(cublasLtCreate(&lt), "cublasLtCreate");
   cudaStream_t stream;

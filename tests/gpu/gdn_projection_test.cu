@@ -29,10 +29,16 @@ void check_split(const SplitCase& c) {
                                       z.data(), b.data(), a.data());
 
   auto upload = [](const std::vector<float>& v) {
-    if constexpr (std::is_same_v<T, float>) return v; else return gpu_test::to_bf16(v);
+    if constexpr (std::is_same_v<T, float>)
+      return v;
+    else
+      return gpu_test::to_bf16(v);
   };
   auto download = [](const DeviceBuffer<T>& buf) {
-    if constexpr (std::is_same_v<T, float>) return buf.download(); else return gpu_test::to_float(buf.download());
+    if constexpr (std::is_same_v<T, float>)
+      return buf.download();
+    else
+      return gpu_test::to_float(buf.download());
   };
   DeviceBuffer<T> d_qkvz(upload(qkvz)), d_ba(upload(ba));
   DeviceBuffer<T> d_mixed(mixed.size()), d_z(z.size()), d_b(b.size()), d_a(a.size());

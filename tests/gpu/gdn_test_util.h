@@ -126,7 +126,9 @@ struct DeviceBatch {
   GdnVarlenBatch view;
 
   explicit DeviceBatch(const Batch& b)
-      : cu_seqlens(b.cu_seqlens), slots(b.slots), has_initial_state(b.has_initial_state),
+      : cu_seqlens(b.cu_seqlens),
+        slots(b.slots),
+        has_initial_state(b.has_initial_state),
         view{cu_seqlens.get(), slots.get(), has_initial_state.get(), b.num_seqs(), b.num_tokens()} {}
 };
 
@@ -138,11 +140,9 @@ struct NamedDims {
 };
 inline std::vector<NamedDims> published_rank_dims() {
   return {
-      {"Hk16_Hv32_tp1", {16, 32, 128, 128}}, {"Hk8_Hv16_tp2", {8, 16, 128, 128}},
-      {"Hk4_Hv8_tp4", {4, 8, 128, 128}},     {"Hk2_Hv4_tp8", {2, 4, 128, 128}},
-      {"Hk16_Hv48_tp1", {16, 48, 128, 128}}, {"Hk8_Hv24_tp2", {8, 24, 128, 128}},
-      {"Hk2_Hv6_tp8", {2, 6, 128, 128}},     {"Hk4_Hv4_r1", {4, 4, 128, 128}},
-      {"Hk2_Hv8_r4", {2, 8, 128, 128}},
+      {"Hk16_Hv32_tp1", {16, 32, 128, 128}}, {"Hk8_Hv16_tp2", {8, 16, 128, 128}},   {"Hk4_Hv8_tp4", {4, 8, 128, 128}},
+      {"Hk2_Hv4_tp8", {2, 4, 128, 128}},     {"Hk16_Hv48_tp1", {16, 48, 128, 128}}, {"Hk8_Hv24_tp2", {8, 24, 128, 128}},
+      {"Hk2_Hv6_tp8", {2, 6, 128, 128}},     {"Hk4_Hv4_r1", {4, 4, 128, 128}},      {"Hk2_Hv8_r4", {2, 8, 128, 128}},
   };
 }
 

@@ -112,7 +112,8 @@ TEST(GdnConv, RejectsBadBatch) {
   batch.add(2, 0, true);
   GdnVarlenBatch view = batch.view();
   view.num_tokens = 3;
-  EXPECT_THROW(cpu::gdn_conv_prefill(buf.data(), 1, buf.data(), 1, buf.data(), view, buf.data()), std::invalid_argument);
+  EXPECT_THROW(cpu::gdn_conv_prefill(buf.data(), 1, buf.data(), 1, buf.data(), view, buf.data()),
+               std::invalid_argument);
   EXPECT_THROW(cpu::gdn_conv_prefill(buf.data(), 1, buf.data(), 2, buf.data(), batch.view(), buf.data()),
                std::invalid_argument);
 }

@@ -43,8 +43,19 @@ TEST(GdnDecode, TokenByTokenEqualsPrefillOfMergedViews) {
   const int32_t slot = 1;
   for (int64_t t = 0; t < n; ++t) {
     const float* row = proj.data() + t * W;
-    GdnDecodeInputs<float> in{row,         W,     row + d.z_offset(), W, row + d.b_offset(), W, row + d.a_offset(),
-                              W,           conv_w.data(), A_log.data(),  dt_bias.data(),     norm_w.data(), eps};
+    GdnDecodeInputs<float> in{row,
+                              W,
+                              row + d.z_offset(),
+                              W,
+                              row + d.b_offset(),
+                              W,
+                              row + d.a_offset(),
+                              W,
+                              conv_w.data(),
+                              A_log.data(),
+                              dt_bias.data(),
+                              norm_w.data(),
+                              eps};
     cpu::gdn_decode(in, {conv_d.data(), ssm_d.data(), &slot}, 1, d, y_d.data() + t * d.value_dim());
   }
   EXPECT_LT(test::max_abs_diff(y_p, y_d), 1e-5f);

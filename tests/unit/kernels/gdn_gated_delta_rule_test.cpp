@@ -54,8 +54,8 @@ TEST(GatedDeltaRule, BetaZeroOnlyDecays) {
   const auto before = c.state;
   std::vector<float> out(d.value_dim());
   const int32_t slot = 0;
-  cpu::gated_delta_rule_decode(c.q(), c.k(), c.v(), c.stride(), c.g.data(), c.beta.data(), c.state.data(), &slot, 1,
-                               d, out.data());
+  cpu::gated_delta_rule_decode(c.q(), c.k(), c.v(), c.stride(), c.g.data(), c.beta.data(), c.state.data(), &slot, 1, d,
+                               out.data());
   for (int64_t h = 0; h < 2; ++h) {
     for (int64_t i = 0; i < 12; ++i) {
       EXPECT_NEAR(c.state[h * 12 + i], std::exp(c.g[h]) * before[h * 12 + i], 1e-6);
@@ -71,8 +71,8 @@ TEST(GatedDeltaRule, DeltaRuleStoresValueAtKey) {
   c.beta[0] = 1.f;
   std::vector<float> out(d.value_dim());
   const int32_t slot = 0;
-  cpu::gated_delta_rule_decode(c.q(), c.k(), c.v(), c.stride(), c.g.data(), c.beta.data(), c.state.data(), &slot, 1,
-                               d, out.data());
+  cpu::gated_delta_rule_decode(c.q(), c.k(), c.v(), c.stride(), c.g.data(), c.beta.data(), c.state.data(), &slot, 1, d,
+                               out.data());
   double n2 = 0;
   for (int64_t j = 0; j < 8; ++j) n2 += double(c.k()[j]) * c.k()[j];
   for (int64_t i = 0; i < 5; ++i) {

@@ -15,8 +15,8 @@ TEST(GdnGating, HandComputedValues) {
   const std::vector<float> dt_bias{-0.5f, 1.f};
   std::vector<float> g(4), beta(4);
   cpu::gdn_gating(a.data(), 3, b.data(), 3, A_log.data(), dt_bias.data(), 2, 2, g.data(), beta.data());
-  EXPECT_FLOAT_EQ(g[0], -std::log(2.f));           // softplus(0) = ln 2, exp(A_log) = 1
-  EXPECT_FLOAT_EQ(g[1], -2.f * 31.f);              // above the threshold softplus(x) = x
+  EXPECT_FLOAT_EQ(g[0], -std::log(2.f));  // softplus(0) = ln 2, exp(A_log) = 1
+  EXPECT_FLOAT_EQ(g[1], -2.f * 31.f);     // above the threshold softplus(x) = x
   EXPECT_FLOAT_EQ(g[2], -std::log1p(std::exp(-1.5f)));
   EXPECT_FLOAT_EQ(g[3], -2.f * std::log1p(std::exp(1.f)));
   EXPECT_FLOAT_EQ(beta[0], 0.5f);

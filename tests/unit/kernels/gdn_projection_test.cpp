@@ -32,10 +32,18 @@ struct Logical {
     const int64_t dk = d.head_k_dim, dv = d.head_v_dim, r = d.ratio();
     for (int64_t t = 0; t < T; ++t) {
       std::vector<float> row;
-      auto put_q = [&](int64_t kh) { for (int64_t i = 0; i < dk; ++i) row.push_back(q[(t * d.num_k_heads + kh) * dk + i]); };
-      auto put_k = [&](int64_t kh) { for (int64_t i = 0; i < dk; ++i) row.push_back(k[(t * d.num_k_heads + kh) * dk + i]); };
-      auto put_v = [&](int64_t h) { for (int64_t i = 0; i < dv; ++i) row.push_back(v[(t * d.num_v_heads + h) * dv + i]); };
-      auto put_z = [&](int64_t h) { for (int64_t i = 0; i < dv; ++i) row.push_back(z[(t * d.num_v_heads + h) * dv + i]); };
+      auto put_q = [&](int64_t kh) {
+        for (int64_t i = 0; i < dk; ++i) row.push_back(q[(t * d.num_k_heads + kh) * dk + i]);
+      };
+      auto put_k = [&](int64_t kh) {
+        for (int64_t i = 0; i < dk; ++i) row.push_back(k[(t * d.num_k_heads + kh) * dk + i]);
+      };
+      auto put_v = [&](int64_t h) {
+        for (int64_t i = 0; i < dv; ++i) row.push_back(v[(t * d.num_v_heads + h) * dv + i]);
+      };
+      auto put_z = [&](int64_t h) {
+        for (int64_t i = 0; i < dv; ++i) row.push_back(z[(t * d.num_v_heads + h) * dv + i]);
+      };
       if (layout == QkvzLayout::kContiguous) {
         for (int64_t kh = 0; kh < d.num_k_heads; ++kh) put_q(kh);
         for (int64_t kh = 0; kh < d.num_k_heads; ++kh) put_k(kh);
