@@ -119,13 +119,17 @@ uint64_t Checkpoint::total_bytes() const {
   return total;
 }
 
-void Checkpoint::release_pages(const TensorView& tensor) const {
+const SafetensorsFile& Checkpoint::file_of(const TensorView& tensor) const {
   for (const auto& file : files_) {
-    if (file->holds(tensor.bytes)) {
-      file->release_pages(tensor.bytes);
-      return;
-    }
+    if (file->holds(tensor.bytes)) return *file;
   }
+  throw std::logic_error(dir_ + ": tensor \"" + tensor.name + "\" is not in this checkpoint");
+}
+
+void Checkpoint::release_pages(const TensorView& tensor) const { file_of(tensor).release_pages(tensor.bytes); }
+
+void Checkpoint::read(const TensorView& tensor, size_t offset, size_t size, void* dst) const {
+  file_of(tensor).read(tensor.bytes.subspan(offset, size), dst);
 }
 
 }  // namespace ds::weights

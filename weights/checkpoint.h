@@ -30,11 +30,15 @@ class Checkpoint {
   std::vector<std::string> names() const;                          // canonical, sorted
   uint64_t total_bytes() const;                                    // of the kept tensors
   void release_pages(const TensorView& tensor) const;              // see SafetensorsFile
+  // Copies bytes [offset, offset + size) of `tensor` into `dst` (pread; see SafetensorsFile::read).
+  void read(const TensorView& tensor, size_t offset, size_t size, void* dst) const;
 
  private:
   std::string dir_;
   ModelConfig config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  const SafetensorsFile& file_of(const TensorView& tensor) const;
+
   std::map<std::string, const TensorView*> tensors_;  // by canonical name
 };
 

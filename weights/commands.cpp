@@ -1,15 +1,30 @@
 #include "weights/commands.h"
 
+#include <sys/resource.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 
+#include "weights/checkpoint.h"
 #include "weights/gen_model.h"
+#include "weights/rank_weights.h"
 
 namespace ds::weights {
+namespace {
 
-void add_gen_model_command(CLI::App& app) {
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double peak_rss_gb() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss * 1024.0 / 1e9;  // ru_maxrss is in KiB on Linux
+}
+
+void add_gen_model(CLI::App& app) {
   struct Args {
     std::string preset, out, layout = "auto";
     uint64_t seed = 0;
@@ -36,11 +51,56 @@ void add_gen_model_command(CLI::App& app) {
     options.tokenizer_dir = find_tokenizer_dir();
     const auto start = std::chrono::steady_clock::now();
     const GenModelResult result = write_random_checkpoint(config, options);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("wrote %s: %s, %d file(s), %.2f GB in %.1f s%s\n", args->out.c_str(), args->preset.c_str(),
-                result.num_files, result.total_bytes / 1e9, seconds,
+                result.num_files, result.total_bytes / 1e9, seconds_since(start),
                 options.tokenizer_dir.empty() ? " (no tokenizer files found)" : "");
   });
+}
+
+// Loads every rank through one staging buffer the size of the largest tensor, as a GPU worker
+// does (copy, upload, reuse), so the peak RSS shows the loader's own footprint.
+void add_check_model(CLI::App& app) {
+  struct Args {
+    std::string model, form = "fused";
+    int tp = 1;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("check-model", "Validate a checkpoint folder and time loading every rank");
+  cmd->add_option("--model", args->model, "Checkpoint folder")->required();
+  cmd->add_option("--tp", args->tp, "Tensor parallel size")->check(CLI::PositiveNumber);
+  cmd->add_option("--gdn-projection", args->form, "fused | split")->check(CLI::IsMember({"fused", "split"}));
+  cmd->callback([args] {
+    auto start = std::chrono::steady_clock::now();
+    const Checkpoint checkpoint = Checkpoint::open(args->model);
+    const ModelConfig& c = checkpoint.config();
+    std::printf("%s: %s, %d layers, hidden %lld, %s%s, %.2f GB of tensors, opened in %.2f s\n", args->model.c_str(),
+                c.model_type.c_str(), c.num_hidden_layers, static_cast<long long>(c.hidden_size),
+                c.is_moe() ? "MoE" : "dense", c.fp8.enabled ? ", FP8" : "", checkpoint.total_bytes() / 1e9,
+                seconds_since(start));
+    const GdnProjectionForm form = parse_gdn_projection_form(args->form);
+    for (int rank = 0; rank < args->tp; ++rank) {
+      size_t largest = 0;
+      for (const auto& spec : rank_tensor_specs(c, rank, args->tp, form)) largest = std::max(largest, spec.nbytes());
+      std::vector<std::byte> staging(largest);
+      size_t bytes = 0, tensors = 0;
+      start = std::chrono::steady_clock::now();
+      load_rank_weights(checkpoint, rank, args->tp, form, [&](const TensorSpec& spec) -> void* {
+        bytes += spec.nbytes();
+        ++tensors;
+        return staging.data();
+      });
+      const double seconds = seconds_since(start);
+      std::printf("rank %d/%d: %zu tensors, %.2f GB in %.2f s = %.2f GB/s (largest tensor %.2f GB, peak RSS %.2f GB)\n",
+                  rank, args->tp, tensors, bytes / 1e9, seconds, bytes / 1e9 / seconds, largest / 1e9, peak_rss_gb());
+    }
+  });
+}
+
+}  // namespace
+
+void add_gen_model_command(CLI::App& app) {
+  add_gen_model(app);
+  add_check_model(app);
 }
 
 }  // namespace ds::weights

@@ -19,6 +19,10 @@ using detail::RankPlan;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Runs this large are read with pread (no page faults, no resident mapping); smaller ones are
+// copied from the mapping.
+constexpr size_t kPreadBytes = 256u << 10;
+
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -159,7 +163,9 @@ class TensorAssembler {
     for_each_run(p, sm, [&](int64_t si, int64_t di, int64_t n) {
       const std::byte* from = src.bytes.data() + si * src_size;
       std::byte* to = dst_ + di * dst_size;
-      if (src.dtype == t_.spec.dtype) {
+      if (src.dtype == t_.spec.dtype && n * src_size >= kPreadBytes) {
+        ck_.read(src, si * src_size, n * src_size, to);
+      } else if (src.dtype == t_.spec.dtype) {
         std::memcpy(to, from, n * src_size);
       } else {
         convert_float(src.dtype, from, t_.spec.dtype, to, n);
@@ -300,22 +306,16 @@ class Rng {
     return z ^ (z >> 31);
   }
   float uniform() { return static_cast<float>(next() >> 40) * (1.f / 16777216.f); }  // [0, 1)
+  // Irwin-Hall: the sum of four uniforms (16 bits each, from one draw), scaled to unit variance.
+  // Close enough to Gaussian for weights, and several times faster than Box-Muller.
   float normal() {
-    if (has_spare_) {
-      has_spare_ = false;
-      return spare_;
-    }
-    const float u1 = 1.f - uniform(), u2 = uniform();
-    const float radius = std::sqrt(-2.f * std::log(u1));
-    spare_ = radius * std::sin(6.2831853f * u2);
-    has_spare_ = true;
-    return radius * std::cos(6.2831853f * u2);
+    const uint64_t bits = next();
+    const float sum = static_cast<float>((bits & 0xffff) + ((bits >> 16) & 0xffff) + ((bits >> 32) & 0xffff) + (bits >> 48));
+    return (sum * (1.f / 65536.f) - 2.f) * 1.7320508f;
   }
 
  private:
   uint64_t state_;
-  float spare_ = 0.f;
-  bool has_spare_ = false;
 };
 
 bool ends_with(const std::string& s, const std::string& suffix) {

@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
+#include <thread>
+#include <utility>
 
 namespace ds::weights {
 namespace {
@@ -211,51 +213,49 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> file_bytes, const
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    throw std::runtime_error(path + ": cannot stat: " + std::strerror(err));
-  }
-  map_size_ = static_cast<size_t>(st.st_size);
-  if (map_size_ > 0) {
-    void* map = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    int err = errno;
-    ::close(fd);
-    if (map == MAP_FAILED) throw std::runtime_error(path + ": cannot mmap: " + std::strerror(err));
-    map_ = static_cast<const std::byte*>(map);
-  } else {
-    ::close(fd);
-  }
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
   try {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));
+    map_size_ = static_cast<size_t>(st.st_size);
+    if (map_size_ > 0) {
+      void* map = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+      if (map == MAP_FAILED) throw std::runtime_error(path + ": cannot mmap: " + std::strerror(errno));
+      map_ = static_cast<const std::byte*>(map);
+    }
     header_ = parse_safetensors(std::span<const std::byte>(map_, map_size_), path);
   } catch (...) {
-    if (map_) ::munmap(const_cast<std::byte*>(map_), map_size_);
+    close_all();
     throw;
   }
 }
 
-SafetensorsFile::~SafetensorsFile() {
+void SafetensorsFile::close_all() noexcept {
   if (map_) ::munmap(const_cast<std::byte*>(map_), map_size_);
+  if (fd_ >= 0) ::close(fd_);
+  map_ = nullptr;
+  map_size_ = 0;
+  fd_ = -1;
 }
 
+SafetensorsFile::~SafetensorsFile() { close_all(); }
+
 SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
-    : path_(std::move(other.path_)), map_(other.map_), map_size_(other.map_size_), header_(std::move(other.header_)) {
-  other.map_ = nullptr;
-  other.map_size_ = 0;
-}
+    : path_(std::move(other.path_)),
+      map_(std::exchange(other.map_, nullptr)),
+      map_size_(std::exchange(other.map_size_, 0)),
+      fd_(std::exchange(other.fd_, -1)),
+      header_(std::move(other.header_)) {}
 
 SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
   if (this != &other) {
-    if (map_) ::munmap(const_cast<std::byte*>(map_), map_size_);
+    close_all();
     path_ = std::move(other.path_);
-    map_ = other.map_;
-    map_size_ = other.map_size_;
+    map_ = std::exchange(other.map_, nullptr);
+    map_size_ = std::exchange(other.map_size_, 0);
+    fd_ = std::exchange(other.fd_, -1);
     header_ = std::move(other.header_);
-    other.map_ = nullptr;
-    other.map_size_ = 0;
   }
   return *this;
 }
@@ -267,6 +267,44 @@ void SafetensorsFile::release_pages(std::span<const std::byte> bytes) const {
   const auto begin = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) / page * page;
   const auto end = (reinterpret_cast<uintptr_t>(bytes.data() + bytes.size())) / page * page;
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+void SafetensorsFile::read(std::span<const std::byte> bytes, void* dst) const {
+  if (!holds(bytes)) throw std::logic_error(path_ + ": read of a range outside the file");
+  const auto offset = static_cast<off_t>(bytes.data() - map_);
+  auto read_range = [this, offset](size_t begin, size_t end, std::byte* out) {
+    while (begin < end) {
+      const ssize_t n = ::pread(fd_, out + begin, end - begin, offset + static_cast<off_t>(begin));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw std::runtime_error(path_ + ": read failed: " + (n < 0 ? std::strerror(errno) : "unexpected end of file"));
+      begin += static_cast<size_t>(n);
+    }
+  };
+  auto* out = static_cast<std::byte*>(dst);
+  constexpr size_t kChunk = 32u << 20;
+  const size_t threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), 16);
+  if (bytes.size() < 2 * kChunk || threads == 1) {
+    read_range(0, bytes.size(), out);
+    return;
+  }
+  // Large tensors: a few threads each pread a contiguous share (page-cache copies scale with cores).
+  const size_t parts = std::min(threads, bytes.size() / kChunk);
+  const size_t share = (bytes.size() + parts - 1) / parts;
+  std::vector<std::thread> workers;
+  std::vector<std::exception_ptr> errors(parts);
+  for (size_t p = 0; p < parts; ++p) {
+    workers.emplace_back([&, p] {
+      try {
+        read_range(p * share, std::min(bytes.size(), (p + 1) * share), out);
+      } catch (...) {
+        errors[p] = std::current_exception();
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
 }
 
 bool SafetensorsFile::holds(std::span<const std::byte> bytes) const {

@@ -54,11 +54,17 @@ class SafetensorsFile {
   // resident memory stays near one tensor while a checkpoint streams through.
   void release_pages(std::span<const std::byte> bytes) const;
   bool holds(std::span<const std::byte> bytes) const;  // whether `bytes` lies in this file's mapping
+  // Copies `bytes` (a range of this file's mapping) into `dst` with pread, in parallel chunks when
+  // large: no page faults and no resident mapping, so large copies run at page-cache speed.
+  void read(std::span<const std::byte> bytes, void* dst) const;
 
  private:
+  void close_all() noexcept;
+
   std::string path_;
   const std::byte* map_ = nullptr;
   size_t map_size_ = 0;
+  int fd_ = -1;
   SafetensorsHeader header_;
 };
 
