@@ -172,6 +172,26 @@ assert r["summary"]["completed"] == 6, r["summary"]
 assert all(q["output_tokens"] == q["requested_output_len"] for q in r["requests"]), "short outputs"
 PY
 
+log "grpc: --sweep over concurrencies (with a gnuplot PNG when gnuplot is installed)"
+plot_args=()
+command -v gnuplot >/dev/null && plot_args=(--plot "$WORK/sweep.png")
+bench grpc "$WORK/sweep.json" --num-prompts 3 --random-input-len 8 --random-output-len 3 --random-range-ratio 1 \
+  --ignore-eos --warmup-requests 0 --sweep 1,3 "${plot_args[@]}"
+python3 - "$WORK/sweep.json" <<'PY' || die "sweep"
+import json, sys
+runs = json.load(open(sys.argv[1]))["sweep"]
+assert [r["max_concurrency"] for r in runs] == [1, 3], runs
+for r in runs:
+    assert r["summary"]["completed"] == 3 and r["summary"]["total_output_tokens"] == 9, r["summary"]
+# At concurrency 1 requests never overlap: each is sent after the previous one's last token.
+reqs = sorted(runs[0]["requests"], key=lambda q: q["send_time_s"])
+for a, b in zip(reqs, reqs[1:]):
+    assert b["send_time_s"] >= a["send_time_s"] + a["e2e_s"], (a, b)
+PY
+if ((${#plot_args[@]})); then
+  [[ $(head -c 4 "$WORK/sweep.png" | od -An -c | tr -d ' ') == '211PNG' ]] || die "--plot wrote no PNG"
+fi
+
 # Refusals: a JSONL workload mixing good requests, prompts beyond the context and max_tokens
 # beyond it; the server must refuse the last two kinds (400 / INVALID_ARGUMENT naming the limit).
 python3 - "$WORK/mixed.jsonl" "$CONTEXT" <<'PY'
