@@ -7,8 +7,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels/attention_mma.cuh"
 #include "kernels/gemm.h"
+#include "kernels/gemm_tile.cuh"
 
 namespace ds::kernels::cuda {
 
@@ -140,113 +140,18 @@ void GemmRunner::gemm(const bf16* x, int64_t ldx, const bf16* w, float* y, int64
   run(x, ldx, w, y, ldy, T, N, K, beta, true, stream);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Block-FP8 weight GEMM. A 128-thread block computes a 64×64 tile of y; warps form a 2×2 grid of
-// 32×32 sub-tiles (2 m-tiles × 4 n-tiles of mma.m16n8k16 each). Per 64-wide k-step, the x tile
-// (BF16) and the W tile (FP8, converted exactly to BF16 — every E4M3 value is a BF16 value) go to
-// swizzled shared memory. Products of one 128-wide k block accumulate unscaled in `part`; at the
-// block's end they are multiplied by that block's weight_scale_inv (uniform over the tile: 64
-// rows of W never straddle a 128-row scale block) and added to `acc`. So the weight is applied
-// exactly, and the only rounding beyond fp32 is x's own BF16.
-namespace fp8 {
+namespace {
 
-constexpr int kBM = 64, kBN = 64, kBK = 64, kThreads = 128;
-constexpr int kChunks = kBK / 8;  // 16-byte chunks per tile row
-
-__device__ __forceinline__ uint4 fp8x8_to_bf16x8(uint2 raw) {
-  const uint32_t words[2] = {raw.x, raw.y};
-  uint32_t out[4];
-#pragma unroll
-  for (int w = 0; w < 2; ++w) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const __nv_fp8x2_storage_t pair = __nv_fp8x2_storage_t(words[w] >> (16 * h));
-      const __half2_raw halves = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&halves));
-      out[w * 2 + h] = mma::pack_bf16x2(f.x, f.y);
-    }
-  }
-  return make_uint4(out[0], out[1], out[2], out[3]);
+// Block-FP8 weight GEMM: one 64×64 tile per block (kernels/gemm_tile.cuh).
+__global__ void __launch_bounds__(gemm_tile::kThreads)
+    gemm_fp8_kernel(const __nv_bfloat16* x, int64_t ldx, const uint8_t* w, const float* scale_inv, __nv_bfloat16* y,
+                    int64_t ldy, int64_t T, int64_t N, int64_t K, float beta) {
+  __shared__ gemm_tile::SharedTiles sh;
+  gemm_tile::compute_tile(x, ldx, w, scale_inv, y, ldy, T, N, K, int64_t(blockIdx.y) * gemm_tile::kBM,
+                          int64_t(blockIdx.x) * gemm_tile::kBN, beta, sh);
 }
 
-__global__ void __launch_bounds__(kThreads) gemm_fp8_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx,
-                                                             const uint8_t* __restrict__ w,
-                                                             const float* __restrict__ scale_inv,
-                                                             __nv_bfloat16* __restrict__ y, int64_t ldy, int64_t T,
-                                                             int64_t N, int64_t K, float beta) {
-  __shared__ __align__(16) uint4 xs[kBM * kChunks];
-  __shared__ __align__(16) uint4 ws[kBN * kChunks];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t n0 = int64_t(blockIdx.x) * kBN, t0 = int64_t(blockIdx.y) * kBM;
-  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-  const int64_t scale_cols = (K + kFp8BlockSize - 1) / kFp8BlockSize;
-
-  float acc[2][4][4] = {}, part[2][4][4] = {};
-  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-    for (int i = tid; i < kBM * kChunks; i += kThreads) {
-      const int row = i / kChunks, chunk = i % kChunks;
-      const int64_t t = t0 + row, k = k0 + chunk * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (t < T && k < K) v = *reinterpret_cast<const uint4*>(x + t * ldx + k);
-      xs[mma::swizzled_chunk(row, chunk, kChunks)] = v;
-    }
-    for (int i = tid; i < kBN * kChunks; i += kThreads) {
-      const int row = i / kChunks, chunk = i % kChunks;
-      const int64_t n = n0 + row, k = k0 + chunk * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (n < N && k < K) v = fp8x8_to_bf16x8(*reinterpret_cast<const uint2*>(w + n * K + k));
-      ws[mma::swizzled_chunk(row, chunk, kChunks)] = v;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int ks = 0; ks < kBK / 16; ++ks) {
-      uint32_t a[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) mma::ldmatrix_x4(a[mi], &xs[mma::a_fragment_chunk(lane, wm + mi * 16, ks * 2, kChunks)]);
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t b[4];
-        mma::ldmatrix_x4(b, &ws[mma::b_fragment_chunk(lane, wn + np * 16, ks * 2, kChunks)]);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-          mma::mma_bf16(part[mi][np * 2], a[mi], b[0], b[1]);
-          mma::mma_bf16(part[mi][np * 2 + 1], a[mi], b[2], b[3]);
-        }
-      }
-    }
-    __syncthreads();
-    const int64_t k_end = k0 + kBK;
-    if (k_end % kFp8BlockSize == 0 || k_end >= K) {
-      const float s = scale_inv[(n0 / kFp8BlockSize) * scale_cols + k0 / kFp8BlockSize];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            acc[mi][ni][e] += part[mi][ni][e] * s;
-            part[mi][ni][e] = 0.f;
-          }
-    }
-  }
-  const int g = lane >> 2, c = lane & 3;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t t = t0 + wm + mi * 16 + g + (e >= 2 ? 8 : 0);
-        const int64_t n = n0 + wn + ni * 8 + 2 * c + (e & 1);
-        if (t < T && n < N) {
-          __nv_bfloat16* dst = y + t * ldy + n;
-          const float prior = beta != 0.f ? beta * __bfloat162float(*dst) : 0.f;
-          *dst = __float2bfloat16(acc[mi][ni][e] + prior);
-        }
-      }
-}
-
-}  // namespace fp8
+}  // namespace
 
 void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
                           int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream) {
@@ -257,10 +162,10 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
                                 shape_string(T, N, K, ldx, ldy) + ")");
   }
   if (T == 0) return;
-  const dim3 grid(unsigned((N + fp8::kBN - 1) / fp8::kBN), unsigned((T + fp8::kBM - 1) / fp8::kBM));
-  fp8::gemm_fp8_kernel<<<grid, fp8::kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(x), ldx, w_fp8,
-                                                           weight_scale_inv, reinterpret_cast<__nv_bfloat16*>(y), ldy,
-                                                           T, N, K, beta);
+  const dim3 grid(unsigned((N + gemm_tile::kBN - 1) / gemm_tile::kBN), unsigned((T + gemm_tile::kBM - 1) / gemm_tile::kBM));
+  gemm_fp8_kernel<<<grid, gemm_tile::kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(x), ldx, w_fp8,
+                                                           weight_scale_inv, reinterpret_cast<__nv_bfloat16*>(y), ldy, T, N,
+                                                            K, beta);
   check_cuda(cudaGetLastError(), "gemm_fp8 launch");
 }
 

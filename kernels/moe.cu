@@ -1,13 +1,16 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 #include <string>
 #include <vector>
 
 #include "kernels/activation.h"
 #include "kernels/cuda_utils.cuh"
 #include "kernels/gemm.h"
+#include "kernels/gemm_tile.cuh"
 #include "kernels/moe.h"
 
 namespace ds::kernels::cuda {
@@ -69,23 +72,29 @@ __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t 
   }
 }
 
-// Counting sort of the T·k (token, slot) pairs by expert, in one block. Writes per-expert counts,
-// sorted_pairs[position] = pair and position_of[pair] = position.
-__global__ void sort_by_expert_kernel(const int32_t* topk_ids, int64_t pairs, int64_t E, int32_t* counts,
-                                      int32_t* sorted_pairs, int32_t* position_of) {
+// Counting sort of the T·k (token, slot) pairs by expert, in one block. Writes
+// sorted_pairs[position] = pair, position_of[pair] = position, and for the grouped GEMMs
+// row_offsets [E+1] (expert e owns sorted rows [row_offsets[e], row_offsets[e+1])) and
+// tile_offsets [E+1] (prefix sums of ceil(count / 64)).
+__global__ void sort_by_expert_kernel(const int32_t* topk_ids, int64_t pairs, int64_t E, int32_t* row_offsets,
+                                      int32_t* tile_offsets, int32_t* sorted_pairs, int32_t* position_of) {
   extern __shared__ int32_t cursor[];  // [E]
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) cursor[e] = 0;
   __syncthreads();
   for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) atomicAdd(&cursor[topk_ids[i]], 1);
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t offset = 0;
+    int32_t offset = 0, tiles = 0;
     for (int64_t e = 0; e < E; ++e) {
       const int32_t n = cursor[e];
-      counts[e] = n;
+      row_offsets[e] = offset;
+      tile_offsets[e] = tiles;
       cursor[e] = offset;
       offset += n;
+      tiles += (n + gemm_tile::kBM - 1) / gemm_tile::kBM;
     }
+    row_offsets[E] = offset;
+    tile_offsets[E] = tiles;
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
@@ -103,6 +112,23 @@ __global__ void gather_kernel(const __nv_bfloat16* x, int64_t H, int64_t k, cons
   const uint4* src = reinterpret_cast<const uint4*>(x + t * H);
   uint4* dst = reinterpret_cast<uint4*>(x_sorted + pos * H);
   for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) dst[i] = src[i];
+}
+
+// All experts' GEMMs y_e = x_e·W_eᵀ in one launch: blockIdx.y walks the row tiles of all
+// experts (tile_offsets), blockIdx.x the 64-column tiles of N. Surplus blocks exit at once.
+template <typename WeightT>
+__global__ void __launch_bounds__(gemm_tile::kThreads)
+    grouped_gemm_kernel(const __nv_bfloat16* x, const WeightT* w, const float* scale, __nv_bfloat16* y, int64_t N,
+                        int64_t K, const int32_t* row_offsets, const int32_t* tile_offsets, int64_t E) {
+  __shared__ gemm_tile::SharedTiles sh;
+  const int64_t tile = blockIdx.y;
+  if (tile >= tile_offsets[E]) return;
+  const int64_t e = cuda_utils::find_sequence(tile_offsets, E, tile);
+  const int64_t row0 = row_offsets[e], rows = row_offsets[e + 1] - row0;
+  const int64_t scales_per_expert = ((N + kFp8BlockSize - 1) / kFp8BlockSize) * ((K + kFp8BlockSize - 1) / kFp8BlockSize);
+  gemm_tile::compute_tile(x + row0 * K, K, w + e * N * K, scale ? scale + e * scales_per_expert : nullptr,
+                          y + row0 * N, N, rows, N, K, (tile - tile_offsets[e]) * gemm_tile::kBM,
+                          int64_t(blockIdx.x) * gemm_tile::kBN, 0.f, sh);
 }
 
 // out[t] = Σ_j w[t][j] · y_sorted[position_of[t·k + j]] + sigmoid(shared_logit[t]) · shared_out[t].
@@ -137,7 +163,8 @@ struct Buffers {
   float* logits;
   int32_t* topk_ids;
   float* topk_weights;
-  int32_t* counts;
+  int32_t* row_offsets;
+  int32_t* tile_offsets;
   int32_t* sorted_pairs;
   int32_t* position_of;
   bf16* x_sorted;
@@ -157,7 +184,8 @@ Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
   b.logits = c.take<float>(M * E);
   b.topk_ids = c.take<int32_t>(P);
   b.topk_weights = c.take<float>(P);
-  b.counts = c.take<int32_t>(E);
+  b.row_offsets = c.take<int32_t>(E + 1);
+  b.tile_offsets = c.take<int32_t>(E + 1);
   b.sorted_pairs = c.take<int32_t>(P);
   b.position_of = c.take<int32_t>(P);
   b.x_sorted = c.take<bf16>(P * H);
@@ -183,69 +211,115 @@ void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_
   check_launch("cuda::moe_route");
 }
 
-MoeRunner::MoeRunner(const MoeDims& dims, int64_t max_tokens) : dims_(dims), max_tokens_(max_tokens) {
-  validate_moe_dims(dims);
-  if (max_tokens <= 0 || dims.hidden % 8 != 0) {
-    throw std::invalid_argument("MoeRunner: need max_tokens > 0 and hidden % 8 == 0 (hidden " +
-                                std::to_string(dims.hidden) + ")");
-  }
-  Carver sizing{nullptr};
-  carve(sizing, dims_, max_tokens_);
-  scratch_bytes_ = sizing.used;
-  check_cuda(cudaMalloc(&scratch_, scratch_bytes_), "cudaMalloc scratch");
-  check_cuda(cudaMallocHost(&host_counts_, sizeof(int32_t) * size_t(dims.num_experts)), "cudaMallocHost counts");
+namespace {
+
+// The weights of one MoE block with BF16 or FP8 matrices (scales nullptr for BF16).
+template <typename WeightT>
+struct ExpertWeights {
+  const bf16* router;
+  const bf16* shared_gate;
+  const WeightT *gate_up, *down, *shared_gate_up, *shared_down;
+  const float *gate_up_scale, *down_scale, *shared_gate_up_scale, *shared_down_scale;
+};
+
+void dense_gemm(GemmRunner& gemm, const bf16* x, int64_t ldx, const bf16* w, const float*, bf16* y, int64_t ldy,
+                int64_t T, int64_t N, int64_t K, cudaStream_t stream) {
+  gemm.gemm(x, ldx, w, y, ldy, T, N, K, 0.f, stream);
+}
+void dense_gemm(GemmRunner& gemm, const bf16* x, int64_t ldx, const uint8_t* w, const float* scale, bf16* y,
+                int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream) {
+  gemm.gemm_fp8(x, ldx, w, scale, y, ldy, T, N, K, 0.f, stream);
 }
 
-MoeRunner::~MoeRunner() {
-  cudaFree(scratch_);
-  cudaFreeHost(host_counts_);
+template <typename WeightT>
+void grouped_gemm(const Buffers& b, const bf16* x, const WeightT* w, const float* scale, bf16* y, int64_t N, int64_t K,
+                  int64_t pairs, int64_t E, cudaStream_t stream) {
+  using StoredT = std::conditional_t<sizeof(WeightT) == 1, uint8_t, __nv_bfloat16>;
+  const int64_t max_tiles = (pairs + gemm_tile::kBM - 1) / gemm_tile::kBM + std::min(E, pairs);
+  const dim3 grid(unsigned((N + gemm_tile::kBN - 1) / gemm_tile::kBN), unsigned(max_tiles));
+  grouped_gemm_kernel<StoredT><<<grid, gemm_tile::kThreads, 0, stream>>>(
+      as_nv(x), reinterpret_cast<const StoredT*>(w), scale, as_nv(y), N, K, b.row_offsets, b.tile_offsets, E);
+  check_launch("MoeRunner grouped GEMM");
 }
 
-void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& w, bf16* out,
-                        cudaStream_t stream) {
-  if (T < 0 || T > max_tokens_) {
-    throw std::invalid_argument("MoeRunner::forward: T " + std::to_string(T) + " outside [0, " +
-                                std::to_string(max_tokens_) + "]");
-  }
-  if (T == 0) return;
-  const int64_t H = dims_.hidden, E = dims_.num_experts, k = dims_.top_k, Ie = dims_.expert_intermediate,
-                Is = dims_.shared_intermediate, pairs = T * k;
-  Carver carver{static_cast<char*>(scratch_)};
-  const Buffers b = carve(carver, dims_, max_tokens_);
-
+template <typename WeightT>
+void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const bf16* x, int64_t T,
+                 const ExpertWeights<WeightT>& w, bf16* out, cudaStream_t stream) {
+  const int64_t H = dims.hidden, E = dims.num_experts, k = dims.top_k, Ie = dims.expert_intermediate,
+                Is = dims.shared_intermediate, pairs = T * k;
   gemm.gemm(x, H, w.router, b.logits, E, T, E, H, 0.f, stream);
-  moe_route(b.logits, T, E, k, dims_.norm_topk_prob, b.topk_ids, b.topk_weights, stream);
-  sort_by_expert_kernel<<<1, 1024, sizeof(int32_t) * size_t(E), stream>>>(b.topk_ids, pairs, E, b.counts,
-                                                                          b.sorted_pairs, b.position_of);
+  moe_route(b.logits, T, E, k, dims.norm_topk_prob, b.topk_ids, b.topk_weights, stream);
+  sort_by_expert_kernel<<<1, 1024, sizeof(int32_t) * size_t(E), stream>>>(b.topk_ids, pairs, E, b.row_offsets,
+                                                                          b.tile_offsets, b.sorted_pairs, b.position_of);
   check_launch("MoeRunner sort_by_expert");
   gather_kernel<<<unsigned(pairs), 128, 0, stream>>>(as_nv(x), H, k, b.sorted_pairs, as_nv(b.x_sorted));
   check_launch("MoeRunner gather");
-  check_cuda(cudaMemcpyAsync(host_counts_, b.counts, sizeof(int32_t) * size_t(E), cudaMemcpyDeviceToHost, stream),
-             "copy expert counts");
-  check_cuda(cudaStreamSynchronize(stream), "wait for expert counts");
-
-  for (int64_t e = 0, offset = 0; e < E; offset += host_counts_[e], ++e) {
-    if (host_counts_[e] == 0) continue;
-    gemm.gemm(b.x_sorted + offset * H, H, w.experts_gate_up + e * 2 * Ie * H, b.hidden + offset * 2 * Ie, 2 * Ie,
-              host_counts_[e], 2 * Ie, H, 0.f, stream);
-  }
+  grouped_gemm(b, b.x_sorted, w.gate_up, w.gate_up_scale, b.hidden, 2 * Ie, H, pairs, E, stream);
   silu_and_mul(b.hidden, 2 * Ie, b.act, Ie, pairs, Ie, stream);
-  for (int64_t e = 0, offset = 0; e < E; offset += host_counts_[e], ++e) {
-    if (host_counts_[e] == 0) continue;
-    gemm.gemm(b.act + offset * Ie, Ie, w.experts_down + e * H * Ie, b.y_sorted + offset * H, H, host_counts_[e], H,
-              Ie, 0.f, stream);
-  }
+  grouped_gemm(b, b.act, w.down, w.down_scale, b.y_sorted, H, Ie, pairs, E, stream);
   const bool has_shared = Is > 0;
   if (has_shared) {
-    gemm.gemm(x, H, w.shared_gate_up, b.shared_hidden, 2 * Is, T, 2 * Is, H, 0.f, stream);
+    dense_gemm(gemm, x, H, w.shared_gate_up, w.shared_gate_up_scale, b.shared_hidden, 2 * Is, T, 2 * Is, H, stream);
     silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream);
-    gemm.gemm(b.shared_act, Is, w.shared_down, b.shared_out, H, T, H, Is, 0.f, stream);
+    dense_gemm(gemm, b.shared_act, Is, w.shared_down, w.shared_down_scale, b.shared_out, H, T, H, Is, stream);
     gemm.gemm(x, H, w.shared_gate, b.shared_logit, 1, T, 1, H, 0.f, stream);
   }
   combine_kernel<<<unsigned(T), 256, 0, stream>>>(as_nv(b.y_sorted), b.position_of, b.topk_weights, k, H,
                                                   has_shared ? as_nv(b.shared_out) : nullptr, b.shared_logit,
                                                   as_nv(out));
   check_launch("MoeRunner combine");
+}
+
+void check_tokens(int64_t T, int64_t max_tokens) {
+  if (T < 0 || T > max_tokens) {
+    throw std::invalid_argument("MoeRunner::forward: T " + std::to_string(T) + " outside [0, " +
+                                std::to_string(max_tokens) + "]");
+  }
+}
+
+}  // namespace
+
+MoeRunner::MoeRunner(const MoeDims& dims, int64_t max_tokens) : dims_(dims), max_tokens_(max_tokens) {
+  validate_moe_dims(dims);
+  if (max_tokens <= 0 || dims.hidden % 8 != 0 || dims.expert_intermediate % 8 != 0) {
+    throw std::invalid_argument("MoeRunner: need max_tokens > 0 and hidden, expert_intermediate multiples of 8 (hidden " +
+                                std::to_string(dims.hidden) + ", expert_intermediate " +
+                                std::to_string(dims.expert_intermediate) + ")");
+  }
+  Carver sizing{nullptr};
+  carve(sizing, dims_, max_tokens_);
+  scratch_bytes_ = sizing.used;
+  check_cuda(cudaMalloc(&scratch_, scratch_bytes_), "cudaMalloc scratch");
+}
+
+MoeRunner::~MoeRunner() { cudaFree(scratch_); }
+
+void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& w, bf16* out,
+                        cudaStream_t stream) {
+  check_tokens(T, max_tokens_);
+  if (T == 0) return;
+  Carver carver{static_cast<char*>(scratch_)};
+  const ExpertWeights<bf16> ew{w.router,         w.shared_gate, w.experts_gate_up, w.experts_down, w.shared_gate_up,
+                               w.shared_down,    nullptr,       nullptr,           nullptr,        nullptr};
+  moe_forward(dims_, carve(carver, dims_, max_tokens_), gemm, x, T, ew, out, stream);
+}
+
+void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeFp8Weights& w, bf16* out,
+                        cudaStream_t stream) {
+  check_tokens(T, max_tokens_);
+  if (T == 0) return;
+  Carver carver{static_cast<char*>(scratch_)};
+  const ExpertWeights<uint8_t> ew{w.router,
+                                  w.shared_gate,
+                                  w.experts_gate_up,
+                                  w.experts_down,
+                                  w.shared_gate_up,
+                                  w.shared_down,
+                                  w.experts_gate_up_scale,
+                                  w.experts_down_scale,
+                                  w.shared_gate_up_scale,
+                                  w.shared_down_scale};
+  moe_forward(dims_, carve(carver, dims_, max_tokens_), gemm, x, T, ew, out, stream);
 }
 
 }  // namespace ds::kernels::cuda

@@ -41,6 +41,21 @@ struct MoeWeights {
   const T* shared_gate = nullptr;      // [1, H]
 };
 
+// Block-FP8 experts (layouts of gemm.h per expert; scales [E, ceil(rows/128), ceil(cols/128)]).
+// The router and shared_expert_gate stay BF16.
+struct MoeFp8Weights {
+  const bf16* router = nullptr;                  // [E, H]
+  const uint8_t* experts_gate_up = nullptr;      // [E, 2Ie, H]
+  const float* experts_gate_up_scale = nullptr;  // [E, ceil(2Ie/128), ceil(H/128)]
+  const uint8_t* experts_down = nullptr;         // [E, H, Ie]
+  const float* experts_down_scale = nullptr;     // [E, ceil(H/128), ceil(Ie/128)]
+  const uint8_t* shared_gate_up = nullptr;       // [2Is, H]
+  const float* shared_gate_up_scale = nullptr;   // [ceil(2Is/128), ceil(H/128)]
+  const uint8_t* shared_down = nullptr;          // [H, Is]
+  const float* shared_down_scale = nullptr;      // [ceil(H/128), ceil(Is/128)]
+  const bf16* shared_gate = nullptr;             // [1, H]
+};
+
 namespace cpu {
 
 // Router: logits [T, E] fp32 -> topk_ids int32 [T, k], topk_weights fp32 [T, k] (descending prob).
@@ -61,11 +76,12 @@ void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_
                int32_t* topk_ids, float* topk_weights, cudaStream_t stream);
 
 // Owns the scratch of the MoE block for up to max_tokens tokens (allocated in the constructor).
-// forward() is host-orchestrated: router GEMM (fp32 logits) -> moe_route -> counting sort of the
-// (token, slot) pairs by expert on device -> gather x rows -> ONE cudaStreamSynchronize to read
-// the per-expert counts -> per non-empty expert gate_up GEMM (cuBLASLt) -> silu_and_mul -> per
-// expert down GEMM -> shared expert GEMMs -> one combine kernel (weights, sigmoid shared gate).
-// Because of the host read of the counts it is not CUDA-graph capturable.
+// forward(): router GEMM (cuBLASLt, fp32 logits) -> moe_route -> counting sort of the (token, slot)
+// pairs by expert, with per-expert row and tile offsets, on device -> gather x rows -> ONE grouped
+// GEMM launch for all experts' gate_up (each block finds its expert from the tile offsets;
+// kernels/gemm_tile.cuh) -> silu_and_mul -> one grouped launch for down -> shared expert GEMMs ->
+// one combine kernel (routing weights, sigmoid shared gate). No host synchronisation: the launch
+// geometry depends only on T, so it is asynchronous and CUDA-graph capturable.
 class MoeRunner {
  public:
   MoeRunner(const MoeDims& dims, int64_t max_tokens);
@@ -76,6 +92,9 @@ class MoeRunner {
   // x BF16 [T, H] dense (T <= max_tokens) -> out BF16 [T, H] dense. BF16 weights.
   void forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& weights, bf16* out,
                cudaStream_t stream);
+  // Block-FP8 experts and shared expert (BF16 activations, fp32 accumulation, exact weight scales).
+  void forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeFp8Weights& weights, bf16* out,
+               cudaStream_t stream);
 
   const MoeDims& dims() const { return dims_; }
 
@@ -84,7 +103,6 @@ class MoeRunner {
   int64_t max_tokens_ = 0;
   void* scratch_ = nullptr;  // one device allocation, carved by forward()
   size_t scratch_bytes_ = 0;
-  int32_t* host_counts_ = nullptr;  // pinned [E]
 };
 
 }  // namespace cuda

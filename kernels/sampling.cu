@@ -1,8 +1,9 @@
 // Sampling, one 1024-thread block per row (see sampling.h for the semantics). Passes over the row:
 //   1. raw max / argmax / sum of exp (online), for greedy and the raw logprob;
-//   2. top-k: four 8-bit radix passes of counts over the order-preserving uint32 image of z;
-//   3. top-p: the probability mass of the kept candidates, then four radix passes of mass;
-//   4. argmax of z + Gumbel(seed, step, i) over the kept set.
+//   2. top-k: three radix passes (12, 10, 10 bits) of counts over the order-preserving uint32 image of z;
+//   3. top-p: the probability mass of the kept candidates, then three radix passes of mass;
+//   4. argmax of z + Gumbel(seed, step, i) over the kept set, skipping tokens too far below the
+//      maximum to win whatever their noise.
 // Logits are re-read each pass (L2 / HBM); nothing of the row is staged.
 #include <cuda_runtime.h>
 
@@ -18,7 +19,7 @@ namespace ds::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 1024;
-constexpr int kBins = 256;
+constexpr int kMaxBins = 4096;
 
 __device__ __forceinline__ uint32_t order_key(float f) {
   const uint32_t bits = __float_as_uint(f);
@@ -74,15 +75,69 @@ struct Shared {
   ArgMax argmax_scratch[32];
   Lse lse_scratch[32];
   float sum_scratch[32];
-  uint32_t count_hist[kBins];
-  float mass_hist[kBins];
+  float warp_suffix[32];
+  float hist[kMaxBins];  // counts (exact in fp32 below 2^24) or probability mass per bin
   uint32_t prefix, prefix_mask;
   float remaining;  // count (top-k) or mass (top-p) still to be covered below the current prefix
+  int chosen, lowest_nonempty;
+  float chosen_above, total;
 };
 
+// Radix digits from the top: 12 bits (sign, exponent, 3 mantissa bits, so typical logits spread
+// over many bins and the shared-memory atomics rarely collide), then 10 and 10.
+__device__ __forceinline__ int digit_shift(int pass) { return pass == 0 ? 20 : (pass == 1 ? 10 : 0); }
+__device__ __forceinline__ int digit_bits(int pass) { return pass == 0 ? 12 : 10; }
+
+// Finds, scanning bins from the highest, the first bin where the cumulative weight reaches
+// sh.remaining; sets sh.chosen and sh.chosen_above (weight of the bins above it). All threads scan
+// in parallel: thread t owns bins [t·per, (t+1)·per). If rounding leaves the target out of reach,
+// the lowest non-empty bin is taken.
+__device__ void find_bin(int bins, Shared& sh) {
+  const int per = bins / int(blockDim.x);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int first = int(threadIdx.x) * per;
+  float local = 0.f;
+  for (int b = 0; b < per; ++b) local += sh.hist[first + b];
+  float suffix = local;  // inclusive suffix sum over the lanes at or above this one
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const float other = __shfl_down_sync(0xffffffffu, suffix, offset);
+    if (lane + offset < 32) suffix += other;
+  }
+  if (threadIdx.x == 0) {
+    sh.chosen = -1;
+    sh.lowest_nonempty = bins;
+  }
+  if (lane == 0) sh.warp_suffix[warp] = suffix;
+  __syncthreads();
+  float above = suffix - local;
+  for (int w = warp + 1; w < int(blockDim.x >> 5); ++w) above += sh.warp_suffix[w];
+  for (int b = first + per - 1; b >= first; --b) {
+    const float weight = sh.hist[b];
+    if (weight <= 0.f) continue;
+    atomicMin(&sh.lowest_nonempty, b);
+    if (above < sh.remaining && above + weight >= sh.remaining) {
+      atomicMax(&sh.chosen, b);
+    }
+    above += weight;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && sh.chosen < 0) sh.chosen = sh.lowest_nonempty;
+  __syncthreads();
+  // Weight above the chosen bin: a second, deterministic pass over the owning threads' sums.
+  if (threadIdx.x == 0) sh.chosen_above = 0.f;
+  __syncthreads();
+  float mine = 0.f;
+  for (int b = first; b < first + per; ++b) {
+    if (b > sh.chosen) mine += sh.hist[b];
+  }
+  mine = block_reduce(mine, [](float a, float b) { return a + b; }, sh.sum_scratch);
+  if (threadIdx.x == 0) sh.chosen_above = mine;
+  __syncthreads();
+}
+
 // Radix selection from the top: finds the key K with weight(keys > K) < target <= weight(keys >= K)
-// among elements with include(i); weight is 1 (counts) or exp(z - z_max) (mass). One 8-bit digit
-// per pass, thread 0 scans the 256-bin histogram.
+// among elements with include(z); weight is 1 (counts) or exp(z - z_max) (mass).
 template <bool kMass, typename Include>
 __device__ float radix_select(const float* x, int64_t vocab, float temperature, float z_max, float target,
                               Include include, Shared& sh) {
@@ -91,11 +146,9 @@ __device__ float radix_select(const float* x, int64_t vocab, float temperature, 
     sh.prefix_mask = 0;
     sh.remaining = target;
   }
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
-      sh.count_hist[b] = 0;
-      sh.mass_hist[b] = 0.f;
-    }
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = digit_shift(pass), bins = 1 << digit_bits(pass);
+    for (int b = threadIdx.x; b < bins; b += blockDim.x) sh.hist[b] = 0.f;
     __syncthreads();
     const uint32_t prefix = sh.prefix, mask = sh.prefix_mask;
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -103,34 +156,14 @@ __device__ float radix_select(const float* x, int64_t vocab, float temperature, 
       if (!include(z)) continue;
       const uint32_t key = order_key(z);
       if ((key & mask) != prefix) continue;
-      const int bin = int((key >> shift) & 0xffu);
-      if constexpr (kMass) {
-        atomicAdd(&sh.mass_hist[bin], __expf(z - z_max));
-      } else {
-        atomicAdd(&sh.count_hist[bin], 1u);
-      }
+      atomicAdd(&sh.hist[(key >> shift) & uint32_t(bins - 1)], kMass ? __expf(z - z_max) : 1.f);
     }
     __syncthreads();
+    find_bin(bins, sh);
     if (threadIdx.x == 0) {
-      float above = 0.f;
-      int chosen = -1, lowest_nonempty = -1;
-      for (int b = kBins - 1; b >= 0; --b) {
-        const float w = kMass ? sh.mass_hist[b] : float(sh.count_hist[b]);
-        if (w <= 0.f) continue;
-        lowest_nonempty = b;
-        if (above + w >= sh.remaining) {
-          chosen = b;
-          break;
-        }
-        above += w;
-      }
-      if (chosen < 0) {  // rounding left the target just out of reach: take everything
-        chosen = lowest_nonempty;
-        above -= kMass ? sh.mass_hist[chosen] : float(sh.count_hist[chosen]);
-      }
-      sh.remaining -= above;
-      sh.prefix |= uint32_t(chosen) << shift;
-      sh.prefix_mask |= 0xffu << shift;
+      sh.remaining -= sh.chosen_above;
+      sh.prefix |= uint32_t(sh.chosen) << shift;
+      sh.prefix_mask |= uint32_t(bins - 1) << shift;
     }
     __syncthreads();
   }
@@ -180,10 +213,13 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
                                          [th](float z) { return z >= th; }, sh);
       threshold = fmaxf(threshold, c);
     }
+    // The max-z token is always kept and its key is >= z_max + g_min; a token with z + g_max below
+    // that cannot win. For u in [2^-25, 1 - 2^-25], g_max - g_min = 17.33 + 2.85 (margin added).
+    const float hopeless = z_max - 20.5f;
     ArgMax pick{-INFINITY, INT32_MAX};
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
       const float z = x[i] / temperature;
-      if (z < threshold) continue;
+      if (z < threshold || z < hopeless) continue;
       const float gumbel = -logf(-logf(sampling_uniform(p.seed, p.step, uint64_t(i))));
       pick = better(pick, ArgMax{z + gumbel, int32_t(i)});
     }

@@ -69,9 +69,9 @@ void kept_mask(const float* logits, int64_t vocab, const SamplingParams& params,
 namespace cuda {
 
 // Same contract; logits, params, tokens, logprobs in device memory. One 1024-thread block per row;
-// top-k and top-p thresholds by radix selection over the order-preserving uint32 image of z (four
-// 8-bit passes, counts for top-k, probability mass for top-p) — no sort. Any vocab up to 2^31 (tested
-// to 248,320). Asynchronous, graph-capturable. The params live on the device and are not validated:
+// top-k and top-p thresholds by radix selection over the order-preserving uint32 image of z
+// (three passes of 12, 10 and 10 bits: counts for top-k, probability mass for top-p), no sort.
+// Any vocab up to 2^31 (tested to 248,320). Asynchronous, graph-capturable. The params live on the device and are not validated:
 // top_p <= 0 acts as the smallest positive top_p, min_p is clamped to [0, 1].
 void sample(const float* logits, int64_t ld, int64_t rows, int64_t vocab, const SamplingParams* params,
             int32_t* tokens, float* logprobs, cudaStream_t stream);

@@ -1,6 +1,6 @@
 // The MoE layer of Qwen3.5-35B-A3B (H 2048, 256 experts, top-8, expert and shared intermediate
 // 512), BF16, TP 1, at T in {1, 64, 1024}. Prints the layer time and the GB/s of the expert
-// weights it has to read (distinct experts hit + shared expert + router).
+// weights it has to read (distinct experts hit + shared expert + router), BF16 and block-FP8 experts.
 #include <cstdio>
 #include <vector>
 
@@ -26,19 +26,39 @@ int main() {
   bench::fill_random_bf16(s_down, size_t(H * Is), 0.02f, 5);
   bench::fill_random_bf16(s_gate, size_t(H), 0.02f, 6);
   const MoeWeights<bf16> w{router, gate_up, down, s_gate_up, s_down, s_gate};
+  // FP8 copies of the expert weights (constant values; routing depends on the BF16 router only).
+  auto fp8 = [](size_t n) {
+    uint8_t* p = bench::device_alloc<uint8_t>(n);
+    bench::check(cudaMemset(p, 0x30, n), "fp8 fill");
+    return p;
+  };
+  auto scales = [](size_t n) {
+    float* p = bench::device_alloc<float>(n);
+    std::vector<float> host(n, 0.01f);
+    bench::check(cudaMemcpy(p, host.data(), n * 4, cudaMemcpyHostToDevice), "scales");
+    return p;
+  };
+  const size_t gu_blocks = size_t(2 * Ie / 128 * (H / 128)), dn_blocks = size_t(H / 128 * (Ie / 128));
+  const MoeFp8Weights w8{router, fp8(size_t(E * 2 * Ie * H)), scales(size_t(E) * gu_blocks), fp8(size_t(E * H * Ie)),
+                         scales(size_t(E) * dn_blocks), fp8(size_t(2 * Is * H)), scales(gu_blocks), fp8(size_t(H * Is)),
+                         scales(dn_blocks), s_gate};
   cuda::GemmRunner gemm;
   cuda::MoeRunner runner(dims, 1024);
-  std::printf("%6s | %9s %12s %9s %6s\n", "T", "us", "experts hit", "GB/s", "%copy");
+  std::printf("%6s | %9s %12s %9s %6s | %9s %9s %6s\n", "T", "bf16 us", "experts hit", "GB/s", "%copy", "fp8 us", "GB/s",
+              "%copy");
   for (int64_t T : {1, 64, 1024}) {
     bf16* x = bench::device_alloc<bf16>(size_t(T * H));
     bf16* out = bench::device_alloc<bf16>(size_t(T * H));
     bench::fill_random_bf16(x, size_t(T * H), 1.f, 7);
     const double us = bench::median_us([&](int) { runner.forward(gemm, x, T, w, out, nullptr); });
+    const double us8 = bench::median_us([&](int) { runner.forward(gemm, x, T, w8, out, nullptr); });
     // Expected distinct experts for T tokens × 8 picks among 256 (uniform routing).
     const double hit = double(E) * (1.0 - std::pow(1.0 - double(dims.top_k) / double(E), double(T)));
-    const double bytes = (hit * 3.0 * double(Ie * H) + 3.0 * double(Is * H) + double(E * H)) * 2.0;
-    std::printf("%6ld | %9.1f %12.1f %9.0f %5.1f%%\n", long(T), us, hit, bytes / us * 1e-3,
-                bytes / us * 1e-3 / bench::kCopyGbS * 100);
+    const double matrix_elems = hit * 3.0 * double(Ie * H) + 3.0 * double(Is * H);
+    const double bytes = (matrix_elems + double(E * H)) * 2.0, bytes8 = matrix_elems + double(E * H) * 2.0;
+    std::printf("%6ld | %9.1f %12.1f %9.0f %5.1f%% | %9.1f %9.0f %5.1f%%\n", long(T), us, hit, bytes / us * 1e-3,
+                bytes / us * 1e-3 / bench::kCopyGbS * 100, us8, bytes8 / us8 * 1e-3,
+                bytes8 / us8 * 1e-3 / bench::kCopyGbS * 100);
     cudaFree(x);
     cudaFree(out);
   }

@@ -1,4 +1,5 @@
 // MoE router and the whole MoE block (BF16) against the fp32 reference.
+#include <random>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -51,6 +52,65 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
     EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
   }
   EXPECT_THROW(runner.forward(gemm, nullptr, 65, gpu_w, nullptr, nullptr), std::invalid_argument);
+}
+
+// Block-FP8 experts and shared expert: the reference runs on the dequantized weights.
+TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
+  const MoeDims dims{256, 8, 2, 128, 256, true};
+  const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
+  std::mt19937 rng(20);
+  auto random_fp8 = [&](size_t n) {
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) {
+      do b = uint8_t(rng()); while ((b & 0x7f) == 0x7f || (b & 0x78) > 0x40);  // no NaN, |w| <= 4
+    }
+    return v;
+  };
+  auto random_scales = [&](size_t n) {
+    std::vector<float> v(n);
+    std::uniform_real_distribution<float> dist(0.01f, 0.03f);
+    for (auto& x : v) x = dist(rng);
+    return v;
+  };
+  auto blocks = [](int64_t n) { return (n + 127) / 128; };
+  const auto gate_up = random_fp8(size_t(E * 2 * Ie * H)), down = random_fp8(size_t(E * H * Ie)),
+             s_gate_up = random_fp8(size_t(2 * Is * H)), s_down = random_fp8(size_t(H * Is));
+  const int64_t gu_scales = blocks(2 * Ie) * blocks(H), dn_scales = blocks(H) * blocks(Ie);
+  const auto gate_up_scale = random_scales(size_t(E * gu_scales)), down_scale = random_scales(size_t(E * dn_scales)),
+             s_gate_up_scale = random_scales(size_t(blocks(2 * Is) * blocks(H))),
+             s_down_scale = random_scales(size_t(blocks(H) * blocks(Is)));
+  const auto router = random_bf16(size_t(E * H), 21, 0.1f), s_gate = random_bf16(size_t(H), 22, 0.1f);
+
+  std::vector<float> gate_up_f(gate_up.size()), down_f(down.size()), s_gate_up_f(s_gate_up.size()), s_down_f(s_down.size());
+  for (int64_t e = 0; e < E; ++e) {
+    cpu::dequantize_fp8_weight(gate_up.data() + e * 2 * Ie * H, gate_up_scale.data() + e * gu_scales, 2 * Ie, H,
+                               gate_up_f.data() + e * 2 * Ie * H);
+    cpu::dequantize_fp8_weight(down.data() + e * H * Ie, down_scale.data() + e * dn_scales, H, Ie,
+                               down_f.data() + e * H * Ie);
+  }
+  cpu::dequantize_fp8_weight(s_gate_up.data(), s_gate_up_scale.data(), 2 * Is, H, s_gate_up_f.data());
+  cpu::dequantize_fp8_weight(s_down.data(), s_down_scale.data(), H, Is, s_down_f.data());
+
+  DeviceBuffer<uint8_t> d_gate_up(gate_up), d_down(down), d_s_gate_up(s_gate_up), d_s_down(s_down);
+  DeviceBuffer<float> d_gu_scale(gate_up_scale), d_dn_scale(down_scale), d_sgu_scale(s_gate_up_scale),
+      d_sdn_scale(s_down_scale);
+  DeviceBuffer<bf16> d_router(router.bits), d_s_gate(s_gate.bits);
+  const MoeFp8Weights gpu_w{d_router.get(),  d_gate_up.get(),   d_gu_scale.get(), d_down.get(),     d_dn_scale.get(),
+                            d_s_gate_up.get(), d_sgu_scale.get(), d_s_down.get(),   d_sdn_scale.get(), d_s_gate.get()};
+  const MoeWeights<float> cpu_w{router.values.data(), gate_up_f.data(), down_f.data(), s_gate_up_f.data(),
+                                s_down_f.data(),      s_gate.values.data()};
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, 100);
+  for (int64_t T : {1, 100}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const auto x = random_bf16(size_t(T * H), uint32_t(30 + T));
+    DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
+    runner.forward(gemm, dx.get(), T, gpu_w, dout.get(), nullptr);
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<float> want(size_t(T * H));
+    cpu::moe_forward(x.values.data(), T, dims, cpu_w, want.data());
+    EXPECT_TRUE(all_close(to_float(dout.download()), want, 3e-2f, 2e-2f));
+  }
 }
 
 }  // namespace

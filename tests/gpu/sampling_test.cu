@@ -1,5 +1,6 @@
 // Sampling on device against the CPU reference: greedy exact, the same tokens for the same
 // (seed, step) on both backends, every sampled token inside the reference's kept set, raw logprobs.
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -33,12 +34,12 @@ std::vector<SamplingParams> mixed_params(int64_t rows) {
   return params;
 }
 
-void check_rows(int64_t rows, int64_t vocab, uint32_t seed) {
+void check_rows(int64_t rows, int64_t vocab, uint32_t seed, bool integer_logits = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.f, 4.f);
   const int64_t ld = vocab + 5;
   std::vector<float> logits(size_t(rows * ld));
-  for (auto& v : logits) v = dist(rng);
+  for (auto& v : logits) v = integer_logits ? std::round(dist(rng)) : dist(rng);  // ties at every threshold
   const auto params = mixed_params(rows);
 
   DeviceBuffer<float> d_logits(logits), d_logprobs(static_cast<size_t>(rows));
@@ -80,6 +81,8 @@ void check_rows(int64_t rows, int64_t vocab, uint32_t seed) {
 TEST(GpuSampling, SmallVocab) { check_rows(64, 1000, 1); }
 
 TEST(GpuSampling, QwenVocab248320) { check_rows(32, 248320, 2); }
+
+TEST(GpuSampling, TiedLogitsKeepWholeTies) { check_rows(64, 30000, 8, true); }
 
 TEST(GpuSampling, TopKOfOneEqualsGreedy) {
   const int64_t vocab = 5000;
