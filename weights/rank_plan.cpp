@@ -150,7 +150,10 @@ class Planner {
     std::vector<PartPiece> parts = in_proj_pieces(p);
     if (form == GdnProjectionForm::kFused) {
       std::vector<Piece> pieces;
-      for (auto& pp : parts) pieces.push_back(pp.piece);
+      for (auto& pp : parts) {
+        pp.piece.requantize_off_blocks = pp.part == kB || pp.part == kA;
+        pieces.push_back(pp.piece);
+      }
       add(a + "in_proj", {d_.in_proj_rows, H}, std::move(pieces), true, qkv_module);
     } else if (separate) {
       std::vector<Piece> qkvz, ba;

@@ -26,6 +26,9 @@ struct Piece {
   int64_t src_batch = 0, src_row = 0, src_col = 0;
   int64_t dst_batch = 0, dst_row = 0, dst_col = 0;
   int64_t batches = 1, rows = 0, cols = 0;
+  // Into an FP8 tensor: off the scale blocks, quantize at load into blocks of its own (the few
+  // b/a rows of a fused W_in) rather than fail.
+  bool requantize_off_blocks = false;
 };
 
 struct SourceSpec {

@@ -117,7 +117,7 @@ class TensorAssembler {
       const MatrixShape sm = plan_.sources.at(p.source).matrix;
       check_bounds(p, sm);
       const bool dst_fp8 = t_.spec.dtype == DType::F8_E4M3, src_fp8 = src.dtype == DType::F8_E4M3;
-      if (dst_fp8 && !src_fp8) {
+      if (dst_fp8 && (!src_fp8 || (p.requantize_off_blocks && !block_aligned(p, sm)))) {
         to_quantize.push_back(&p);
       } else if (dst_fp8) {
         copy_elements(p, src, sm);
@@ -173,11 +173,20 @@ class TensorAssembler {
     });
   }
 
-  void check_block_aligned(const Piece& p, const MatrixShape& sm, bool rows) const {
+  bool block_aligned_on(const Piece& p, const MatrixShape& sm, bool rows) const {
     const int64_t block = rows ? fp8_.block_rows : fp8_.block_cols;
     const int64_t s = rows ? p.src_row : p.src_col, d = rows ? p.dst_row : p.dst_col, n = rows ? p.rows : p.cols;
     const int64_t s_end = rows ? sm.rows : sm.cols, d_end = rows ? dm_.rows : dm_.cols;
-    if (s % block == 0 && d % block == 0 && (n % block == 0 || (s + n == s_end && d + n == d_end))) return;
+    return s % block == 0 && d % block == 0 && (n % block == 0 || (s + n == s_end && d + n == d_end));
+  }
+  bool block_aligned(const Piece& p, const MatrixShape& sm) const {
+    return block_aligned_on(p, sm, true) && block_aligned_on(p, sm, false);
+  }
+
+  void check_block_aligned(const Piece& p, const MatrixShape& sm, bool rows) const {
+    if (block_aligned_on(p, sm, rows)) return;
+    const int64_t block = rows ? fp8_.block_rows : fp8_.block_cols;
+    const int64_t s = rows ? p.src_row : p.src_col, n = rows ? p.rows : p.cols;
     throw std::runtime_error(
         ck_.dir() + ": FP8 tensor \"" + p.source + "\": this rank's " + (rows ? "rows [" : "columns [") +
         std::to_string(s) + ", " + std::to_string(s + n) + ") for \"" + t_.spec.name + "\" do not fall on " +
@@ -203,27 +212,40 @@ class TensorAssembler {
     }
   }
 
-  // FP8 source into a BF16/F32 rank tensor: code * scale_inv of its block.
-  void dequantize(const Piece& p, const TensorView& src, const MatrixShape& sm) {
+  // Row r of batch b of the piece's source as fp32 (FP8: code * scale_inv of its block).
+  void source_row_f32(const Piece& p, const TensorView& src, const MatrixShape& sm, int64_t b, int64_t r,
+                      float* out) const {
+    const int64_t sr = p.src_row + r;
+    if (src.dtype != DType::F8_E4M3) {
+      convert_float(src.dtype, src.bytes.data() + src_index(sm, p.src_batch + b, sr, p.src_col) * dtype_size(src.dtype),
+                    DType::F32, out, p.cols);
+      return;
+    }
     const TensorView& scale = ck_.get(detail::scale_name(p.source));
     const int64_t br = fp8_.block_rows, bc = fp8_.block_cols;
     const MatrixShape ss{sm.batches, ceil_div(sm.rows, br), ceil_div(sm.cols, bc)};
-    std::vector<float> scales(ss.cols), row(p.cols);
-    const size_t dst_size = dtype_size(t_.spec.dtype), scale_size = dtype_size(scale.dtype);
+    std::vector<float> scales(ss.cols);
+    convert_float(scale.dtype, scale.bytes.data() + src_index(ss, p.src_batch + b, sr / br, 0) * dtype_size(scale.dtype),
+                  DType::F32, scales.data(), ss.cols);
+    const auto* codes = reinterpret_cast<const uint8_t*>(src.bytes.data()) + src_index(sm, p.src_batch + b, sr, p.src_col);
+    for (int64_t c = 0; c < p.cols; ++c) out[c] = f8e4m3_to_float(codes[c]) * scales[(p.src_col + c) / bc];
+  }
+
+  // FP8 source into a BF16/F32 rank tensor.
+  void dequantize(const Piece& p, const TensorView& src, const MatrixShape& sm) {
+    std::vector<float> row(p.cols);
+    const size_t dst_size = dtype_size(t_.spec.dtype);
     for (int64_t b = 0; b < p.batches; ++b) {
       for (int64_t r = 0; r < p.rows; ++r) {
-        const int64_t sr = p.src_row + r;
-        convert_float(scale.dtype, scale.bytes.data() + src_index(ss, p.src_batch + b, sr / br, 0) * scale_size,
-                      DType::F32, scales.data(), ss.cols);
-        const auto* codes = reinterpret_cast<const uint8_t*>(src.bytes.data()) + src_index(sm, p.src_batch + b, sr, p.src_col);
-        for (int64_t c = 0; c < p.cols; ++c) row[c] = f8e4m3_to_float(codes[c]) * scales[(p.src_col + c) / bc];
+        source_row_f32(p, src, sm, b, r, row.data());
         convert_float(DType::F32, row.data(), t_.spec.dtype,
                       dst_ + dst_index(p.dst_batch + b, p.dst_row + r, p.dst_col) * dst_size, p.cols);
       }
     }
   }
 
-  // Unquantized sources (BF16 in_proj_b/a in an FP8 W_in) get scale blocks of their own.
+  // Unquantized sources (BF16 in_proj_b/a in an FP8 W_in), and FP8 b/a rows off the scale
+  // blocks, get scale blocks of their own.
   void quantize(const std::vector<const Piece*>& pieces) {
     const int64_t br = fp8_.block_rows;
     int64_t lo = dm_.rows, hi = 0;
@@ -253,10 +275,8 @@ class TensorAssembler {
       const MatrixShape sm = plan_.sources.at(p->source).matrix;
       for (int64_t b = 0; b < p->batches; ++b) {
         for (int64_t r = 0; r < p->rows; ++r) {
-          convert_float(src.dtype,
-                        src.bytes.data() + src_index(sm, p->src_batch + b, p->src_row + r, p->src_col) * dtype_size(src.dtype),
-                        DType::F32, staged.data() + ((p->dst_batch + b) * (block_end - lo) + p->dst_row + r - lo) * dm_.cols,
-                        p->cols);
+          source_row_f32(*p, src, sm, b, r,
+                         staged.data() + ((p->dst_batch + b) * (block_end - lo) + p->dst_row + r - lo) * dm_.cols);
         }
       }
     }

@@ -8,9 +8,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "tests/unit/weights/test_util.h"
 #include "weights/checkpoint.h"
+#include "weights/fp8_blocks.h"
 #include "weights/gen_model.h"
 #include "weights/rank_weights.h"
 
@@ -375,6 +377,70 @@ TEST(Sharding, Fp8PartitionOffTheScaleBlocksIsAClearError) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("multiples of 128"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("experts.gate_up_proj"), std::string::npos) << e.what();
+  }
+}
+
+// A Qwen3-Next FP8 checkpoint that quantizes in_proj_ba too: its b/a rows fall off the 128-row
+// scale blocks, so the fused W_in requantizes them at load (close to the BF16 weights), and the
+// split form's in_proj_ba at TP 2 is a clear error.
+TEST(Sharding, Fp8QuantizedBaRowsAreRequantizedIntoW_in) {
+  const ModelConfig c = testing::fp8_sized(false);
+  ScratchDir fp8_dir("fp8ba"), bf16_dir("bf16ba");
+  write(c, CheckpointLayout::kQwen3Next, fp8_dir.str(), true);
+  write(c, CheckpointLayout::kQwen3Next, bf16_dir.str(), false);
+  {  // Quantize every in_proj_ba and drop it from modules_to_not_convert.
+    std::vector<std::vector<std::byte>> storage;
+    std::vector<TensorToWrite> tensors;
+    SafetensorsFile file(fp8_dir / "model.safetensors");
+    for (const auto& t : file.tensors()) {
+      tensors.push_back({t.name, t.dtype, t.shape, t.bytes});
+      if (!ends_with(t.name, "in_proj_ba.weight")) continue;
+      std::vector<float> values(t.numel());
+      convert_to_f32(t.dtype, t.bytes.data(), values.data(), values.size());
+      storage.emplace_back(values.size());
+      std::vector<float> scales((t.shape[0] + 127) / 128 * ((t.shape[1] + 127) / 128));
+      detail::quantize_fp8_blocks(values.data(), 1, t.shape[0], t.shape[1], 128, 128, 0, t.shape[0],
+                                  reinterpret_cast<uint8_t*>(storage.back().data()), scales.data());
+      tensors.back().dtype = DType::F8_E4M3;
+      tensors.back().data = storage.back();
+      storage.emplace_back(scales.size() * 4);
+      std::memcpy(storage.back().data(), scales.data(), scales.size() * 4);
+      tensors.push_back({t.name + "_scale_inv", DType::F32, {static_cast<int64_t>((t.shape[0] + 127) / 128),
+                                                            static_cast<int64_t>((t.shape[1] + 127) / 128)},
+                         storage.back()});
+    }
+    write_safetensors(fp8_dir / "rewritten.safetensors", tensors);
+  }
+  std::filesystem::rename(fp8_dir / "rewritten.safetensors", fp8_dir / "model.safetensors");
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(fp8_dir / "config.json"));
+  auto& kept = config["quantization_config"]["modules_to_not_convert"];
+  kept = nlohmann::json::array({"lm_head"});
+  std::ofstream(fp8_dir / "config.json") << config.dump();
+
+  const Checkpoint fp8 = Checkpoint::open(fp8_dir.str()), bf16 = Checkpoint::open(bf16_dir.str());
+  for (int world : {1, 2, 4}) {
+    for (int rank = 0; rank < world; ++rank) {
+      const RankTensors q = load(fp8, rank, world, GdnProjectionForm::kFused);
+      const RankTensors b = load(bf16, rank, world, GdnProjectionForm::kFused);
+      const HostTensor& w = q.at("layers.0.linear_attn.in_proj");
+      std::vector<float> dequantized(w.spec.numel()), reference(w.spec.numel());
+      dequantize_fp8_blocks(w, q.at("layers.0.linear_attn.in_proj_scale_inv"), 128, 128, dequantized.data());
+      convert_to_f32(DType::BF16, b.at("layers.0.linear_attn.in_proj").data(), reference.data(), reference.size());
+      const RankDims d = rank_dims(c, rank, world);
+      double err = 0, norm = 0;
+      for (int64_t i = (d.conv_dim + d.value_dim) * c.hidden_size; i < w.spec.numel(); ++i) {  // the b/a rows
+        err += (dequantized[i] - reference[i]) * (dequantized[i] - reference[i]);
+        norm += reference[i] * reference[i];
+      }
+      EXPECT_LT(std::sqrt(err / norm), 0.08) << "rank " << rank << "/" << world;
+    }
+  }
+  EXPECT_NO_THROW(load(fp8, 0, 1, GdnProjectionForm::kSplit));
+  try {
+    load(fp8, 0, 2, GdnProjectionForm::kSplit);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("in_proj_ba"), std::string::npos) << e.what();
   }
 }
 
