@@ -21,6 +21,10 @@ void add_worker_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--exit-with-parent", options->exit_with_parent,
                 "Exit when the spawning process dies (for workers the front end starts locally)");
+  cmd->add_option("--parent-pid", options->parent_pid,
+                  "The spawner's pid: implies --exit-with-parent and also catches a spawner that died "
+                  "before this worker started")
+      ->check(CLI::PositiveNumber);
   cmd->callback([options] {
     const int code = run_worker_process(*options);
     if (code != 0) throw CLI::RuntimeError(code);

@@ -330,10 +330,14 @@ class WorkerSession {
   std::optional<PlanDecoder> decoder_;
 };
 
-void die_with_parent() {
-  // SIGTERM when the spawning thread's process exits, so killing the front end leaves no worker.
+// SIGTERM when the spawning thread exits (PR_SET_PDEATHSIG follows the thread that forked us, so
+// spawn workers from a long-lived thread), so killing the front end leaves no worker behind.
+void die_with_parent(int parent_pid) {
   if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) throw std::runtime_error("prctl(PR_SET_PDEATHSIG) failed");
-  if (getppid() == 1) throw std::runtime_error("--exit-with-parent: the parent is already gone");
+  const pid_t parent = getppid();
+  if (parent == 1 || (parent_pid > 0 && parent != parent_pid)) {
+    throw std::runtime_error("--exit-with-parent: the spawning process is already gone");
+  }
 }
 
 }  // namespace
@@ -341,7 +345,7 @@ void die_with_parent() {
 int run_worker_process(const WorkerProcessOptions& options) {
   spdlog::set_pattern("[%H:%M:%S.%e] [worker " + std::to_string(options.rank) + "] [%^%l%$] %v");
   try {
-    if (options.exit_with_parent) die_with_parent();
+    if (options.exit_with_parent || options.parent_pid > 0) die_with_parent(options.parent_pid);
     if (options.rank < 0) throw std::invalid_argument("--rank must be >= 0");
     cuda_index(options.device);  // validates the flag before any connection
     tcp::parse_host_port(options.connect);

@@ -15,6 +15,8 @@ struct WorkerProcessOptions {
                                   // local address that routes to the front end
   double connect_timeout_s = 60;  // to reach the front end, and for the ranks to find each other
   bool exit_with_parent = false;  // die with the process that spawned us (local workers)
+  int parent_pid = 0;             // with exit_with_parent: the spawner's pid, which closes the race
+                                  // of a parent dying before the worker could ask to die with it
 };
 
 // Exit codes of the worker process.
