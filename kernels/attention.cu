@@ -32,8 +32,9 @@ using cuda_utils::check_launch;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerBlock = kWarps * 16;
-constexpr int kMaxSplits = 16;
+constexpr int kMaxSplits = 64;
 constexpr int64_t kMaxSplitTokens = 64;   // split-K only for batches of at most this many tokens
+constexpr int64_t kMaxSplitRows = 1024;   // splits × tokens: bounds the workspace
 constexpr int64_t kMinKeysPerSplit = 256;  // smaller splits cost more in merging than they gain
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -360,8 +361,8 @@ void write_kv(const bf16* k, int64_t ldk, const bf16* v, int64_t ldv, const Atte
 }
 
 size_t attention_workspace_bytes(int64_t num_tokens, int64_t num_q_heads, int64_t head_dim) {
-  const int64_t rows = std::min(num_tokens, kMaxSplitTokens) * num_q_heads;
-  return size_t(kMaxSplits) * size_t(rows) * size_t(head_dim + 2) * sizeof(float);
+  const int64_t split_rows = std::min(num_tokens * kMaxSplits, kMaxSplitRows);
+  return size_t(split_rows * num_q_heads) * size_t(head_dim + 2) * sizeof(float);
 }
 
 void attention(const AttentionIo<bf16>& io, const AttentionBatch& batch, const PagedKvCache<bf16>& cache,
@@ -401,13 +402,14 @@ void attention(const AttentionIo<bf16>& io, const AttentionBatch& batch, const P
   p.scale_log2 = io.scale * kLog2e;
   p.row_tiles_per_seq = int((batch.max_q_len * group + kRowsPerBlock - 1) / kRowsPerBlock);
 
-  // Split the key range when the grid would leave SMs idle and the workspace allows it.
+  // Split the key range when the grid would leave SMs idle (two blocks fit on an SM; aim for two
+  // waves) and the workspace allows it.
   const int64_t blocks = batch.num_seqs * p.row_tiles_per_seq * cache.num_kv_heads;
   static const int sms = sm_count();
   int64_t splits = 1;
   if (batch.num_tokens <= kMaxSplitTokens && blocks < 2 * sms) {
-    splits = std::min<int64_t>({(2 * sms + blocks - 1) / blocks, (batch.max_kv_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit,
-                                kMaxSplits});
+    splits = std::min<int64_t>({(4 * sms + blocks - 1) / blocks, (batch.max_kv_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit,
+                                kMaxSplits, kMaxSplitRows / batch.num_tokens});
     const size_t per_split = size_t(batch.num_tokens * io.num_q_heads) * size_t(D + 2) * sizeof(float);
     splits = std::min<int64_t>(splits, int64_t(workspace_bytes / per_split));
     splits = std::max<int64_t>(splits, 1);
