@@ -9,6 +9,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr double kSlowStepSeconds = 10.0;  // worth a line in the log: clients are waiting
+
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 Outcome outcome_of(FinishReason reason) {
@@ -216,7 +218,13 @@ void Engine::run_step() {
   auto start = Clock::now();
   std::vector<TokenUpdate> updates;
   try {
-    updates = scheduler_.apply(executor_.execute(*plan));
+    control::StepResult result = executor_.execute(*plan);
+    double seconds = seconds_between(start, Clock::now());
+    if (seconds > kSlowStepSeconds) {
+      spdlog::warn("step {} took {:.1f} s for {} sequences (rank 0: forward {:.0f} ms, plan-to-result {:.0f} ms)", plan->step_id(),
+                   seconds, plan->sequences_size(), result.forward_ms(), result.step_ms());
+    }
+    updates = scheduler_.apply(result);
   } catch (const std::exception& e) {
     spdlog::error("step {} failed: {}", plan->step_id(), e.what());
     {

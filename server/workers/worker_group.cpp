@@ -236,12 +236,11 @@ void WorkerGroup::start() {
   int per_node = options_.world_size / options_.nnodes;
   for (const auto& c : connections) {
     init->set_rank(static_cast<uint32_t>(c->rank));
-    std::string device = c->hello.device();
-    if (c->rank / per_node == options_.node_rank) {
-      size_t local = static_cast<size_t>(c->rank % per_node);
-      if (local < options_.local_devices.size()) device = options_.local_devices[local];
-    }
-    init->set_device(device.rfind("cuda", 0) == 0 || device == "cpu" ? device : "cuda:" + std::to_string(c->rank % per_node));
+    // Local ranks get the device they were spawned with; remote ones keep their own (empty).
+    std::string device;
+    size_t local = static_cast<size_t>(c->rank % per_node);
+    if (c->rank / per_node == options_.node_rank && local < options_.local_devices.size()) device = options_.local_devices[local];
+    init->set_device(device);
     if (!c->write(init_message)) fail("cannot send Init to worker rank " + std::to_string(c->rank));
   }
   lock.lock();

@@ -1,5 +1,6 @@
 // Helpers shared by the integration clients: the official OpenAI client, a grpc-js client of
 // proto/deltaserve.proto, and a minimal SSE reader over fetch.
+import http from 'node:http';
 import path from 'node:path';
 import OpenAI from 'openai';
 import grpc from '@grpc/grpc-js';
@@ -52,44 +53,60 @@ export function grpcGenerate(client, request, md = metadata(), onMessage = () =>
   });
 }
 
+// Requests go through node:http, which has no body or header timeouts: on a loaded CPU host a
+// queued request can wait minutes for its first token (fetch would give up after 300 s).
+function authHeaders(headers) {
+  return { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...headers };
+}
+
+function request(method, route, payload, { signal, headers = {}, onData } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(new URL(route, baseURL), { method, signal, headers: authHeaders(headers) }, (res) => {
+      res.setEncoding('utf8');
+      let text = '';
+      res.on('data', (chunk) => {
+        if (onData && res.statusCode === 200) onData(chunk);
+        else text += chunk;
+      });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
 // POSTs JSON and reads the SSE stream; returns {status, events (parsed JSON), done, raw}.
 export async function sse(route, body, { signal, onEvent = () => {}, headers = {} } = {}) {
-  const res = await fetch(`${baseURL}${route}`, {
-    method: 'POST', signal,
-    headers: { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...headers },
-    body: JSON.stringify(body),
-  });
-  const out = { status: res.status, events: [], done: false, raw: '' };
-  if (res.status !== 200) { out.raw = await res.text(); return out; }
-  const decoder = new TextDecoder();
+  const out = { status: 0, events: [], done: false, raw: '' };
   let buffer = '';
-  for await (const piece of res.body) {
-    buffer += decoder.decode(piece, { stream: true });
-    let end;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      if (!event.startsWith('data: ')) throw new Error(`not an SSE data event: ${event}`);
-      const data = event.slice(6);
-      if (data === '[DONE]') { out.done = true; continue; }
-      const parsed = JSON.parse(data);
-      out.events.push(parsed);
-      onEvent(parsed);
-    }
-  }
+  const res = await request('POST', route, JSON.stringify(body), {
+    signal, headers,
+    onData: (chunk) => {
+      buffer += chunk;
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (!event.startsWith('data: ')) throw new Error(`not an SSE data event: ${event}`);
+        const data = event.slice(6);
+        if (data === '[DONE]') { out.done = true; continue; }
+        const parsed = JSON.parse(data);
+        out.events.push(parsed);
+        onEvent(parsed);
+      }
+    },
+  });
+  out.status = res.status;
+  out.raw = res.text;
   return out;
 }
 
 export async function postJson(route, body, headers = {}) {
-  const res = await fetch(`${baseURL}${route}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...headers },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  });
-  const text = await res.text();
+  const res = await request('POST', route, typeof body === 'string' ? body : JSON.stringify(body), { headers });
   let json = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: res.status, json, text };
+  try { json = JSON.parse(res.text); } catch { /* not JSON */ }
+  return { status: res.status, json, text: res.text };
 }
 
 export async function metrics() {

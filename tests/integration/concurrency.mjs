@@ -13,7 +13,7 @@ const distinct = Math.min(greedyConcurrency, Number(process.env.GREEDY_DISTINCT 
 // ---- N concurrent streams ----
 let t0 = Date.now();
 const results = await Promise.all(Array.from({ length: streams }, (_, i) =>
-  sse('/v1/completions', { model, prompt: `Request ${i}: tell me about ${i % 17} things`, max_tokens: 8, temperature: 0.8, seed: i, ignore_eos: true, stream: true })));
+  sse('/v1/completions', { model, prompt: `Request ${i}: tell me about ${i % 17} things`, max_tokens: 4, temperature: 0.8, seed: i, ignore_eos: true, stream: true })));
 for (const [i, r] of results.entries()) {
   assert.equal(r.status, 200, `stream ${i}: HTTP ${r.status} ${r.raw.slice(0, 200)}`);
   assert.ok(r.done, `stream ${i}: no [DONE]`);
