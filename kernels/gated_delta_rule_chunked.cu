@@ -39,6 +39,11 @@ constexpr int kSlice = 32;  // state rows per scan block
 constexpr int kTile = 16;   // WMMA tile edge (m16n16k8 TF32)
 constexpr int kTileK = 8;
 static_assert(kThreads == 2 * kHeadDim, "kernel 1 substitutes one column of [W_k | W_v] per thread");
+// Shared-memory row strides, padded by 4 floats so that the rows of a WMMA fragment fall into
+// different banks (unpadded 128-, 64- and 32-float rows all start in bank 0).
+constexpr int kLd128 = kHeadDim + 4;
+constexpr int kLd64 = kChunk + 4;
+constexpr int kLdSlice = kSlice + 4;
 
 // Workspace of one (chunk, head), in floats.
 constexpr int64_t kWkOffset = 0;
@@ -68,13 +73,15 @@ __device__ __forceinline__ void load_tf32(Frag& f, const float* p, unsigned ld) 
   for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
 }
 
-// acc += A[m0.., 0..K) · B[0..K), n0..) with A row-major (lda) and B given by `BFrag` layout:
-// row-major B (ldb) or col-major B, i.e. B[k][n] = Bt[n][k] with Bt row-major (ldb).
-template <typename AFrag, typename BFrag>
+// acc += A[m0.., 0..K) · B[0..K), n0..) with A row-major (lda) or col-major (A[m][k] = At[k][m],
+// At row-major with stride lda), and B row-major (ldb) or col-major (B[k][n] = Bt[n][k]). K is a
+// compile-time constant so the loop unrolls and the fragment loads run ahead of the MMAs.
+template <typename AFrag, typename BFrag, int K>
 __device__ __forceinline__ void mma_tile(FragC& acc, const float* A, unsigned lda, const float* B, unsigned ldb, int m0,
-                                         int n0, int K) {
+                                         int n0) {
   constexpr bool kAColMajor = std::is_same_v<AFrag, FragAcol>;
   constexpr bool kBColMajor = std::is_same_v<BFrag, FragBcol>;
+#pragma unroll
   for (int k = 0; k < K; k += kTileK) {
     AFrag a;
     BFrag b;
@@ -101,11 +108,10 @@ struct ChunkedParams {
 
 // Shared memory of kernel 1, in floats.
 struct PrepareSmem {
-  float kn[kChunk * kHeadDim];  // k̂, later β e^γ k̂
-  float qn[kChunk * kHeadDim];  // q̂ (scaled by dk^-0.5)
-  float vb[kChunk * kHeadDim];  // β v
-  float kk[kChunk * kChunk];    // k̂ k̂ᵀ, then A
-  float qk[kChunk * kChunk];    // q̂ k̂ᵀ
+  float kn[kChunk * kLd128];  // k̂, later β e^γ k̂
+  float qn[kChunk * kLd128];  // q̂ (scaled by dk^-0.5)
+  float kk[kChunk * kLd64];   // k̂ k̂ᵀ, then A
+  float qk[kChunk * kLd64];   // q̂ k̂ᵀ
   float gamma[kChunk];
   float beta[kChunk];
 };
@@ -124,7 +130,7 @@ __device__ int64_t sequence_of_chunk(const GdnVarlenBatch& batch, int64_t c) {
 }
 
 // grid (max chunk slots, Hv).
-__global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p) {
+__global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParams p) {
   extern __shared__ __align__(128) float4 smem_raw[];
   PrepareSmem& sm = *reinterpret_cast<PrepareSmem*>(smem_raw);
   const int64_t c = blockIdx.x, h = blockIdx.y;
@@ -137,25 +143,34 @@ __global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p
   const int64_t kh = h / p.ratio;
   float* ws = p.workspace + (c * p.num_v_heads + h) * kChunkFloats;
 
-  // 1. Normalised q, k and β·v rows (zeros past the chunk's end); gates.
-  for (int r = warp; r < kChunk; r += kWarps) {
-    gdr::Lane4 kr{}, qr{}, vr{};
-    const float b = r < L ? p.beta[(t0 + r) * p.num_v_heads + h] : 0.f;
+  // 1. Normalised q, k rows (zeros past the chunk's end) and gates. Each warp owns rows
+  //    warp, warp + 8, ...: all its loads are issued before any is used.
+  constexpr int kRowsPerWarp = kChunk / kWarps;
+  gdr::Lane4 kraw[kRowsPerWarp], qraw[kRowsPerWarp];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int r = warp + i * kWarps;
+    kraw[i] = qraw[i] = gdr::Lane4{};
     if (r < L) {
-      const int64_t row = (t0 + r) * p.qkv_stride;
-      kr = gdr::l2_normalized(gdr::load_lane4(p.k + row + kh * kHeadDim), 1.f);
-      qr = gdr::l2_normalized(gdr::load_lane4(p.q + row + kh * kHeadDim), rsqrtf(float(kHeadDim)));
-      vr = gdr::load_lane4(p.v + row + h * kHeadDim);
+      const int64_t row = (t0 + r) * p.qkv_stride + kh * kHeadDim;
+      kraw[i] = gdr::load_lane4(p.k + row);
+      qraw[i] = gdr::load_lane4(p.q + row);
     }
+  }
+  if (threadIdx.x < kChunk) {
+    const int r = threadIdx.x;
+    sm.beta[r] = r < L ? p.beta[(t0 + r) * p.num_v_heads + h] : 0.f;
+    sm.gamma[r] = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int r = warp + i * kWarps;
+    const gdr::Lane4 kr = gdr::l2_normalized(kraw[i], 1.f);
+    const gdr::Lane4 qr = gdr::l2_normalized(qraw[i], rsqrtf(float(kHeadDim)));
 #pragma unroll
     for (int j = 0; j < gdr::kPerLane; ++j) {
-      sm.kn[r * kHeadDim + lane * gdr::kPerLane + j] = kr.v[j];
-      sm.qn[r * kHeadDim + lane * gdr::kPerLane + j] = qr.v[j];
-      sm.vb[r * kHeadDim + lane * gdr::kPerLane + j] = b * vr.v[j];
-    }
-    if (lane == 0) {
-      sm.beta[r] = b;
-      sm.gamma[r] = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
+      sm.kn[r * kLd128 + lane * gdr::kPerLane + j] = kr.v[j];
+      sm.qn[r * kLd128 + lane * gdr::kPerLane + j] = qr.v[j];
     }
   }
   __syncthreads();
@@ -168,45 +183,51 @@ __global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p
     const int m0 = (tile / 4) * kTile, n0 = (tile % 4) * kTile;
     FragC acc;
     wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBcol>(acc, sm.kn, kHeadDim, sm.kn, kHeadDim, m0, n0, kHeadDim);
-    wmma::store_matrix_sync(sm.kk + m0 * kChunk + n0, acc, kChunk, wmma::mem_row_major);
+    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.kn, kLd128, sm.kn, kLd128, m0, n0);
+    wmma::store_matrix_sync(sm.kk + m0 * kLd64 + n0, acc, kLd64, wmma::mem_row_major);
     wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBcol>(acc, sm.qn, kHeadDim, sm.kn, kHeadDim, m0, n0, kHeadDim);
-    wmma::store_matrix_sync(sm.qk + m0 * kChunk + n0, acc, kChunk, wmma::mem_row_major);
+    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.qn, kLd128, sm.kn, kLd128, m0, n0);
+    wmma::store_matrix_sync(sm.qk + m0 * kLd64 + n0, acc, kLd64, wmma::mem_row_major);
   }
   __syncthreads();
   // 3. A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j for j < i, else 0 (in place of k̂k̂ᵀ).
   for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
     const int r = i / kChunk, col = i % kChunk;
-    sm.kk[i] = col < r ? sm.beta[r] * __expf(sm.gamma[r] - sm.gamma[col]) * sm.kk[i] : 0.f;
+    float& a = sm.kk[r * kLd64 + col];
+    a = col < r ? sm.beta[r] * __expf(sm.gamma[r] - sm.gamma[col]) * a : 0.f;
   }
   // 4. Q_γ, K_d and the masked decayed q̂k̂ᵀ go to the workspace; k̂ becomes β e^γ k̂ in place.
   const float gamma_last = sm.gamma[L - 1];
   for (int i = threadIdx.x; i < kChunk * kHeadDim; i += kThreads) {
-    const int r = i / kHeadDim;
+    const int r = i / kHeadDim, c = i % kHeadDim;
     const float gr = sm.gamma[r];
-    ws[kQgOffset + i] = __expf(gr) * sm.qn[i];
-    ws[kKdOffset + i] = r < L ? __expf(gamma_last - gr) * sm.kn[i] : 0.f;
-    sm.kn[i] *= sm.beta[r] * __expf(gr);
+    ws[kQgOffset + i] = __expf(gr) * sm.qn[r * kLd128 + c];
+    ws[kKdOffset + i] = r < L ? __expf(gamma_last - gr) * sm.kn[r * kLd128 + c] : 0.f;
+    sm.kn[r * kLd128 + c] *= sm.beta[r] * __expf(gr);
   }
   for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
     const int r = i / kChunk, col = i % kChunk;
-    ws[kPOffset + i] = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) * sm.qk[i] : 0.f;
+    ws[kPOffset + i] = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) * sm.qk[r * kLd64 + col] : 0.f;
   }
   if (threadIdx.x == 0) ws[kDecayOffset] = __expf(gamma_last);
   __syncthreads();
   // 5. (I + A) W = B by forward substitution, one column of W = [W_k | W_v] per thread, held in
   //    registers: w_i = b_i − Σ_{j<i} A_ij w_j with B = [β e^γ K̂ | β V]. No synchronisation needed.
   const int col = threadIdx.x;  // 0..255: columns of W_k, then of W_v
-  const float* src = col < kHeadDim ? sm.kn + col : sm.vb + (col - kHeadDim);
   float w[kChunk];
+  if (col < kHeadDim) {
 #pragma unroll
-  for (int i = 0; i < kChunk; ++i) w[i] = src[i * kHeadDim];
+    for (int i = 0; i < kChunk; ++i) w[i] = sm.kn[i * kLd128 + col];
+  } else {  // β v, straight from global memory (coalesced across the warp)
+    const __nv_bfloat16* v = p.v + t0 * p.qkv_stride + h * kHeadDim + (col - kHeadDim);
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) w[i] = i < L ? sm.beta[i] * __bfloat162float(v[i * p.qkv_stride]) : 0.f;
+  }
 #pragma unroll
   for (int i = 1; i < kChunk; ++i) {
     float acc = w[i];
 #pragma unroll
-    for (int j = 0; j < i; ++j) acc -= sm.kk[i * kChunk + j] * w[j];
+    for (int j = 0; j < i; ++j) acc -= sm.kk[i * kLd64 + j] * w[j];
     w[i] = acc;
   }
   float* dst = ws + (col < kHeadDim ? kWkOffset + col : kWvOffset + (col - kHeadDim));
@@ -216,14 +237,14 @@ __global__ void __launch_bounds__(kThreads) prepare_chunk_kernel(ChunkedParams p
 
 // Shared memory of kernel 2, in floats.
 struct ScanSmem {
-  float wk[kChunk * kHeadDim];
-  float qg[kChunk * kHeadDim];
-  float kd[kChunk * kHeadDim];
-  float pm[kChunk * kChunk];
-  float wv[kChunk * kSlice];   // W_v columns of this slice
-  float m[kSlice * kHeadDim];  // state rows of this slice
-  float u[kChunk * kSlice];
-  float o[kChunk * kSlice];
+  float wk[kChunk * kLd128];
+  float qg[kChunk * kLd128];
+  float kd[kChunk * kLd128];
+  float pm[kChunk * kLd64];
+  float wv[kChunk * kLdSlice];  // W_v columns of this slice
+  float m[kSlice * kLd128];     // state rows of this slice
+  float u[kChunk * kLdSlice];
+  float o[kChunk * kLdSlice];
 };
 
 // Asynchronous global → shared copies (cp.async, 16 bytes each, L2 only): issued by the whole
@@ -232,25 +253,30 @@ __device__ __forceinline__ void copy_async_16(float* smem, const float* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most `kPending` of this thread's most recent copy groups are still in flight.
+template <int kPending>
 __device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// n floats, n a multiple of 4 * kThreads.
-__device__ __forceinline__ void copy_floats_async(float* dst, const float* src, int n) {
-  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) copy_async_16(dst + i, src + i);
+// A dense [rows][cols] block of global floats into shared rows of stride ld.
+__device__ __forceinline__ void copy_block_async(float* dst, int ld, const float* src, int rows, int cols) {
+  for (int i = threadIdx.x * 4; i < rows * cols; i += kThreads * 4)
+    copy_async_16(dst + (i / cols) * ld + i % cols, src + i);
 }
 
-// The W_v columns [row0, row0 + kSlice) of a chunk's workspace, as a dense [64][kSlice] block.
+// The W_v columns [row0, row0 + kSlice) of a chunk's workspace.
 __device__ __forceinline__ void copy_wv_slice_async(float* dst, const float* ws, int row0) {
   for (int i = threadIdx.x * 4; i < kChunk * kSlice; i += kThreads * 4) {
-    copy_async_16(dst + i, ws + kWvOffset + (i / kSlice) * kHeadDim + row0 + i % kSlice);
+    copy_async_16(dst + (i / kSlice) * kLdSlice + i % kSlice,
+                  ws + kWvOffset + (i / kSlice) * kHeadDim + row0 + i % kSlice);
   }
 }
 
 // grid (num_seqs, Hv, 128 / kSlice). Loads of chunk n+1's workspace overlap chunk n's math: each
-// buffer is refilled as soon as its last reader is done (W_k, W_v after U; Q_γ, P after O; K_d
-// after the state update).
+// buffer is refilled as soon as its last reader is done, in three copy groups (W_k, W_v after U;
+// Q_γ, P after O; K_d after the state update), each waited for just before its first reader.
 __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) {
   extern __shared__ __align__(128) float4 smem_raw[];
   ScanSmem& sm = *reinterpret_cast<ScanSmem*>(smem_raw);
@@ -261,80 +287,96 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
   const bool from_state = p.batch.has_initial_state == nullptr || p.batch.has_initial_state[s] != 0;
   float* state =
       p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim + int64_t(row0) * kHeadDim;
-  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) sm.m[i] = from_state ? state[i] : 0.f;
+  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) {
+    sm.m[(i / kHeadDim) * kLd128 + i % kHeadDim] = from_state ? state[i] : 0.f;
+  }
 
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
   const int64_t num_chunks = (end - start + kChunk - 1) / kChunk;
   auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkFloats; };
   if (num_chunks > 0) {
     const float* ws = chunk_ws(0);
-    copy_floats_async(sm.wk, ws + kWkOffset, kChunk * kHeadDim);
+    copy_block_async(sm.wk, kLd128, ws + kWkOffset, kChunk, kHeadDim);
     copy_wv_slice_async(sm.wv, ws, row0);
-    copy_floats_async(sm.qg, ws + kQgOffset, kChunk * kHeadDim);
-    copy_floats_async(sm.pm, ws + kPOffset, kChunk * kChunk);
-    copy_floats_async(sm.kd, ws + kKdOffset, kChunk * kHeadDim);
+    commit_copies();
+    copy_block_async(sm.qg, kLd128, ws + kQgOffset, kChunk, kHeadDim);
+    copy_block_async(sm.pm, kLd64, ws + kPOffset, kChunk, kChunk);
+    commit_copies();
+    copy_block_async(sm.kd, kLd128, ws + kKdOffset, kChunk, kHeadDim);
+    commit_copies();
   }
-  const int m0 = (warp / 2) * kTile, n0 = (warp % 2) * kTile;  // this warp's tile of U and O (64×32)
+  // Tiles of U and O (64 × kSlice) and of the state slice (kSlice × 128), spread over the warps.
+  constexpr int kSliceTiles = kSlice / kTile;
+  constexpr int kOutTiles = (kChunk / kTile) * kSliceTiles;
+  constexpr int kStateTiles = kSliceTiles * (kHeadDim / kTile);
   for (int64_t n = 0; n < num_chunks; ++n) {
     const int64_t t0 = start + n * kChunk;
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
     const float* next = n + 1 < num_chunks ? chunk_ws(n + 1) : nullptr;
     const float decay = chunk_ws(n)[kDecayOffset];
-    wait_copies();
+    wait_copies<2>();  // W_k, W_v of this chunk (Q_γ, P and K_d may still be landing)
     __syncthreads();
     // U = W_v − W_k Mᵀ.
-    {
+    for (int tile = warp; tile < kOutTiles; tile += kWarps) {
+      const int m0 = (tile / kSliceTiles) * kTile, n0 = (tile % kSliceTiles) * kTile;
       FragC acc;
-      wmma::load_matrix_sync(acc, sm.wv + m0 * kSlice + n0, kSlice, wmma::mem_row_major);
+      wmma::load_matrix_sync(acc, sm.wv + m0 * kLdSlice + n0, kLdSlice, wmma::mem_row_major);
 #pragma unroll
       for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = -acc.x[i];
-      mma_tile<FragA, FragBcol>(acc, sm.wk, kHeadDim, sm.m, kHeadDim, m0, n0, kHeadDim);
+      mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.wk, kLd128, sm.m, kLd128, m0, n0);
 #pragma unroll
       for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = -acc.x[i];
-      wmma::store_matrix_sync(sm.u + m0 * kSlice + n0, acc, kSlice, wmma::mem_row_major);
+      wmma::store_matrix_sync(sm.u + m0 * kLdSlice + n0, acc, kLdSlice, wmma::mem_row_major);
     }
+    wait_copies<1>();  // Q_γ, P
     __syncthreads();
     if (next != nullptr) {
-      copy_floats_async(sm.wk, next + kWkOffset, kChunk * kHeadDim);
+      copy_block_async(sm.wk, kLd128, next + kWkOffset, kChunk, kHeadDim);
       copy_wv_slice_async(sm.wv, next, row0);
     }
+    commit_copies();
     // O = Q_γ Mᵀ + P U.
-    {
+    for (int tile = warp; tile < kOutTiles; tile += kWarps) {
+      const int m0 = (tile / kSliceTiles) * kTile, n0 = (tile % kSliceTiles) * kTile;
       FragC acc;
       wmma::fill_fragment(acc, 0.f);
-      mma_tile<FragA, FragBcol>(acc, sm.qg, kHeadDim, sm.m, kHeadDim, m0, n0, kHeadDim);
-      mma_tile<FragA, FragBrow>(acc, sm.pm, kChunk, sm.u, kSlice, m0, n0, kChunk);
-      wmma::store_matrix_sync(sm.o + m0 * kSlice + n0, acc, kSlice, wmma::mem_row_major);
+      mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.qg, kLd128, sm.m, kLd128, m0, n0);
+      mma_tile<FragA, FragBrow, kChunk>(acc, sm.pm, kLd64, sm.u, kLdSlice, m0, n0);
+      wmma::store_matrix_sync(sm.o + m0 * kLdSlice + n0, acc, kLdSlice, wmma::mem_row_major);
     }
+    wait_copies<1>();  // K_d (the next chunk's W_k, W_v may still be landing)
     __syncthreads();
     if (next != nullptr) {
-      copy_floats_async(sm.qg, next + kQgOffset, kChunk * kHeadDim);
-      copy_floats_async(sm.pm, next + kPOffset, kChunk * kChunk);
+      copy_block_async(sm.qg, kLd128, next + kQgOffset, kChunk, kHeadDim);
+      copy_block_async(sm.pm, kLd64, next + kPOffset, kChunk, kChunk);
     }
-    // M ← e^{γ_L} M + Uᵀ K_d (all reads of the old M are done), two tiles per warp.
-    for (int tile = warp; tile < 16; tile += kWarps) {
+    commit_copies();
+    // M ← e^{γ_L} M + Uᵀ K_d (all reads of the old M are done).
+    for (int tile = warp; tile < kStateTiles; tile += kWarps) {
       const int mm = (tile / 8) * kTile, nn = (tile % 8) * kTile;
       FragC acc;
-      wmma::load_matrix_sync(acc, sm.m + mm * kHeadDim + nn, kHeadDim, wmma::mem_row_major);
+      wmma::load_matrix_sync(acc, sm.m + mm * kLd128 + nn, kLd128, wmma::mem_row_major);
 #pragma unroll
       for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= decay;
-      mma_tile<FragAcol, FragBrow>(acc, sm.u, kSlice, sm.kd, kHeadDim, mm, nn, kChunk);
-      wmma::store_matrix_sync(sm.m + mm * kHeadDim + nn, acc, kHeadDim, wmma::mem_row_major);
+      mma_tile<FragAcol, FragBrow, kChunk>(acc, sm.u, kLdSlice, sm.kd, kLd128, mm, nn);
+      wmma::store_matrix_sync(sm.m + mm * kLd128 + nn, acc, kLd128, wmma::mem_row_major);
     }
     // Output rows of this chunk: 8 values (16 bytes of BF16) per thread.
     for (int i = threadIdx.x * 8; i < L * kSlice; i += kThreads * 8) {
       const int r = i / kSlice, col = i % kSlice;
       float vals[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) vals[j] = sm.o[i + j];
+      for (int j = 0; j < 8; ++j) vals[j] = sm.o[r * kLdSlice + col + j];
       cuda_utils::store_vec<8>(p.out + ((t0 + r) * p.num_v_heads + h) * kHeadDim + row0 + col, vals);
     }
     __syncthreads();
-    if (next != nullptr) copy_floats_async(sm.kd, next + kKdOffset, kChunk * kHeadDim);
+    if (next != nullptr) copy_block_async(sm.kd, kLd128, next + kKdOffset, kChunk, kHeadDim);
+    commit_copies();
   }
-  wait_copies();
+  wait_copies<0>();
   __syncthreads();
-  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) state[i] = sm.m[i];
+  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads)
+    state[i] = sm.m[(i / kHeadDim) * kLd128 + i % kHeadDim];
 }
 
 template <typename Kernel>
