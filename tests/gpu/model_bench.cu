@@ -78,6 +78,7 @@ double time_decode(ds::worker::ModelRunner& runner, std::vector<Sequence>& seqs)
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log even if a later step aborts
   const std::string preset = argc > 1 ? argv[1] : "qwen3.5-9b";
   const std::string projection = argc > 2 ? argv[2] : "fused";
   const auto devices = ds::kernels::list_cuda_devices();
@@ -106,7 +107,8 @@ int main(int argc, char** argv) {
   const int vocab = runner->vocab_size();
   const int long_pages = (kLongPrompt + 256 + kPageSize - 1) / kPageSize;
   const int short_pages = (kShortPrompt + 256 + kPageSize - 1) / kPageSize;
-  const int num_pages = long_pages + kBatch * short_pages;
+  const int warm_pages = 1024 / kPageSize;
+  const int num_pages = long_pages + kBatch * short_pages + warm_pages;
   const int num_slots = kBatch + 2;
   runner->allocate_pools(num_pages, num_slots);
   std::printf("pools: %d KV pages (%.2f GiB), %d GDN slots (%.2f GiB)\n", num_pages,
@@ -120,8 +122,7 @@ int main(int argc, char** argv) {
 
   // Warm-up prefill (GEMM plans, kernels), then the timed 8k prefill on a fresh slot.
   {
-    Sequence warm = make_sequence(kBatch, 1024, 1024, long_pages + kBatch * short_pages - short_pages, vocab);
-    warm.step.page_table.resize(short_pages);
+    const Sequence warm = make_sequence(kBatch, 1024, 1024, long_pages + kBatch * short_pages, vocab);
     runner->step({warm.step});
   }
   Sequence long_seq = make_sequence(0, kLongPrompt, kLongPrompt + 256, 0, vocab);

@@ -14,14 +14,21 @@ namespace ds::worker {
 
 namespace kc = ds::kernels::cuda;
 
+namespace {
+// The chunked GDN prefill's workspace grows with the number of sequences (per-chunk states): sized
+// for max_tokens sequences it would take 37 GiB at qwen3.5-9b's 8192 tokens, for 64 it takes
+// 0.84 GiB. A step with more prefill sequences falls back to the recurrent prefill kernel
+// (gated_delta_rule_prefill's own dispatch), which needs no workspace.
+constexpr int64_t kChunkedPrefillMaxSeqs = 64;
+}  // namespace
+
 CudaBackend::CudaBackend(const BackendLimits& limits) : limits_(limits) {
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   gemm_ = std::make_unique<kc::GemmRunner>();
   if (limits.moe.num_experts > 0) moe_ = std::make_unique<kc::MoeRunner>(limits.moe, limits.max_tokens);
   if (limits.gdn.num_v_heads > 0) {
-    // A step has at most one sequence per token.
     gdn_prefill_workspace_ = Buffer(kMemory, kc::gated_delta_rule_prefill_workspace_bytes(
-                                                 limits.max_tokens, limits.max_tokens, limits.gdn));
+                                                 limits.max_tokens, kChunkedPrefillMaxSeqs, limits.gdn));
     gdn_decode_scratch_ = Buffer(kMemory, kc::gdn_decode_scratch_bytes(limits.max_tokens, limits.gdn));
   }
   if (limits.num_q_heads > 0) {
