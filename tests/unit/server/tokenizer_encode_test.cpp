@@ -122,8 +122,15 @@ TEST(Qwen3Tokenizer, CorpusRoundTripsToItsNfcForm) {
   }
 }
 
+// Sanitizer builds run several times slower; the bound is about algorithmic blow-ups, not speed.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double kSecondsPer100kChars = 10.0;
+#else
+constexpr double kSecondsPer100kChars = 1.0;
+#endif
+
 // 100k characters of mixed scripts, plus pathological single-class runs, each in well under a
-// second (O(n log n) BPE, cached pre-tokens).
+// second (O(n log n) BPE, cached pre-tokens; about 0.1 s each on a busy 2-core machine).
 TEST(Qwen3Tokenizer, EncodesHundredThousandCharactersQuickly) {
   const Tokenizer& tok = qwen3_tokenizer();
   const std::vector<std::string> alphabet = {"a", "b", "e", " ", "  ", "\n", "\t", "1", "7", ".", ",", "'s",
@@ -138,7 +145,7 @@ TEST(Qwen3Tokenizer, EncodesHundredThousandCharactersQuickly) {
     const auto start = std::chrono::steady_clock::now();
     const auto ids = tok.encode(text);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    EXPECT_LT(seconds, 1.0) << text.size() << " bytes";
+    EXPECT_LT(seconds, kSecondsPer100kChars) << text.size() << " bytes";
     EXPECT_EQ(tok.decode(ids), text);
   }
 }
