@@ -5,15 +5,16 @@
 // A 128-thread block computes rows [t0, t0+64) × columns [n0, n0+64); warps form a 2×2 grid of
 // 32×32 sub-tiles (2 m-tiles × 4 n-tiles of mma.m16n8k16). Per 64-wide k-step the x tile and the
 // W tile go to swizzled shared memory (FP8 converted exactly to BF16: every E4M3 value is a BF16
-// value). For FP8, the products of one 128-wide k block accumulate unscaled and are then multiplied
-// by that block's scale (uniform over the tile: 64 rows never straddle a 128-row scale block), so
-// the weight is applied exactly. Loads are synchronous; several blocks per SM hide the latency.
+// value), the next k-step's global loads overlapping the MMAs. For FP8, the products of one
+// 128-wide k block accumulate unscaled and are then multiplied by that block's scale (uniform over
+// the tile: 64 rows never straddle a 128-row scale block), so the weight is applied exactly.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention_mma.cuh"
 #include "kernels/gemm.h"
@@ -57,29 +58,37 @@ __device__ __forceinline__ void compute_tile(const __nv_bfloat16* __restrict__ x
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
   const int64_t scale_cols = (K + kFp8BlockSize - 1) / kFp8BlockSize;
 
-  float acc[2][4][4] = {}, part[2][4][4] = {};
-  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-    for (int i = tid; i < kBM * kChunks; i += kThreads) {
-      const int row = i / kChunks, chunk = i % kChunks;
-      const int64_t t = t0 + row, k = k0 + chunk * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (t < rows && k < K) v = *reinterpret_cast<const uint4*>(x + t * ldx + k);
-      sh.x[mma::swizzled_chunk(row, chunk, kChunks)] = v;
+  // Each thread moves kPerThread 16-byte chunks of x and of W per k-step. The next k-step's
+  // chunks are loaded into registers while the current one is multiplied (software pipelining).
+  constexpr int kPerThread = kBM * kChunks / kThreads;
+  static_assert(kBM == kBN, "x and W tiles have the same number of chunks");
+  using WChunk = std::conditional_t<kFp8, uint2, uint4>;  // 8 weights
+  uint4 x_regs[kPerThread];
+  WChunk w_regs[kPerThread];
+  auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = tid + j * kThreads, row = i / kChunks, chunk = i % kChunks;
+      const int64_t t = t0 + row, n = n0 + row, k = k0 + chunk * 8;
+      x_regs[j] = t < rows && k < K ? *reinterpret_cast<const uint4*>(x + t * ldx + k) : make_uint4(0, 0, 0, 0);
+      w_regs[j] = n < N && k < K ? *reinterpret_cast<const WChunk*>(w + n * K + k) : WChunk{};
     }
-    for (int i = tid; i < kBN * kChunks; i += kThreads) {
-      const int row = i / kChunks, chunk = i % kChunks;
-      const int64_t n = n0 + row, k = k0 + chunk * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (n < N && k < K) {
-        if constexpr (kFp8) {
-          v = fp8x8_to_bf16x8(*reinterpret_cast<const uint2*>(w + n * K + k));
-        } else {
-          v = *reinterpret_cast<const uint4*>(w + n * K + k);
-        }
+  };
+  float acc[2][4][4] = {}, part[2][4][4] = {};
+  load(0);
+  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = tid + j * kThreads, row = i / kChunks, chunk = i % kChunks;
+      sh.x[mma::swizzled_chunk(row, chunk, kChunks)] = x_regs[j];
+      if constexpr (kFp8) {
+        sh.w[mma::swizzled_chunk(row, chunk, kChunks)] = fp8x8_to_bf16x8(w_regs[j]);
+      } else {
+        sh.w[mma::swizzled_chunk(row, chunk, kChunks)] = w_regs[j];
       }
-      sh.w[mma::swizzled_chunk(row, chunk, kChunks)] = v;
     }
     __syncthreads();
+    if (k0 + kBK < K) load(k0 + kBK);
 #pragma unroll
     for (int ks = 0; ks < kBK / 16; ++ks) {
       uint32_t a[2][4];

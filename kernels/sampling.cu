@@ -7,7 +7,6 @@
 // Logits are re-read each pass (L2 / HBM); nothing of the row is staged.
 #include <cuda_runtime.h>
 
-#include <cfloat>
 #include <stdexcept>
 #include <string>
 
@@ -71,75 +70,67 @@ __device__ T block_reduce(T v, Op op, T* scratch /* [32] */) {
   return total;
 }
 
+// Histogram weights are integers, so every sum is exact and order-independent (deterministic
+// thresholds, native shared-memory integer atomics): counts for top-k, and for top-p the mass
+// exp(z - z_max) in fixed point with 40 fractional bits (a sum over any vocab fits in 64 bits).
+using Weight = unsigned long long;
+constexpr double kMassOne = 1099511627776.0;  // 2^40
+
+__device__ __forceinline__ Weight mass_weight(float z, float z_max) { return Weight(double(__expf(z - z_max)) * kMassOne); }
+
 struct Shared {
   ArgMax argmax_scratch[32];
   Lse lse_scratch[32];
-  float sum_scratch[32];
-  float warp_suffix[32];
-  float hist[kMaxBins];  // counts (exact in fp32 below 2^24) or probability mass per bin
+  Weight sum_scratch[32];
+  Weight warp_suffix[32];
+  Weight hist[kMaxBins];
   uint32_t prefix, prefix_mask;
-  float remaining;  // count (top-k) or mass (top-p) still to be covered below the current prefix
-  int chosen, lowest_nonempty;
-  float chosen_above, total;
+  Weight remaining;  // weight still to be covered below the current prefix
+  int chosen;
+  Weight chosen_above;
 };
 
 // Radix digits from the top: 12 bits (sign, exponent, 3 mantissa bits, so typical logits spread
-// over many bins and the shared-memory atomics rarely collide), then 10 and 10.
+// over many bins), then 10 and 10.
 __device__ __forceinline__ int digit_shift(int pass) { return pass == 0 ? 20 : (pass == 1 ? 10 : 0); }
 __device__ __forceinline__ int digit_bits(int pass) { return pass == 0 ? 12 : 10; }
 
-// Finds, scanning bins from the highest, the first bin where the cumulative weight reaches
-// sh.remaining; sets sh.chosen and sh.chosen_above (weight of the bins above it). All threads scan
-// in parallel: thread t owns bins [t·per, (t+1)·per). If rounding leaves the target out of reach,
-// the lowest non-empty bin is taken.
+// Finds, scanning bins from the highest, the bin where the cumulative weight first reaches
+// sh.remaining (it exists: the remaining weight is at most the histogram's total); sets sh.chosen
+// and sh.chosen_above (the weight of the bins above it). Thread t owns bins [t·per, (t+1)·per);
+// the suffix sums over threads come from a warp scan plus the per-warp totals.
 __device__ void find_bin(int bins, Shared& sh) {
   const int per = bins / int(blockDim.x);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int first = int(threadIdx.x) * per;
-  float local = 0.f;
+  Weight local = 0;
   for (int b = 0; b < per; ++b) local += sh.hist[first + b];
-  float suffix = local;  // inclusive suffix sum over the lanes at or above this one
+  Weight suffix = local;  // inclusive suffix sum over the lanes at or above this one
 #pragma unroll
   for (int offset = 1; offset < 32; offset <<= 1) {
-    const float other = __shfl_down_sync(0xffffffffu, suffix, offset);
+    const Weight other = __shfl_down_sync(0xffffffffu, suffix, offset);
     if (lane + offset < 32) suffix += other;
-  }
-  if (threadIdx.x == 0) {
-    sh.chosen = -1;
-    sh.lowest_nonempty = bins;
   }
   if (lane == 0) sh.warp_suffix[warp] = suffix;
   __syncthreads();
-  float above = suffix - local;
+  Weight above = suffix - local;
   for (int w = warp + 1; w < int(blockDim.x >> 5); ++w) above += sh.warp_suffix[w];
+  const Weight target = sh.remaining;
   for (int b = first + per - 1; b >= first; --b) {
-    const float weight = sh.hist[b];
-    if (weight <= 0.f) continue;
-    atomicMin(&sh.lowest_nonempty, b);
-    if (above < sh.remaining && above + weight >= sh.remaining) {
-      atomicMax(&sh.chosen, b);
+    const Weight weight = sh.hist[b];
+    if (above < target && above + weight >= target) {
+      sh.chosen = b;
+      sh.chosen_above = above;
     }
     above += weight;
   }
   __syncthreads();
-  if (threadIdx.x == 0 && sh.chosen < 0) sh.chosen = sh.lowest_nonempty;
-  __syncthreads();
-  // Weight above the chosen bin: a second, deterministic pass over the owning threads' sums.
-  if (threadIdx.x == 0) sh.chosen_above = 0.f;
-  __syncthreads();
-  float mine = 0.f;
-  for (int b = first; b < first + per; ++b) {
-    if (b > sh.chosen) mine += sh.hist[b];
-  }
-  mine = block_reduce(mine, [](float a, float b) { return a + b; }, sh.sum_scratch);
-  if (threadIdx.x == 0) sh.chosen_above = mine;
-  __syncthreads();
 }
 
-// Radix selection from the top: finds the key K with weight(keys > K) < target <= weight(keys >= K)
-// among elements with include(z); weight is 1 (counts) or exp(z - z_max) (mass).
+// Radix selection from the top: the key K with weight(keys > K) < target <= weight(keys >= K)
+// among elements with include(z); weight 1 (counts) or mass_weight(z).
 template <bool kMass, typename Include>
-__device__ float radix_select(const float* x, int64_t vocab, float temperature, float z_max, float target,
+__device__ float radix_select(const float* x, int64_t vocab, float temperature, float z_max, Weight target,
                               Include include, Shared& sh) {
   if (threadIdx.x == 0) {
     sh.prefix = 0;
@@ -148,7 +139,7 @@ __device__ float radix_select(const float* x, int64_t vocab, float temperature, 
   }
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = digit_shift(pass), bins = 1 << digit_bits(pass);
-    for (int b = threadIdx.x; b < bins; b += blockDim.x) sh.hist[b] = 0.f;
+    for (int b = threadIdx.x; b < bins; b += blockDim.x) sh.hist[b] = 0;
     __syncthreads();
     const uint32_t prefix = sh.prefix, mask = sh.prefix_mask;
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -156,7 +147,7 @@ __device__ float radix_select(const float* x, int64_t vocab, float temperature, 
       if (!include(z)) continue;
       const uint32_t key = order_key(z);
       if ((key & mask) != prefix) continue;
-      atomicAdd(&sh.hist[(key >> shift) & uint32_t(bins - 1)], kMass ? __expf(z - z_max) : 1.f);
+      atomicAdd(&sh.hist[(key >> shift) & uint32_t(bins - 1)], kMass ? mass_weight(z, z_max) : Weight(1));
     }
     __syncthreads();
     find_bin(bins, sh);
@@ -196,20 +187,21 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
     const float min_p = fminf(fmaxf(p.min_p, 0.f), 1.f);
     if (min_p > 0.f) threshold = fmaxf(threshold, z_max + logf(min_p));
     if (p.top_k > 0 && int64_t(p.top_k) < vocab) {
-      const float kth = radix_select<false>(x, vocab, temperature, z_max, float(p.top_k),
+      const float kth = radix_select<false>(x, vocab, temperature, z_max, Weight(p.top_k),
                                             [](float) { return true; }, sh);
       threshold = fmaxf(threshold, kth);
     }
     if (p.top_p < 1.f) {
-      float mass = 0.f;
+      Weight mass = 0;
       for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
         const float z = x[i] / temperature;
-        if (z >= threshold) mass += __expf(z - z_max);
+        if (z >= threshold) mass += mass_weight(z, z_max);
       }
-      mass = block_reduce(mass, [](float a, float b) { return a + b; }, sh.sum_scratch);
-      const float top_p = fmaxf(p.top_p, FLT_MIN);
+      mass = block_reduce(mass, [](Weight a, Weight b) { return a + b; }, sh.sum_scratch);
+      // At least the max-z token's weight (2^40), at most the kept mass.
+      const Weight target = Weight(fmin(fmax(ceil(double(p.top_p) * double(mass)), kMassOne), double(mass)));
       const float th = threshold;
-      const float c = radix_select<true>(x, vocab, temperature, z_max, top_p * mass,
+      const float c = radix_select<true>(x, vocab, temperature, z_max, target,
                                          [th](float z) { return z >= th; }, sh);
       threshold = fmaxf(threshold, c);
     }
