@@ -6,12 +6,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 namespace ds::worker {
 namespace {
 
 void check_nccl(ncclResult_t result, const char* what, ncclComm_t comm = nullptr) {
-  if (result == ncclSuccess || result == ncclInProgress) return;
+  if (result == ncclSuccess) return;
   std::string message = std::string("NCCL ") + what + " failed: " + ncclGetErrorString(result);
   if (const char* detail = ncclGetLastError(comm); detail && *detail) message += std::string(" (") + detail + ")";
   throw std::runtime_error(message);
@@ -34,7 +35,8 @@ std::string new_nccl_unique_id() {
 
 void disable_nccl_nvls_unless_set() { ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); }
 
-NcclCommunicator::NcclCommunicator(const std::string& unique_id, int rank, int world_size, int device)
+NcclCommunicator::NcclCommunicator(const std::string& unique_id, int rank, int world_size, int device,
+                                   std::chrono::milliseconds init_timeout)
     : rank_(rank), world_(world_size), device_(device) {
   if (unique_id.size() != NCCL_UNIQUE_ID_BYTES) {
     throw std::invalid_argument("NCCL unique id has " + std::to_string(unique_id.size()) + " bytes, expected " +
@@ -47,19 +49,40 @@ NcclCommunicator::NcclCommunicator(const std::string& unique_id, int rank, int w
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   ncclUniqueId id;
   std::memcpy(id.internal, unique_id.data(), NCCL_UNIQUE_ID_BYTES);
-  check_nccl(ncclCommInitRank(&comm_, world_size, id, rank), "ncclCommInitRank");
+  // Non-blocking, so that a rank that never joins gives an error after init_timeout, not a hang.
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  finish(ncclCommInitRankConfig(&comm_, world_size, id, rank, &config), "ncclCommInitRank", init_timeout);
 }
 
 NcclCommunicator::~NcclCommunicator() {
   if (comm_) ncclCommDestroy(comm_);
 }
 
+void NcclCommunicator::finish(int result, const char* what, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  ncclResult_t state = ncclResult_t(result);
+  while (state == ncclInProgress) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+      throw std::runtime_error(std::string("NCCL ") + what + " (rank " + std::to_string(rank_) + " of " +
+                               std::to_string(world_) + "): timed out after " + std::to_string(timeout.count()) +
+                               " ms; did every rank join with the same unique id?");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) break;
+  }
+  check_nccl(state, what, comm_);
+}
+
 void NcclCommunicator::all_reduce_sum(void* data, size_t count, CommDType dtype, cudaStream_t stream) {
-  check_nccl(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream), "ncclAllReduce", comm_);
+  finish(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream), "ncclAllReduce",
+         kEnqueueTimeout);
 }
 
 void NcclCommunicator::all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) {
-  check_nccl(ncclAllGather(in, out, count, nccl_type(dtype), comm_, stream), "ncclAllGather", comm_);
+  finish(ncclAllGather(in, out, count, nccl_type(dtype), comm_, stream), "ncclAllGather", kEnqueueTimeout);
 }
 
 }  // namespace ds::worker

@@ -3,6 +3,7 @@
 // every rank by the front end (Hello.nccl_unique_id -> Init.nccl_unique_id).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -21,10 +22,16 @@ std::string new_nccl_unique_id();
 // first NCCL call of the process.
 void disable_nccl_nvls_unless_set();
 
+// The communicator is non-blocking (so that init can time out): an NCCL call may return
+// "in progress", and the communicator waits for it before returning. Collectives enqueue
+// asynchronously on the stream either way; a peer that dies mid-collective stalls the stream,
+// and the front end, which sees that worker's control stream break, stops the group.
 class NcclCommunicator final : public Communicator {
  public:
-  // Selects `device` on the calling thread and joins the group (blocks until all ranks join).
-  NcclCommunicator(const std::string& unique_id, int rank, int world_size, int device);
+  // Selects `device` on the calling thread and joins the group: blocks until every rank has
+  // joined, or throws after init_timeout.
+  NcclCommunicator(const std::string& unique_id, int rank, int world_size, int device,
+                   std::chrono::milliseconds init_timeout = std::chrono::minutes(2));
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -36,6 +43,10 @@ class NcclCommunicator final : public Communicator {
   void all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) override;
 
  private:
+  // Waits while NCCL reports the call in progress; throws on an error or after `timeout`.
+  void finish(int result, const char* what, std::chrono::milliseconds timeout);
+  static constexpr std::chrono::milliseconds kEnqueueTimeout{std::chrono::minutes(2)};
+
   ncclComm* comm_ = nullptr;
   int rank_ = 0;
   int world_ = 1;
