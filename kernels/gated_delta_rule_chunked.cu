@@ -274,9 +274,9 @@ __device__ __forceinline__ void copy_wv_slice_async(float* dst, const float* ws,
   }
 }
 
-// grid (num_seqs, Hv, 128 / kSlice). Loads of chunk n+1's workspace overlap chunk n's math: each
-// buffer is refilled as soon as its last reader is done, in three copy groups (W_k, W_v after U;
-// Q_γ, P after O; K_d after the state update), each waited for just before its first reader.
+// grid (num_seqs, Hv, 128 / kSlice). Two phases per chunk, each a few independent MMA chains per
+// warp; loads of chunk n+1's workspace overlap chunk n's math: each copy group is refilled as soon
+// as its last reader is done and waited for just before its first reader.
 __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) {
   extern __shared__ __align__(128) float4 smem_raw[];
   ScanSmem& sm = *reinterpret_cast<ScanSmem*>(smem_raw);
@@ -294,73 +294,98 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
   const int64_t num_chunks = (end - start + kChunk - 1) / kChunk;
   auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkFloats; };
-  if (num_chunks > 0) {
-    const float* ws = chunk_ws(0);
+  // Copy group A: W_k, W_v, Q_γ (read in phase 1); group B: P, K_d (read in phase 2).
+  auto copy_group_a = [&](const float* ws) {
     copy_block_async(sm.wk, kLd128, ws + kWkOffset, kChunk, kHeadDim);
     copy_wv_slice_async(sm.wv, ws, row0);
-    commit_copies();
     copy_block_async(sm.qg, kLd128, ws + kQgOffset, kChunk, kHeadDim);
+  };
+  auto copy_group_b = [&](const float* ws) {
     copy_block_async(sm.pm, kLd64, ws + kPOffset, kChunk, kChunk);
-    commit_copies();
     copy_block_async(sm.kd, kLd128, ws + kKdOffset, kChunk, kHeadDim);
+  };
+  if (num_chunks > 0) {
+    copy_group_a(chunk_ws(0));
+    commit_copies();
+    copy_group_b(chunk_ws(0));
     commit_copies();
   }
-  // Tiles of U and O (64 × kSlice) and of the state slice (kSlice × 128), spread over the warps.
+  // Each warp owns one 16×16 tile of U and O (64 × kSlice) and two of the state slice.
+  static_assert((kChunk / kTile) * (kSlice / kTile) == kWarps, "one U/O tile per warp");
+  static_assert((kSlice / kTile) * (kHeadDim / kTile) == 2 * kWarps, "two state tiles per warp");
   constexpr int kSliceTiles = kSlice / kTile;
-  constexpr int kOutTiles = (kChunk / kTile) * kSliceTiles;
-  constexpr int kStateTiles = kSliceTiles * (kHeadDim / kTile);
+  const int m0 = (warp / kSliceTiles) * kTile, n0 = (warp % kSliceTiles) * kTile;
+  int sm0[2], sn0[2];
+  for (int t = 0; t < 2; ++t) {
+    const int tile = warp + t * kWarps;
+    sm0[t] = (tile / (kHeadDim / kTile)) * kTile;
+    sn0[t] = (tile % (kHeadDim / kTile)) * kTile;
+  }
   for (int64_t n = 0; n < num_chunks; ++n) {
     const int64_t t0 = start + n * kChunk;
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
     const float* next = n + 1 < num_chunks ? chunk_ws(n + 1) : nullptr;
     const float decay = chunk_ws(n)[kDecayOffset];
-    wait_copies<2>();  // W_k, W_v of this chunk (Q_γ, P and K_d may still be landing)
+    wait_copies<1>();  // group A of this chunk (group B may still be landing)
     __syncthreads();
-    // U = W_v − W_k Mᵀ.
-    for (int tile = warp; tile < kOutTiles; tile += kWarps) {
-      const int m0 = (tile / kSliceTiles) * kTile, n0 = (tile % kSliceTiles) * kTile;
-      FragC acc;
-      wmma::load_matrix_sync(acc, sm.wv + m0 * kLdSlice + n0, kLdSlice, wmma::mem_row_major);
+    // Phase 1: U = W_v − W_k Mᵀ and the first half of O, Q_γ Mᵀ: two independent MMA chains that
+    // share their B fragments (Mᵀ).
+    FragC acc_o;
+    {
+      FragC acc_u;
+      wmma::load_matrix_sync(acc_u, sm.wv + m0 * kLdSlice + n0, kLdSlice, wmma::mem_row_major);
+      wmma::fill_fragment(acc_o, 0.f);
 #pragma unroll
-      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = -acc.x[i];
-      mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.wk, kLd128, sm.m, kLd128, m0, n0);
+      for (int k = 0; k < kHeadDim; k += kTileK) {
+        FragA wk, qg;
+        FragBcol mt;
+        load_tf32(wk, sm.wk + m0 * kLd128 + k, kLd128);
+        load_tf32(qg, sm.qg + m0 * kLd128 + k, kLd128);
+        load_tf32(mt, sm.m + n0 * kLd128 + k, kLd128);
+        wmma::mma_sync(acc_o, qg, mt, acc_o);
 #pragma unroll
-      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] = -acc.x[i];
-      wmma::store_matrix_sync(sm.u + m0 * kLdSlice + n0, acc, kLdSlice, wmma::mem_row_major);
+        for (int i = 0; i < wk.num_elements; ++i) wk.x[i] = -wk.x[i];
+        wmma::mma_sync(acc_u, wk, mt, acc_u);
+      }
+      wmma::store_matrix_sync(sm.u + m0 * kLdSlice + n0, acc_u, kLdSlice, wmma::mem_row_major);
     }
-    wait_copies<1>();  // Q_γ, P
+    wait_copies<0>();  // group B of this chunk
     __syncthreads();
-    if (next != nullptr) {
-      copy_block_async(sm.wk, kLd128, next + kWkOffset, kChunk, kHeadDim);
-      copy_wv_slice_async(sm.wv, next, row0);
-    }
+    if (next != nullptr) copy_group_a(next);
     commit_copies();
-    // O = Q_γ Mᵀ + P U.
-    for (int tile = warp; tile < kOutTiles; tile += kWarps) {
-      const int m0 = (tile / kSliceTiles) * kTile, n0 = (tile % kSliceTiles) * kTile;
-      FragC acc;
-      wmma::fill_fragment(acc, 0.f);
-      mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.qg, kLd128, sm.m, kLd128, m0, n0);
-      mma_tile<FragA, FragBrow, kChunk>(acc, sm.pm, kLd64, sm.u, kLdSlice, m0, n0);
-      wmma::store_matrix_sync(sm.o + m0 * kLdSlice + n0, acc, kLdSlice, wmma::mem_row_major);
-    }
-    wait_copies<1>();  // K_d (the next chunk's W_k, W_v may still be landing)
-    __syncthreads();
-    if (next != nullptr) {
-      copy_block_async(sm.qg, kLd128, next + kQgOffset, kChunk, kHeadDim);
-      copy_block_async(sm.pm, kLd64, next + kPOffset, kChunk, kChunk);
-    }
-    commit_copies();
-    // M ← e^{γ_L} M + Uᵀ K_d (all reads of the old M are done).
-    for (int tile = warp; tile < kStateTiles; tile += kWarps) {
-      const int mm = (tile / 8) * kTile, nn = (tile % 8) * kTile;
-      FragC acc;
-      wmma::load_matrix_sync(acc, sm.m + mm * kLd128 + nn, kLd128, wmma::mem_row_major);
+    // Phase 2: O += P U and M ← e^{γ_L} M + Uᵀ K_d (each warp reads only its own state tiles, and
+    // phase 1's reads of M are done): three independent MMA chains.
+    {
+      FragC acc_m[2];
+      for (int t = 0; t < 2; ++t) {
+        wmma::load_matrix_sync(acc_m[t], sm.m + sm0[t] * kLd128 + sn0[t], kLd128, wmma::mem_row_major);
 #pragma unroll
-      for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= decay;
-      mma_tile<FragAcol, FragBrow, kChunk>(acc, sm.u, kLdSlice, sm.kd, kLd128, mm, nn);
-      wmma::store_matrix_sync(sm.m + mm * kLd128 + nn, acc, kLd128, wmma::mem_row_major);
+        for (int i = 0; i < acc_m[t].num_elements; ++i) acc_m[t].x[i] *= decay;
+      }
+#pragma unroll
+      for (int k = 0; k < kChunk; k += kTileK) {
+        FragA pm;
+        FragBrow u;
+        load_tf32(pm, sm.pm + m0 * kLd64 + k, kLd64);
+        load_tf32(u, sm.u + k * kLdSlice + n0, kLdSlice);
+        wmma::mma_sync(acc_o, pm, u, acc_o);
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          FragAcol ut;
+          FragBrow kd;
+          load_tf32(ut, sm.u + k * kLdSlice + sm0[t], kLdSlice);
+          load_tf32(kd, sm.kd + k * kLd128 + sn0[t], kLd128);
+          wmma::mma_sync(acc_m[t], ut, kd, acc_m[t]);
+        }
+      }
+      wmma::store_matrix_sync(sm.o + m0 * kLdSlice + n0, acc_o, kLdSlice, wmma::mem_row_major);
+      for (int t = 0; t < 2; ++t) {
+        wmma::store_matrix_sync(sm.m + sm0[t] * kLd128 + sn0[t], acc_m[t], kLd128, wmma::mem_row_major);
+      }
     }
+    __syncthreads();
+    if (next != nullptr) copy_group_b(next);
+    commit_copies();
     // Output rows of this chunk: 8 values (16 bytes of BF16) per thread.
     for (int i = threadIdx.x * 8; i < L * kSlice; i += kThreads * 8) {
       const int r = i / kSlice, col = i % kSlice;
@@ -369,9 +394,6 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
       for (int j = 0; j < 8; ++j) vals[j] = sm.o[r * kLdSlice + col + j];
       cuda_utils::store_vec<8>(p.out + ((t0 + r) * p.num_v_heads + h) * kHeadDim + row0 + col, vals);
     }
-    __syncthreads();
-    if (next != nullptr) copy_block_async(sm.kd, kLd128, next + kKdOffset, kChunk, kHeadDim);
-    commit_copies();
   }
   wait_copies<0>();
   __syncthreads();
