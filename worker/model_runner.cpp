@@ -45,7 +45,8 @@ kernels::SamplingParams sampling_params(const SequenceStep& seq) {
 class HybridModelRunner final : public ModelRunner {
  public:
   explicit HybridModelRunner(const RunnerOptions& options) : options_(options) {
-    const std::optional<int> cuda_device = parse_cuda_device(options.device);
+    cuda_device_ = parse_cuda_device(options.device);
+    const std::optional<int> cuda_device = cuda_device_;
     if (options.comm == nullptr) owned_comm_ = make_single_rank_communicator(cuda_device.has_value());
     if (cuda_device) check_cuda(cudaSetDevice(*cuda_device), ("cudaSetDevice(" + options.device + ")").c_str());
 
@@ -80,6 +81,8 @@ class HybridModelRunner final : public ModelRunner {
   }
 
   std::vector<SampledToken> step(const std::vector<SequenceStep>& batch) override {
+    // The current device is per host thread: the caller may step from another thread than create().
+    if (cuda_device_) check_cuda(cudaSetDevice(*cuda_device_), "cudaSetDevice");
     const StepInputs in = build_step_inputs(batch, options_.kv_page_size, model_->num_kv_pages(),
                                             model_->num_gdn_slots(), model_->config().vocab_size);
     logits_on_host_ = false;
@@ -108,6 +111,7 @@ class HybridModelRunner final : public ModelRunner {
 
  private:
   RunnerOptions options_;
+  std::optional<int> cuda_device_;
   std::unique_ptr<Communicator> owned_comm_;
   std::unique_ptr<Model> model_;
   mutable std::vector<float> last_logits_;
