@@ -3,6 +3,7 @@
 // integers, so every summation order gives the exact result.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -93,6 +94,17 @@ TEST(NcclCommunicator, AMalformedUniqueIdIsRefused) {
   EXPECT_THROW(NcclCommunicator("short", 0, 1, 0), std::invalid_argument);
   const std::string id = new_nccl_unique_id();
   EXPECT_THROW(NcclCommunicator(id, 2, 2, 0), std::invalid_argument);
+}
+
+TEST(NcclCommunicator, ARankThatNeverJoinsGivesATimeoutNotAHang) {
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    NcclCommunicator alone(new_nccl_unique_id(), 0, 2, 0, std::chrono::seconds(3));
+    FAIL() << "init of a 2-rank group returned with one rank";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
 }  // namespace
