@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 
 namespace ds::server {
 
@@ -220,6 +222,7 @@ void Engine::run_step() {
   try {
     control::StepResult result = executor_.execute(*plan);
     double seconds = seconds_between(start, Clock::now());
+    metrics_.observe_control_plane(std::max(0.0, seconds - result.step_ms() / 1000.0));
     if (seconds > kSlowStepSeconds) {
       spdlog::warn("step {} took {:.1f} s for {} sequences (rank 0: forward {:.0f} ms, plan-to-result {:.0f} ms)", plan->step_id(),
                    seconds, plan->sequences_size(), result.forward_ms(), result.step_ms());

@@ -44,7 +44,8 @@ void gauge(std::string& out, const char* name, const char* help, double value) {
 
 }  // namespace
 
-Metrics::Metrics() : ttft_(latency_buckets()), itl_(latency_buckets()), e2e_(latency_buckets()), step_(latency_buckets()) {}
+Metrics::Metrics() : ttft_(latency_buckets()), itl_(latency_buckets()), e2e_(latency_buckets()), step_(latency_buckets()),
+      control_plane_({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0}) {}
 
 std::string Metrics::render(const GaugeSnapshot& g) const {
   std::string out;
@@ -66,6 +67,9 @@ std::string Metrics::render(const GaugeSnapshot& g) const {
   e2e_.render("deltaserve_e2e_request_latency_seconds", out);
   header(out, "deltaserve_step_seconds", "histogram", "One scheduler step: plan sent to result applied.");
   step_.render("deltaserve_step_seconds", out);
+  header(out, "deltaserve_control_plane_seconds", "histogram",
+         "Per step: front-end wall time minus rank 0's plan-to-result time (plan and result transport, scheduling on the worker).");
+  control_plane_.render("deltaserve_control_plane_seconds", out);
   gauge(out, "deltaserve_running_requests", "Requests running on the workers.", g.running_requests);
   gauge(out, "deltaserve_waiting_requests", "Requests waiting for admission.", g.waiting_requests);
   gauge(out, "deltaserve_kv_pages_used", "KV-cache pages in use.", g.kv_pages_used);

@@ -52,6 +52,8 @@ class Metrics {
   void observe_itl(double seconds) { itl_.observe(seconds); }
   void observe_e2e(double seconds) { e2e_.observe(seconds); }
   void observe_step(double seconds) { step_.observe(seconds); }
+  // A step's wall time minus rank 0's plan-received-to-result-sent time: the control plane's cost.
+  void observe_control_plane(double seconds) { control_plane_.observe(seconds); }
 
   uint64_t requests(Outcome outcome) const { return requests_[static_cast<size_t>(outcome)].load(); }
   std::string render(const GaugeSnapshot& gauges) const;
@@ -65,6 +67,7 @@ class Metrics {
   Histogram itl_;
   Histogram e2e_;
   Histogram step_;
+  Histogram control_plane_;
 };
 
 }  // namespace ds::server
