@@ -100,7 +100,7 @@ void gated_delta_rule_decode(const bf16* q, const bf16* k, const bf16* v, int64_
                              const GdnDims& dims, bf16* out, cudaStream_t stream) {
   check_rule_args(qkv_stride, dims, "gated_delta_rule_decode");
   if (batch_size <= 0) return;
-  gdr::DecodeParams<__nv_bfloat16> p{};
+  gdr::DecodeParams p{};
   p.q = as_nv(q);
   p.k = as_nv(k);
   p.v = as_nv(v);
@@ -112,7 +112,7 @@ void gated_delta_rule_decode(const bf16* q, const bf16* k, const bf16* v, int64_
   p.num_v_heads = dims.num_v_heads;
   p.ratio = dims.ratio();
   p.out = as_nv(out);
-  gdr::decode_kernel<__nv_bfloat16, false>
+  gdr::decode_kernel<false>
       <<<unsigned(batch_size * dims.num_v_heads), gdr::kDecodeWarps * 32, 0, stream>>>(p);
   cuda_utils::check_launch("gated_delta_rule_decode");
 }

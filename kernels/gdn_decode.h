@@ -50,12 +50,12 @@ void gdn_decode(const GdnDecodeInputs<float>& in, const GdnDecodeState& state, i
 }  // namespace cpu
 
 namespace cuda {
-// Device pointers; dk = dv = 128 required. Two launches: (1) conv update for every channel,
-// writing the post-conv q|k|v (fp32) to `scratch`; (2) gating + L2 norm + recurrence + gated
-// RMSNorm, one block per (sequence, value head). (One launch would need the value-head blocks of a
-// key head to agree on when its q/k conv state may be overwritten, e.g. a thread-block cluster.)
-// `scratch` is a device buffer of at least gdn_decode_scratch_bytes(batch_size, dims) bytes,
-// 16-byte aligned. out [B][Hv·dv] BF16 dense. CUDA-graph safe.
+// Device pointers; dk = dv = 128 and Hv/Hk <= 8 required. One launch: one block per (sequence,
+// value head), the r = Hv/Hk blocks of a key head forming a thread-block cluster so that the q/k
+// conv state is overwritten only after all of them have read it. out [B][Hv·dv] BF16 dense.
+// CUDA-graph safe. The path needs no scratch any more: gdn_decode_scratch_bytes() returns 0 and
+// `scratch` / `scratch_bytes` are ignored (kept so that callers written against the two-launch
+// version still build; to be dropped).
 size_t gdn_decode_scratch_bytes(int64_t batch_size, const GdnDims& dims);
 void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
                 void* scratch, size_t scratch_bytes, bf16* out, cudaStream_t stream);
