@@ -35,7 +35,7 @@ constexpr int kRowsPerBlock = kWarps * 16;
 constexpr int kMaxSplits = 64;
 constexpr int64_t kMaxSplitTokens = 64;   // split-K only for batches of at most this many tokens
 constexpr int64_t kMaxSplitRows = 1024;   // splits × tokens: bounds the workspace
-constexpr int64_t kMinKeysPerSplit = 256;  // smaller splits cost more in merging than they gain
+constexpr int64_t kMinKeysPerSplit = 64;   // two key tiles: a block streams ~32 KB per tile slowly alone
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -42,6 +43,65 @@ int alignment_of(const void* p, int64_t row_bytes) {
   return int(bits & (~bits + 1));
 }
 
+constexpr int kAutotuneCandidates = 8;
+constexpr int kAutotuneRuns = 3;
+constexpr int64_t kAutotuneMaxTokens = 256;
+
+// Small-T GEMMs are weight-bound and cuBLASLt's first heuristic pick is often not the fastest
+// there, so the first call of such a shape times the candidates on the real operands and keeps the
+// fastest. Only when that is harmless: y is write-only (beta == 0) and the stream is not being
+// captured into a graph.
+bool may_time(int64_t T, float beta, cudaStream_t stream) {
+  if (T > kAutotuneMaxTokens || beta != 0.f) return false;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone;
+}
+
+// One matmul y = x·Wᵀ (beta 0) with the given algorithm.
+struct MatmulCall {
+  cublasLtHandle_t handle;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t w_layout, x_layout, y_layout;
+  const void *x, *w;
+  void* y;
+  void* workspace;
+  size_t workspace_bytes;
+  cudaStream_t stream;
+
+  cublasStatus_t operator()(const cublasLtMatmulAlgo_t& algo) const {
+    const float alpha = 1.f, beta = 0.f;
+    return cublasLtMatmul(handle, desc, &alpha, w, w_layout, x, x_layout, &beta, y, y_layout, y, y_layout, &algo,
+                          workspace, workspace_bytes, stream);
+  }
+};
+
+// The fastest of the candidates over kAutotuneRuns timed runs each (candidates that refuse these
+// operands are skipped; the first candidate is the fallback).
+cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeuristicResult_t* candidates, int count,
+                             const std::string& shape) {
+  cudaEvent_t start, stop;
+  check_cuda(cudaEventCreate(&start), "autotune event");
+  check_cuda(cudaEventCreate(&stop), "autotune event");
+  float best_ms = INFINITY;
+  cublasLtMatmulAlgo_t best = candidates[0].algo;
+  for (int i = 0; i < count; ++i) {
+    if (call(candidates[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // also the warm-up run
+    check_cuda(cudaEventRecord(start, call.stream), "autotune record");
+    for (int r = 0; r < kAutotuneRuns; ++r) check_lt(call(candidates[i].algo), "matmul (autotune)", shape);
+    check_cuda(cudaEventRecord(stop, call.stream), "autotune record");
+    check_cuda(cudaEventSynchronize(stop), "autotune sync");
+    float ms = 0.f;
+    check_cuda(cudaEventElapsedTime(&ms, start, stop), "autotune elapsed");
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = candidates[i].algo;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return best;
+}
+
 }  // namespace
 
 struct GemmRunner::Plan {
@@ -72,7 +132,7 @@ GemmRunner::~GemmRunner() {
 
 // Row-major y[T,N] = x[T,K]·W[N,K]ᵀ is column-major yᵀ[N,T] = op(W)·xᵀ with W read as a K×N
 // column-major matrix transposed: A = W (K×N, ld K, op T), B = x (K×T, ld ldx), D = y (N×T, ld ldy).
-const GemmRunner::Plan& GemmRunner::plan_for(const Key& key) {
+const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& operands) {
   if (auto it = plans_.find(key); it != plans_.end()) return *it->second;
   const auto [T, N, K, ldx, ldy, out_f32, alignment] = key;
   const std::string shape = shape_string(T, N, K, ldx, ldy);
@@ -99,15 +159,21 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key) {
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
       cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align));
     }
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
     int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout,
-                                       plan->x_layout, plan->y_layout, plan->y_layout, pref, 1, &result, &found);
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+        static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout, plan->y_layout,
+        plan->y_layout, pref, kAutotuneCandidates, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     check_lt(st, "heuristic", shape);
     if (found == 0) throw std::runtime_error("cuBLASLt found no algorithm for " + shape);
-    plan->algo = result.algo;
+    plan->algo = results[0].algo;
+    if (found > 1 && may_time(T, operands.beta, operands.stream)) {
+      const MatmulCall call{static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout,
+                            plan->y_layout, operands.x, operands.w, operands.y, workspace_, workspace_bytes_,
+                            operands.stream};
+      plan->algo = fastest(call, results, found, shape);
+    }
   } catch (...) {
     delete plan;
     throw;
@@ -122,7 +188,7 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
   if (T == 0) return;
   const int out_bytes = out_f32 ? 4 : 2;
   const int alignment = std::min({alignment_of(x, ldx * 2), alignment_of(w, K * 2), alignment_of(y, ldy * out_bytes)});
-  const Plan& plan = plan_for(Key{T, N, K, ldx, ldy, out_f32, alignment});
+  const Plan& plan = plan_for(Key{T, N, K, ldx, ldy, out_f32, alignment}, Operands{x, w, y, beta, stream});
   const float alpha = 1.f;
   check_lt(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, w, plan.w_layout, x,
                           plan.x_layout, &beta, y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,

@@ -45,8 +45,10 @@ void dequantize_fp8_weight(const uint8_t* w_fp8, const float* weight_scale_inv, 
 namespace cuda {
 
 // Owns a cuBLASLt handle and workspace (on the device current at construction) and caches one
-// plan (matmul descriptor, layouts, heuristic algorithm) per distinct problem, so the steady state
-// makes no cuBLASLt descriptor calls. Not thread-safe: one runner per worker thread/stream.
+// plan (matmul descriptor, layouts, algorithm) per distinct problem, so the steady state makes no
+// cuBLASLt descriptor calls. For T <= 256 the first call of a shape with beta == 0 on a stream that
+// is not capturing times cuBLASLt's top heuristic candidates on the real operands (synchronising
+// the stream once) and keeps the fastest; otherwise the first heuristic pick is used. Not thread-safe: one runner per worker thread/stream.
 // Every call is asynchronous on `stream` and CUDA-graph capturable once its plan exists.
 // Errors (bad sizes, cuBLASLt failures) throw std::runtime_error naming the shape.
 class GemmRunner {
@@ -72,9 +74,16 @@ class GemmRunner {
 
  private:
   struct Plan;
+  struct Operands {
+    const void* x;
+    const void* w;
+    void* y;
+    float beta;
+    cudaStream_t stream;
+  };
   // T, N, K, ldx, ldy, fp32 output, pointer alignment in bytes (1..16, cuBLASLt picks algorithms by it)
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
-  const Plan& plan_for(const Key& key);
+  const Plan& plan_for(const Key& key, const Operands& operands);
   void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
            float beta, bool out_f32, cudaStream_t stream);
 
