@@ -177,23 +177,37 @@ class HybridModel final : public Model {
     return name.ends_with(".A_log") || name.ends_with(".dt_bias");
   }
 
+  // Converts every rank tensor to the backend's dtype (A_log and dt_bias stay fp32) and uploads it.
+  // Block-FP8 weights are dequantized here with their "<name>_scale_inv" sibling: FP8 checkpoints
+  // run, at BF16 memory and speed (FP8 GEMMs are not wired in yet).
   void load_weights(const weights::Checkpoint* checkpoint, uint64_t seed) {
     const int rank = comm_->rank();
     const int world = comm_->world_size();
     std::vector<weights::HostTensor> host =
         checkpoint != nullptr ? weights::load_rank_weights_host(*checkpoint, rank, world, options_.gdn_projection)
                               : weights::dummy_rank_weights_host(config_, rank, world, options_.gdn_projection, seed);
+    std::map<std::string, const weights::HostTensor*> by_name;
+    for (const weights::HostTensor& tensor : host) by_name.emplace(tensor.spec.name, &tensor);
+    std::vector<float> dequantized;
     std::vector<std::byte> staging;
     for (weights::HostTensor& tensor : host) {
       const weights::TensorSpec& spec = tensor.spec;
-      if (spec.dtype == weights::DType::F8_E4M3 || spec.name.ends_with("_scale_inv")) {
-        throw std::runtime_error("tensor " + spec.name + ": FP8 checkpoints are not supported by the " +
-                                 Backend::kName + " model yet");
+      if (spec.name.ends_with("_scale_inv")) continue;  // consumed with its weight
+      const size_t count = static_cast<size_t>(spec.numel());
+      weights::DType source_dtype = spec.dtype;
+      const void* source = tensor.data();
+      if (spec.dtype == weights::DType::F8_E4M3) {
+        auto scale = by_name.find(spec.name + "_scale_inv");
+        if (scale == by_name.end()) throw std::runtime_error("FP8 tensor " + spec.name + " has no _scale_inv");
+        dequantized.resize(count);
+        weights::dequantize_fp8_blocks(tensor, *scale->second, config_.fp8.block_rows, config_.fp8.block_cols,
+                                       dequantized.data());
+        source_dtype = weights::DType::F32;
+        source = dequantized.data();
       }
       const weights::DType target = stays_fp32(spec.name) ? weights::DType::F32 : Backend::kDType;
-      const size_t count = static_cast<size_t>(spec.numel());
       staging.resize(count * weights::dtype_size(target));
-      weights::convert_float(spec.dtype, tensor.data(), target, staging.data(), count);
+      weights::convert_float(source_dtype, source, target, staging.data(), count);
       Buffer buffer(Backend::kMemory, staging.size());
       copy_to(Backend::kMemory, buffer.data(), staging.data(), staging.size(), backend_.stream());
       synchronize(Backend::kMemory, backend_.stream());
