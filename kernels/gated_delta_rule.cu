@@ -112,8 +112,7 @@ void gated_delta_rule_decode(const bf16* q, const bf16* k, const bf16* v, int64_
   p.num_v_heads = dims.num_v_heads;
   p.ratio = dims.ratio();
   p.out = as_nv(out);
-  gdr::decode_kernel<false>
-      <<<unsigned(batch_size * dims.num_v_heads), gdr::kDecodeWarps * 32, 0, stream>>>(p);
+  gdr::decode_kernel<false><<<unsigned(batch_size * dims.num_v_heads), gdr::kDecodeWarps * 32, 0, stream>>>(p);
   cuda_utils::check_launch("gated_delta_rule_decode");
 }
 
