@@ -3,7 +3,6 @@
 #include "kernels/cuda_utils.cuh"
 #include "kernels/gdn_batch_check.h"
 #include "kernels/gdn_conv.h"
-#include "kernels/gdn_conv_detail.cuh"
 
 namespace ds::kernels::cuda {
 
@@ -11,8 +10,9 @@ namespace {
 
 using cuda_utils::as_nv;
 
-using conv::kThreads;
-using conv::kVec;
+// Channels per thread: one 16-byte vector of BF16 inputs.
+constexpr int kVec = 8;
+constexpr int kThreads = 128;
 
 // Where sequence s's inputs live and whether it continues from its slot's state.
 struct SequenceView {
@@ -87,6 +87,32 @@ __global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, in
   }
 }
 
+// grid (B, channel blocks): one token per sequence, state shifted in place.
+__global__ void conv_decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
+                                   const __nv_bfloat16* __restrict__ weight, int64_t channels,
+                                   float* __restrict__ conv_state_pool, const int32_t* __restrict__ slots,
+                                   __nv_bfloat16* __restrict__ out) {
+  const int64_t b = blockIdx.x;
+  const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * kVec;
+  if (c >= channels) return;
+  float* state = conv_state_pool + int64_t(slots[b]) * channels * kGdnConvStateLen;
+  float in[kVec];
+  cuda_utils::load_vec_or_scalar<kVec>(x + b * x_stride + c, in, x_vec_ok);
+  float acc[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    float w[kGdnConvKernel];
+    cuda_utils::load_vec<kGdnConvKernel>(weight + (c + i) * kGdnConvKernel, w);
+    float* st = state + (c + i) * kGdnConvStateLen;
+    const float s0 = st[0], s1 = st[1], s2 = st[2];
+    acc[i] = cuda_utils::silu(w[0] * s0 + w[1] * s1 + w[2] * s2 + w[3] * in[i]);
+    st[0] = s1;
+    st[1] = s2;
+    st[2] = in[i];
+  }
+  cuda_utils::store_vec<kVec>(out + b * channels + c, acc);
+}
+
 void check_conv_args(int64_t x_stride, int64_t channels, const char* op) {
   check_positive(channels, op, "channels");
   check_row_stride(x_stride, channels, op, "x");
@@ -118,9 +144,9 @@ void gdn_conv_decode(const bf16* x, int64_t x_stride, const bf16* weight, int64_
                      const int32_t* slots, int64_t batch_size, bf16* out, cudaStream_t stream) {
   check_conv_args(x_stride, channels, "gdn_conv_decode");
   if (batch_size == 0) return;
-  conv::decode_kernel<<<dim3(unsigned(batch_size), cuda_utils::grid_dim(channels / kVec, kThreads)), kThreads, 0,
-                        stream>>>(as_nv(x), x_stride, cuda_utils::rows_vector_aligned(x, x_stride, 16), as_nv(weight),
-                                  channels, conv_state_pool, slots, as_nv(out));
+  conv_decode_kernel<<<dim3(unsigned(batch_size), cuda_utils::grid_dim(channels / kVec, kThreads)), kThreads, 0,
+                       stream>>>(as_nv(x), x_stride, cuda_utils::rows_vector_aligned(x, x_stride, 16), as_nv(weight),
+                                 channels, conv_state_pool, slots, as_nv(out));
   cuda_utils::check_launch("gdn_conv_decode");
 }
 
