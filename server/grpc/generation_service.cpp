@@ -76,6 +76,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<api::GenerateRespo
     writing_ = false;
     if (!ok) {
       abort_request("client went away");
+      // The last message was the one lost: nothing more will come to pump, so end the call here.
+      if (finished_) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
     if (finished_) {

@@ -1,11 +1,12 @@
 // Load: N concurrent streaming clients all complete, and under C concurrent greedy requests each
 // request's text equals what it gets alone.
 import assert from 'node:assert/strict';
-import { sse, postJson, metrics, waitFor } from './common.mjs';
+import { sse, postJson, metrics, waitFor, grpcClient, grpcGenerate } from './common.mjs';
 
 const model = process.env.MODEL || 'tiny';
 const streams = Number(process.env.STREAMS || 1000);
 const greedyConcurrency = Number(process.env.GREEDY || 256);
+const grpcStreams = Number(process.env.GRPC_STREAMS || 256);
 // Solo runs are slow on a CPU host, so the 256 concurrent requests are copies of GREEDY_DISTINCT
 // prompts, each compared with its prompt's solo output: copies land in different batch slots.
 const distinct = Math.min(greedyConcurrency, Number(process.env.GREEDY_DISTINCT || 32));
@@ -21,6 +22,18 @@ for (const [i, r] of results.entries()) {
   assert.equal(last.choices[0].finish_reason, 'length', `stream ${i}: ${JSON.stringify(last)}`);
 }
 console.log(`  ok: ${streams} concurrent streams completed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+// ---- gRPC: concurrent Generate streams on the callback API ----
+t0 = Date.now();
+const g = grpcClient();
+const grpcResults = await Promise.all(Array.from({ length: grpcStreams }, (_, i) =>
+  grpcGenerate(g, { text: `gRPC request ${i}`, sampling: { temperature: 0.7, seed: i, max_tokens: 4, ignore_eos: true } })));
+for (const [i, r] of grpcResults.entries()) {
+  assert.equal(r.finished?.reason, 'FINISH_REASON_LENGTH', `gRPC stream ${i}: ${JSON.stringify(r.finished)}`);
+  assert.equal(r.ids.length, 4);
+}
+g.close();
+console.log(`  ok: ${grpcStreams} concurrent gRPC streams completed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
 // ---- greedy: concurrent == alone ----
 const prompts = Array.from({ length: distinct }, (_, i) => `Prompt ${i}. ${'abcdefghij'.slice(0, 1 + (i % 10))} The story of number ${i * 7919} begins`);
