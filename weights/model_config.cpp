@@ -339,6 +339,11 @@ struct PresetShape {
   int64_t moe_intermediate = 0, shared_intermediate = 0;
 };
 
+// The values every Qwen3.5 size shares (vocab 248320, a full-attention layer every 4th, head_dim 256,
+// linear head dims 128, conv kernel 4, rope_theta 1e7, partial_rotary_factor 0.25, 262144 positions,
+// rms_norm_eps 1e-6, BF16) were seen in the published config.json of the 0.8B, 2B, 9B (partly), 27B
+// and 35B-A3B, and in the 122B/397B model cards and THUDM/slime scripts (rope, 0.25, 1e-6, vocab).
+// Unverified: norm_topk_prob (the qwen3_5_moe configs seen do not carry it; true is our default).
 ModelConfig qwen35(const PresetShape& s) {
   ModelConfig c;
   c.model_type = s.experts > 0 ? "qwen3_5_moe" : "qwen3_5";
@@ -349,6 +354,8 @@ ModelConfig qwen35(const PresetShape& s) {
   c.layer_types = every_fourth_full(s.layers);
   c.rms_norm_eps = 1e-6;
   c.tie_word_embeddings = s.tied;
+  // config.json itself lists only 248044 <|endoftext|> (text_config; the 27B adds 248046 at top
+  // level); generation_config.json stops on [248046 <|im_end|>, 248044], which is what we keep.
   c.eos_token_ids = {248046, 248044};
   c.dtype = DType::BF16;
   c.num_attention_heads = s.q_heads;
@@ -394,6 +401,34 @@ ModelConfig tiny() {
   return c;
 }
 
+// Sources each preset was checked against (public copies of the published files; "not seen" marks
+// a value no source confirmed for that size, kept as the family value):
+// - tiny: ours, not a published model.
+// - qwen3.5-0.8b: https://huggingface.co/Qwen/Qwen3.5-0.8B/resolve/main/config.json (quoted verbatim in a public
+//   transcript), every field in PresetShape plus the common ones in qwen35(); also THUDM/slime
+//   scripts/models/qwen3.5-0.8B.sh.
+// - qwen3.5-2b: Qwen/Qwen3.5-2B config.json text_config as copied into public test fixtures (all PresetShape fields,
+//   eos 248044, rope 1e7 / 0.25, 262144, 1e-6) and a per-size spec table.
+// - qwen3.5-4b: https://huggingface.co/Qwen/Qwen3.5-4B/resolve/main/config.json as tabulated in a public design note
+//   (all PresetShape fields, rope, 262144, 1e-6, tied). Eos ids not seen for 4B.
+// - qwen3.5-9b: https://huggingface.co/Qwen/Qwen3.5-9B/resolve/main/config.json (public dump of its first 50 lines:
+//   hidden 4096, intermediate 12288, eos 248044) and its model.safetensors.index.json (lists lm_head.weight, so
+//   untied). Layers 32, heads 16/4 and linear heads 16/32 only from secondary sources (a per-size spec table;
+//   transformers' Qwen3_5TextConfig defaults, which describe the 9B), not from a verbatim config.json.
+// - qwen3.5-27b: https://huggingface.co/Qwen/Qwen3.5-27B/blob/main/config.json (see model_config_test); THUDM/slime
+//   scripts/models/qwen3.5-27B.sh.
+// - qwen3.5-35b-a3b: https://huggingface.co/Qwen/Qwen3.5-35B-A3B/resolve/main/config.json (text_config as copied
+//   into public tests); THUDM/slime scripts/models/qwen3.5-35B-A3B.sh (experts, top-k, expert and shared-expert
+//   sizes, linear heads).
+// - qwen3.5-122b-a10b: https://huggingface.co/Qwen/Qwen3.5-122B-A10B/resolve/main/config.json as tabulated in a
+//   public design note (all PresetShape fields, untied). rms_norm_eps, max_position_embeddings and the eos ids are
+//   assumed equal to the rest of the family: not seen in a 122B copy.
+// - qwen3.5-397b-a17b: https://huggingface.co/Qwen/Qwen3.5-397B-A17B model card (60 layers, heads 32/2, linear heads
+//   16/64, 512 experts, top-10, expert dim 1024) and THUDM/slime scripts/models/qwen3.5-397B-A17B.sh (shared expert
+//   1024, untied). One public mock fixture (a Megatron-Bridge test) says shared_expert_intermediate_size 4096; every
+//   other source says 1024. Eos ids not seen in a 397B copy (assumed equal to the family).
+// - qwen3-next-80b-a3b: verified earlier against Qwen/Qwen3-Next-80B-A3B-Instruct config.json (see
+//   model_config_test).
 const std::map<std::string, ModelConfig (*)()>& presets() {
   static const std::map<std::string, ModelConfig (*)()> table = {
       {"tiny", tiny},
