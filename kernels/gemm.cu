@@ -85,7 +85,12 @@ cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeurist
   float best_ms = INFINITY;
   cublasLtMatmulAlgo_t best = candidates[0].algo;
   for (int i = 0; i < count; ++i) {
-    if (call(candidates[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // also the warm-up run
+    if (call(candidates[i].algo) != CUBLAS_STATUS_SUCCESS) {  // also the warm-up run
+      // A refused candidate can leave its failed launch in the runtime's last-error slot, which
+      // the next kernel's launch check would then report as its own failure.
+      cudaGetLastError();
+      continue;
+    }
     check_cuda(cudaEventRecord(start, call.stream), "autotune record");
     for (int r = 0; r < kAutotuneRuns; ++r) check_lt(call(candidates[i].algo), "matmul (autotune)", shape);
     check_cuda(cudaEventRecord(stop, call.stream), "autotune record");
