@@ -120,7 +120,10 @@ bool Engine::abort(const std::string& request_id, std::string reason) {
 void Engine::mark_failed(std::string message) {
   {
     std::lock_guard lock(mutex_);
-    if (failure_) return;
+    if (failure_) {
+      if (message.size() > failure_->size() && message.rfind(*failure_, 0) == 0) failure_ = std::move(message);
+      return;
+    }
     failure_ = std::move(message);
   }
   wake_.notify_one();

@@ -70,7 +70,8 @@ class Engine {
   void abort(uint64_t seq_id, std::string reason);
   // By public request id; false when no such request is in flight.
   bool abort(const std::string& request_id, std::string reason);
-  // The workers are gone (supervision saw it): fail every request, refuse new ones.
+  // The workers are gone (supervision saw it): fail every request, refuse new ones. Called again
+  // with a fuller description, it only updates the health message.
   void mark_failed(std::string message);
 
   bool healthy() const;

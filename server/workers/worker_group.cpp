@@ -93,7 +93,16 @@ std::string WorkerGroup::failure() const {
 void WorkerGroup::fail(const std::string& message) {
   {
     std::lock_guard lock(mutex_);
-    if (failure_ || shutting_down_) return;
+    if (shutting_down_) return;
+    if (failure_) {
+      // Later causes often name the root (the process that died) after its peers' symptoms.
+      if (failure_->find(message) == std::string::npos && failure_->size() < 2000) {
+        *failure_ += "; " + message;
+        spdlog::error("worker group: also {}", message);
+        if (on_failure_) on_failure_(*failure_);
+      }
+      return;
+    }
     failure_ = message;
   }
   spdlog::error("worker group failed: {}; stopping the other workers", message);
@@ -163,6 +172,10 @@ void WorkerGroup::on_disconnect(Connection& connection) {
   {
     std::lock_guard lock(connection.write_mutex);
     connection.open = false;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (failure_) return;  // a consequence: the group cancels every stream when it fails
   }
   fail("worker rank " + std::to_string(connection.rank) + " disconnected");
 }

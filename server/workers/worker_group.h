@@ -3,7 +3,8 @@
 // (Hello → Init → MemoryReport → AllocatePools → PoolsReady), and the step loop (one plan to
 // every rank, rank 0's StepResult back). Workers started on other hosts attach the same way
 // until the world is complete. Any worker dying, erroring or disconnecting fails the group: the
-// current step throws, on_failure runs once, and the remaining workers are stopped.
+// current step throws, on_failure runs (again, with every cause so far, when more follow), and
+// the remaining workers are stopped.
 #pragma once
 
 #include <grpcpp/grpcpp.h>

@@ -27,6 +27,13 @@ kill -0 "$SERVER_PID" || fail "the server died with its worker"
 code=$(curl -s -o "$WORK_DIR/health.out" -w '%{http_code}' "$BASE_URL/health")
 [[ $code == 503 ]] || fail "/health is $code after a worker died, expected 503"
 grep -q 'worker rank' "$WORK_DIR/health.out" || fail "/health does not say why: $(cat "$WORK_DIR/health.out")"
+# The root cause (the killed process) reaches /health even when a peer's error came first.
+deadline=$((SECONDS + 10))
+until curl -s "$BASE_URL/health" | grep -q "pid $victim) killed by signal 9"; do
+  ((SECONDS < deadline)) || fail "/health never named the killed worker: $(curl -s "$BASE_URL/health")"
+  sleep 0.2
+done
+log "ok: /health: $(curl -s "$BASE_URL/health")"
 code=$(curl -s -o "$WORK_DIR/late.out" -w '%{http_code}' "$BASE_URL/v1/completions" -H 'content-type: application/json' -d '{"prompt":"x"}')
 [[ $code == 503 ]] || fail "a new request got $code on an unhealthy server, expected 503"
 curl -sf "$BASE_URL/metrics" | grep -q '^deltaserve_healthy 0' || fail "/metrics does not report unhealthy"

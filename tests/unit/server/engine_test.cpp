@@ -199,6 +199,12 @@ TEST_F(EngineTest, AWorkerFailureFailsEveryRequestAndMakesTheEngineUnhealthy) {
   EXPECT_FALSE(engine_->healthy());
   EXPECT_NE(engine_->health_message().find("worker rank 1"), std::string::npos);
   EXPECT_THROW(engine_->submit(input("late", 5)), EngineUnavailable);
+  // Supervision may learn the root cause after the step failed: the health message grows.
+  std::string fuller = engine_->health_message() + "; worker rank 0: the peer closed the connection";
+  engine_->mark_failed(fuller);
+  EXPECT_EQ(engine_->health_message(), fuller);
+  engine_->mark_failed("something unrelated");
+  EXPECT_EQ(engine_->health_message(), fuller);
   expect_everything_free();
 }
 
