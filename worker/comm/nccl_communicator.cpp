@@ -60,17 +60,26 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::finish(int result, const char* what, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + timeout;
   ncclResult_t state = ncclResult_t(result);
   while (state == ncclInProgress) {
-    if (std::chrono::steady_clock::now() > deadline) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now > deadline) {
       ncclCommAbort(comm_);
       comm_ = nullptr;
       throw std::runtime_error(std::string("NCCL ") + what + " (rank " + std::to_string(rank_) + " of " +
                                std::to_string(world_) + "): timed out after " + std::to_string(timeout.count()) +
                                " ms; did every rank join with the same unique id?");
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    // A collective's enqueue finishes within microseconds: spin (a sleep would cost ~100 µs per
+    // collective, which decode steps of many small all-reduces cannot afford); back off only
+    // for the long waits of init.
+    if (now - start < std::chrono::milliseconds(20)) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
     if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) break;
   }
   check_nccl(state, what, comm_);
