@@ -32,6 +32,7 @@ PACKAGES=(
   libboost-dev libboost-system-dev libonig-dev libutf8proc-dev libopenblas-dev
   libgtest-dev libgmock-dev
   curl procps iproute2 patchelf
+  slurm-wlm slurmctld slurmd munge yamllint  # deploy_slurm_test.sh, deploy_manifests_test.sh
 )
 
 install_packages() {
