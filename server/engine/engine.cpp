@@ -49,6 +49,11 @@ void Engine::stop(const std::string& reason) {
   if (thread_.joinable()) thread_.join();
 }
 
+void Engine::begin_drain() {
+  std::lock_guard lock(mutex_);
+  draining_ = true;
+}
+
 std::shared_ptr<RequestStream> Engine::submit(GenerateInput input) {
   if (input.prompt.empty()) throw std::invalid_argument("the prompt is empty");
   int limit = options_.scheduler.max_context_len;
@@ -76,7 +81,7 @@ std::shared_ptr<RequestStream> Engine::submit(GenerateInput input) {
   std::shared_ptr<RequestStream> stream;
   {
     std::lock_guard lock(mutex_);
-    if (stopping_) throw EngineUnavailable("the server is shutting down");
+    if (stopping_ || draining_) throw EngineUnavailable("the server is shutting down");
     if (failure_) throw EngineUnavailable("the server is unhealthy: " + *failure_);
     if (gauges_.waiting_requests + static_cast<int>(incoming_.size()) >= options_.max_waiting_requests) {
       throw EngineUnavailable("the server is overloaded: " + std::to_string(options_.max_waiting_requests) +
@@ -131,18 +136,19 @@ void Engine::mark_failed(std::string message) {
 
 bool Engine::healthy() const {
   std::lock_guard lock(mutex_);
-  return healthy_ && !failure_;
+  return healthy_ && !failure_ && !draining_;
 }
 
 std::string Engine::health_message() const {
   std::lock_guard lock(mutex_);
-  return failure_ ? *failure_ : health_message_;
+  if (failure_) return *failure_;
+  return draining_ ? "shutting down" : health_message_;
 }
 
 GaugeSnapshot Engine::gauges() const {
   std::lock_guard lock(mutex_);
   GaugeSnapshot g = gauges_;
-  g.healthy = healthy_ && !failure_;
+  g.healthy = healthy_ && !failure_ && !draining_;
   return g;
 }
 

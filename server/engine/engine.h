@@ -60,6 +60,9 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   void start();
+  // Graceful shutdown, first half: requests in flight carry on, new ones are refused (503) and
+  // the server reports itself unhealthy so that load balancers move on.
+  void begin_drain();
   // Ends every request with FINISH_REASON_ABORT(reason) and joins the loop thread.
   void stop(const std::string& reason);
 
@@ -122,6 +125,7 @@ class Engine {
   std::optional<std::string> failure_;  // set once, by mark_failed or a failed step
   std::unordered_map<std::string, uint64_t> request_ids_;  // in flight
   bool stopping_ = false;
+  bool draining_ = false;
   bool healthy_ = true;
   std::string health_message_ = "ok";
   GaugeSnapshot gauges_;

@@ -125,7 +125,9 @@ int serve(const ServeOptions& o) {
     auto [host, port] = split_host_port(o.dist_init_addr);
     w.control_host = "0.0.0.0";
     w.control_port = port;
-    w.connect_host = "127.0.0.1";
+    // Local workers derive the address their peers reach them at from the route to the front
+    // end: it must be the address the other nodes use, not loopback.
+    w.connect_host = host;
   }
   w.worker_binary = self_executable();
   w.local_devices = local_devices(o.device, o.tp / o.nnodes);
@@ -190,6 +192,7 @@ int serve(const ServeOptions& o) {
   int sig = wait_for_signal(signals);
   spdlog::info("{}: draining {} request(s) for up to {} s", strsignal(sig), engine.num_active(), o.shutdown_timeout_s);
   http.stop_accepting();
+  engine.begin_drain();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.shutdown_timeout_s);
   while (engine.num_active() > 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   engine.stop("server shutting down");

@@ -208,6 +208,21 @@ TEST_F(EngineTest, AWorkerFailureFailsEveryRequestAndMakesTheEngineUnhealthy) {
   expect_everything_free();
 }
 
+TEST_F(EngineTest, DrainingFinishesRunningRequestsAndRefusesNewOnes) {
+  auto script = tokenizer_->encode(" one two three");
+  start(script);
+  executor_->delay_ = std::chrono::milliseconds(5);
+  auto running = engine_->submit(input("already here", 20));
+  engine_->begin_drain();
+  EXPECT_THROW(engine_->submit(input("too late", 5)), EngineUnavailable);
+  EXPECT_FALSE(engine_->healthy());
+  EXPECT_EQ(engine_->health_message(), "shutting down");
+  auto out = collect(*running);
+  EXPECT_EQ(*out.last.finish, FinishReason::kLength);
+  EXPECT_EQ(out.ids.size(), 20u);
+  expect_everything_free();
+}
+
 TEST_F(EngineTest, ManyConcurrentRequestsAllComplete) {
   auto script = tokenizer_->encode(" one two three four five six");
   start(script);
