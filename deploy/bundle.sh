@@ -3,6 +3,7 @@
 #   dist/deltaserve/bin/    deltaserve
 #   dist/deltaserve/tests/  GPU tests and benchmarks, tests/gpu/run.sh
 #   dist/deltaserve/lib/    every non-system shared library they load (rpath $ORIGIN/../lib)
+#   dist/deltaserve.tar.xz  the same, packed for copying to GPU hosts
 # Left out: glibc and the CUDA/NCCL libraries, which GPU hosts have (/usr/local/cuda/lib64 is on
 # the rpath after lib/). Usage: deploy/bundle.sh [BUILD_DIR] [OUT_DIR]
 set -euo pipefail
@@ -44,4 +45,5 @@ done
 strip --strip-unneeded "$OUT"/lib/*.so* 2>/dev/null || true
 for lib in "$OUT"/lib/*; do patchelf --set-rpath '$ORIGIN' "$lib"; done
 
-du -sh "$OUT"
+tar -C "$(dirname "$OUT")" -cf - "$(basename "$OUT")" | xz -T0 -6 > "$OUT.tar.xz"
+du -sh "$OUT" "$OUT.tar.xz"
