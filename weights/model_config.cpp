@@ -388,15 +388,17 @@ ModelConfig qwen3_next_80b() {
 }
 
 // The embedded default: Qwen3.5 architecture, small enough for the CPU backend, with the
-// Qwen3 tokenizer's vocabulary.
+// Qwen3 tokenizer's vocabulary. Head dims are the published ones (attention 128 of the CUDA
+// attention kernel's 128/256, GDN dk = dv = 128) so the CUDA kernels serve it too. Changing it?
+// Bump the revision in the embedded model's folder name (server/serve/model_source.cpp).
 ModelConfig tiny() {
   ModelConfig c = qwen35({256, 8, 4, 2, 4, 8, 512, true});
   c.model_type = "qwen3_5_text";
   c.vocab_size = kQwen3Vocab;
   c.eos_token_ids = {151645, 151643};
-  c.head_dim = 64;
-  c.linear_key_head_dim = 64;
-  c.linear_value_head_dim = 64;
+  c.head_dim = 128;
+  c.linear_key_head_dim = 128;
+  c.linear_value_head_dim = 128;
   c.max_position_embeddings = 32768;
   return c;
 }

@@ -93,7 +93,9 @@ ResolvedModel resolve_model(const ServeOptions& o, const std::string& data_dir) 
     m.served_name = o.preset;
     if (o.load_format == "auto") m.load_format = "dummy";  // a preset has no checkpoint to load
   } else {
-    fs::path tiny = fs::path(data_dir) / "models" / "tiny";
+    // The folder name carries the preset's revision: a checkpoint cached from an older `tiny`
+    // preset is never served as the current one. Bump it whenever weights/ changes `tiny`.
+    fs::path tiny = fs::path(data_dir) / "models" / "tiny-r2";
     if (fs::exists(tiny / "config.json") || generate_tiny(tiny)) {
       m.model_dir = tiny.string();
       spdlog::info("no --model: serving the embedded default {} (preset tiny, random weights)", m.model_dir);

@@ -22,7 +22,7 @@ struct ResolvedModel {
 // Throws std::runtime_error listing the places looked at.
 std::string find_data_dir(const std::string& configured);
 
-// --model / --preset, or the embedded default: DATA/models/tiny, written once by
+// --model / --preset, or the embedded default: DATA/models/tiny-r2, written once by
 // `deltaserve gen-model --preset tiny` (falling back to --preset tiny --load-format dummy, with a
 // warning, when that fails).
 ResolvedModel resolve_model(const ServeOptions& options, const std::string& data_dir);
