@@ -31,7 +31,8 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libboost-dev libboost-system-dev libonig-dev libutf8proc-dev libopenblas-dev
   libgtest-dev libgmock-dev
-  curl procps iproute2 patchelf
+  curl procps iproute2 patchelf xz-utils python3  # bundle.sh; integration tests
+  gnuplot-nox  # deltaserve bench --sweep --plot
   slurm-wlm slurmctld slurmd munge yamllint  # deploy_slurm_test.sh, deploy_manifests_test.sh
 )
 
