@@ -30,8 +30,8 @@ done
 curl -sf "http://127.0.0.1:$PORT/health" >/dev/null || { echo "server not healthy after 60 s:"; cat "$LOG"; exit 1; }
 
 echo "== one completion =="
-curl -s "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-  -d '{"model": "default", "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}'
+curl -s --fail-with-body "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}'
 echo
 
 if has_command bench; then

@@ -13,7 +13,7 @@ control_port=$(free_port)
 "$DELTASERVE_BIN" serve --tp 2 --nnodes 2 --node-rank 1 --dist-init-addr "127.0.0.1:$control_port" --device cpu \
   >"$WORK_DIR/node1.log" 2>&1 &
 NODE1_PID=$!
-trap 'kill -KILL $NODE1_PID 2>/dev/null || true; cleanup' EXIT
+trap 'rc=$?; set +e; kill -KILL $NODE1_PID 2>/dev/null; (exit $rc); cleanup' EXIT
 start_server --tp 2 --nnodes 2 --node-rank 0 --dist-init-addr "127.0.0.1:$control_port" --device cpu
 ((${#WORKER_PIDS[@]} == 1)) || fail "node 0 should run 1 worker, it runs ${#WORKER_PIDS[@]}"
 node1_workers=$(pgrep -P "$NODE1_PID" | wc -l)
