@@ -39,7 +39,7 @@ void check_conv_prefill(const GdnDims& d, const std::vector<int32_t>& lengths) {
   const auto state0 = gpu_test::random_bf16_values(num_slots * C * 3, 12);
   auto state_ref = state0;
   std::vector<float> out_ref(T * C);
-  cpu::gdn_conv_prefill(x.data(), x_stride, w.data(), C, state_ref.data(), batch.host_view(), out_ref.data());
+  cpu::gdn_conv_prefill(x.data(), x_stride, w.data(), C, state_ref.data(), batch.view(), out_ref.data());
 
   DeviceBuffer<bf16> d_x(gpu_test::to_bf16(x)), d_w(gpu_test::to_bf16(w)), d_out(T * C);
   DeviceBuffer<float> d_state(state0);
@@ -153,7 +153,7 @@ void check_prefill(const GdnDims& d, const std::vector<int32_t>& lengths, Prefil
   auto state_ref = in.state;
   std::vector<float> out_ref(T * d.value_dim());
   cpu::gated_delta_rule_prefill(in.qkv.data(), in.qkv.data() + K, in.qkv.data() + 2 * K, C, in.g.data(), in.beta.data(),
-                                state_ref.data(), batch.host_view(), d, out_ref.data());
+                                state_ref.data(), batch.view(), d, out_ref.data());
 
   DeviceBuffer<bf16> d_qkv(gpu_test::to_bf16(in.qkv)), d_out(T * d.value_dim());
   DeviceBuffer<float> d_g(in.g), d_beta(in.beta), d_state(in.state);

@@ -14,6 +14,7 @@
 
 #include "kernels/common.h"
 #include "kernels/gdn_types.h"
+#include "tests/unit/kernels/gdn_test_util.h"
 
 namespace ds::kernels::gpu_test {
 
@@ -102,23 +103,8 @@ inline std::string compare(const std::vector<float>& got, const std::vector<floa
   return msg;
 }
 
-// A variable-length batch in host vectors plus device copies.
-struct Batch {
-  std::vector<int32_t> cu_seqlens{0};
-  std::vector<int32_t> slots;
-  std::vector<uint8_t> has_initial_state;
-
-  void add(int32_t len, int32_t slot, bool from_state) {
-    cu_seqlens.push_back(cu_seqlens.back() + len);
-    slots.push_back(slot);
-    has_initial_state.push_back(from_state ? 1 : 0);
-  }
-  int64_t num_tokens() const { return cu_seqlens.back(); }
-  int64_t num_seqs() const { return int64_t(slots.size()); }
-  GdnVarlenBatch host_view() const {
-    return {cu_seqlens.data(), slots.data(), has_initial_state.data(), num_seqs(), num_tokens()};
-  }
-};
+// A variable-length batch in host vectors (shared with the CPU unit tests).
+using Batch = test::HostBatch;
 
 struct DeviceBatch {
   DeviceBuffer<int32_t> cu_seqlens, slots;

@@ -29,8 +29,9 @@ struct HostBatch {
     has_initial_state.push_back(from_state ? 1 : 0);
   }
   int64_t num_tokens() const { return cu_seqlens.back(); }
+  int64_t num_seqs() const { return int64_t(slots.size()); }
   GdnVarlenBatch view() const {
-    return {cu_seqlens.data(), slots.data(), has_initial_state.data(), int64_t(slots.size()), num_tokens()};
+    return {cu_seqlens.data(), slots.data(), has_initial_state.data(), num_seqs(), num_tokens()};
   }
 };
 
