@@ -1,6 +1,21 @@
 #include "server/engine/request_stream.h"
 
+#include <atomic>
+
 namespace ds::server {
+
+namespace {
+std::atomic<int> live_streams{0};
+}  // namespace
+
+RequestStream::RequestStream(uint64_t seq_id, std::string request_id, int prompt_tokens)
+    : seq_id_(seq_id), request_id_(std::move(request_id)), prompt_tokens_(prompt_tokens) {
+  live_streams.fetch_add(1, std::memory_order_relaxed);
+}
+
+RequestStream::~RequestStream() { live_streams.fetch_sub(1, std::memory_order_relaxed); }
+
+int RequestStream::live_count() { return live_streams.load(std::memory_order_relaxed); }
 
 void RequestStream::set_notify(std::function<void()> notify) {
   std::function<void()> due;

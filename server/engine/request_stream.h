@@ -29,8 +29,15 @@ struct OutputDelta {
 
 class RequestStream {
  public:
-  RequestStream(uint64_t seq_id, std::string request_id, int prompt_tokens)
-      : seq_id_(seq_id), request_id_(std::move(request_id)), prompt_tokens_(prompt_tokens) {}
+  RequestStream(uint64_t seq_id, std::string request_id, int prompt_tokens);
+  ~RequestStream();
+  RequestStream(const RequestStream&) = delete;
+  RequestStream& operator=(const RequestStream&) = delete;
+
+  // Streams alive in this process. The engine and the API handler that writes a stream's output
+  // both hold it, and the handler lets go only after its last write completed, so 0 means every
+  // final message (completion or abort reason) has reached its client's socket.
+  static int live_count();
 
   uint64_t seq_id() const { return seq_id_; }
   const std::string& request_id() const { return request_id_; }

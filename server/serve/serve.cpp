@@ -14,6 +14,7 @@
 
 #include "server/api/api_context.h"
 #include "server/engine/engine.h"
+#include "server/engine/request_stream.h"
 #include "server/grpc/generation_service.h"
 #include "server/http/http_server.h"
 #include "server/metrics/metrics.h"
@@ -196,6 +197,11 @@ int serve(const ServeOptions& o) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.shutdown_timeout_s);
   while (engine.num_active() > 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   engine.stop("server shutting down");
+  // The abort messages just queued still have to reach their clients before the APIs stop.
+  auto flush_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (RequestStream::live_count() > 0 && std::chrono::steady_clock::now() < flush_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   grpc.stop();
   http.stop();
   live_engine = nullptr;
