@@ -8,16 +8,12 @@
 #include <random>
 #include <vector>
 
+#include "tests/unit/kernels/random_data.h"
+
 namespace ds::kernels {
 namespace {
 
-std::vector<float> random_floats(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using test::random_normal;
 
 // A cache pool plus one sequence's shuffled page table, so logical order != physical order.
 struct PagedSetup {
@@ -67,8 +63,8 @@ std::vector<float> dense_attention(const std::vector<float>& q, const std::vecto
 TEST(CpuAttention, PagedPrefillEqualsDenseAttention) {
   const int64_t Hq = 4, Hkv = 2, D = 16, P = 4, L = 11;
   PagedSetup setup(8, P, Hkv, D, 1, 3, 1);
-  const auto q = random_floats(size_t(L * Hq * D), 2), k = random_floats(size_t(L * Hkv * D), 3),
-             v = random_floats(size_t(L * Hkv * D), 4), gate = random_floats(size_t(L * Hq * D), 5);
+  const auto q = random_normal(size_t(L * Hq * D), 2), k = random_normal(size_t(L * Hkv * D), 3),
+             v = random_normal(size_t(L * Hkv * D), 4), gate = random_normal(size_t(L * Hq * D), 5);
   const int32_t cu_q[] = {0, int32_t(L)}, kv_lens[] = {int32_t(L)};
   AttentionBatch batch{cu_q, kv_lens, setup.page_table.data(), 3, 1, L, L, L};
   cpu::write_kv(k.data(), Hkv * D, v.data(), Hkv * D, batch, setup.cache);
@@ -85,8 +81,8 @@ TEST(CpuAttention, ChunkedPrefillAndDecodeMatchOneShot) {
   const int64_t Hq = 2, Hkv = 1, D = 8, P = 2;
   const float scale = 0.3f;
   PagedSetup setup(16, P, Hkv, D, 2, 6, 6);
-  const auto qa = random_floats(size_t(9 * Hq * D), 7), ka = random_floats(size_t(9 * D), 8), va = random_floats(size_t(9 * D), 9);
-  const auto qb = random_floats(size_t(6 * Hq * D), 10), kb = random_floats(size_t(6 * D), 11), vb = random_floats(size_t(6 * D), 12);
+  const auto qa = random_normal(size_t(9 * Hq * D), 7), ka = random_normal(size_t(9 * D), 8), va = random_normal(size_t(9 * D), 9);
+  const auto qb = random_normal(size_t(6 * Hq * D), 10), kb = random_normal(size_t(6 * D), 11), vb = random_normal(size_t(6 * D), 12);
   std::vector<float> out_a(qa.size(), NAN), out_b(qb.size(), NAN);
 
   struct Step { int32_t a_start, a_len, b_start, b_len; };

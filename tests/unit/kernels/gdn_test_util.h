@@ -6,16 +6,9 @@
 #include <vector>
 
 #include "kernels/gdn_types.h"
+#include "tests/unit/kernels/random_data.h"
 
 namespace ds::kernels::test {
-
-inline std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
 
 // Host-side storage of a variable-length batch; view() gives the GdnVarlenBatch.
 struct HostBatch {

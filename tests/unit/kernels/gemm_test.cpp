@@ -6,16 +6,12 @@
 #include <random>
 #include <vector>
 
+#include "tests/unit/kernels/random_data.h"
+
 namespace ds::kernels {
 namespace {
 
-std::vector<float> random_floats(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using test::random_vector;
 
 TEST(CpuGemm, HandCheckedTwoByTwo) {
   const float x[] = {1, 2, 3, 4};    // [2, 2]
@@ -30,7 +26,7 @@ TEST(CpuGemm, HandCheckedTwoByTwo) {
 
 TEST(CpuGemm, StridedViewsAndBetaMatchNaiveLoop) {
   const int64_t T = 5, N = 7, K = 9, ldx = 12, ldy = 10;
-  auto x = random_floats(size_t(T * ldx), 1), w = random_floats(size_t(N * K), 2), y = random_floats(size_t(T * ldy), 3);
+  auto x = random_vector(size_t(T * ldx), 1), w = random_vector(size_t(N * K), 2), y = random_vector(size_t(T * ldy), 3);
   auto expected = y;
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t n = 0; n < N; ++n) {
@@ -65,7 +61,7 @@ TEST(CpuGemm, Fp8BlockScalesApplyPerBlock) {
   std::vector<uint8_t> w(size_t(N * K));
   for (auto& b : w) b = uint8_t(rng() % 256) & 0xf7;  // avoid 0x7f/0xff NaNs (bit 3 cleared)
   std::vector<float> scales = {0.5f, 2.f, 0.25f, 4.f};  // [2, 2]
-  auto x = random_floats(size_t(T * K), 5);
+  auto x = random_vector(size_t(T * K), 5);
   std::vector<float> y(size_t(T * N));
   cpu::gemm_fp8(x.data(), K, w.data(), scales.data(), y.data(), N, T, N, K);
   for (int64_t t = 0; t < T; ++t) {

@@ -8,16 +8,12 @@
 
 #include "kernels/norm.h"
 
+#include "tests/unit/kernels/random_data.h"
+
 namespace ds::kernels {
 namespace {
 
-std::vector<float> random_floats(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using test::random_normal;
 
 double dot(const float* a, const float* b, int64_t n) {
   double s = 0;
@@ -38,7 +34,7 @@ TEST(CpuRope, HandCheckedSingleFrequency) {
 
 TEST(CpuRope, PositionZeroIsIdentityAndNormsArePreserved) {
   const RopeParams params{256, 64, 10000000.f};
-  auto x = random_floats(3 * 256, 1);
+  auto x = random_normal(3 * 256, 1);
   auto y = x;
   const int32_t positions[] = {0, 17, 100000};
   cpu::rope(y.data(), 256, 256, 3, 1, positions, params);
@@ -56,7 +52,7 @@ TEST(CpuRope, PositionZeroIsIdentityAndNormsArePreserved) {
 
 TEST(CpuRope, ScoresDependOnlyOnRelativePosition) {
   const RopeParams params{128, 128, 10000.f};
-  const auto q = random_floats(128, 2), k = random_floats(128, 3);
+  const auto q = random_normal(128, 2), k = random_normal(128, 3);
   auto score = [&](int32_t pq, int32_t pk) {
     auto a = q, b = k;
     cpu::rope(a.data(), 128, 128, 1, 1, &pq, params);
@@ -77,8 +73,8 @@ TEST(CpuRope, RejectsBadParams) {
 TEST(CpuQkNormRope, EqualsNormThenRopeAndLeavesGateAlone) {
   const int64_t T = 3, Hq = 2, Hkv = 1, D = 8;
   const RopeParams params{D, 4, 1000.f};
-  const auto qg = random_floats(size_t(T * Hq * 2 * D), 4), k = random_floats(size_t(T * Hkv * D), 5);
-  const auto qw = random_floats(size_t(D), 6), kw = random_floats(size_t(D), 7);
+  const auto qg = random_normal(size_t(T * Hq * 2 * D), 4), k = random_normal(size_t(T * Hkv * D), 5);
+  const auto qw = random_normal(size_t(D), 6), kw = random_normal(size_t(D), 7);
   const int32_t positions[] = {5, 6, 7};
   std::vector<float> q_out(size_t(T * Hq * D)), k_out(size_t(T * Hkv * D));
   cpu::qk_norm_rope(qg.data(), Hq * 2 * D, k.data(), Hkv * D, qw.data(), kw.data(), 1e-6f, positions, T, Hq, Hkv,

@@ -7,16 +7,13 @@
 #include <set>
 #include <vector>
 
+#include "tests/unit/kernels/random_data.h"
+
 namespace ds::kernels {
 namespace {
 
-std::vector<float> random_logits(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, 3.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+// Logits of a realistic spread (standard deviation 3).
+std::vector<float> random_logits(size_t n, unsigned seed) { return test::random_normal(n, seed, 3.f); }
 
 int32_t sample_one(const std::vector<float>& logits, const SamplingParams& p, float* logprob = nullptr) {
   int32_t token = -1;
