@@ -179,50 +179,20 @@ int resolve_max_tokens(const Fields& f, const char* name, const ApiContext& cont
   return static_cast<int>(*max_tokens);
 }
 
-std::string flatten_content(const ojson& content, const std::string& param) {
-  if (content.is_null()) return "";
-  if (content.is_string()) return content.get<std::string>();
-  if (!content.is_array()) throw bad(param, "'" + param + "' must be a string or an array of content parts");
-  std::string text;
-  for (const auto& part : content) {
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
-      throw bad(param, "'" + param + "': only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
-    }
-    text += part["text"].get<std::string>();
-  }
-  return text;
-}
-
+// OpenAI messages -> ChatMessages through the tokenizer's converter; its errors start with the
+// offending field ("messages[2].content[0].type ..."), which becomes the error's param.
 std::vector<ChatMessage> parse_messages(const ojson& body) {
   auto it = body.find("messages");
   if (it == body.end() || !it->is_array() || it->empty()) throw bad("messages", "'messages' must be a non-empty array");
   std::vector<ChatMessage> messages;
-  for (size_t i = 0; i < it->size(); ++i) {
-    const ojson& m = (*it)[i];
-    std::string param = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object()) throw bad(param, "'" + param + "' must be an object");
-    Fields f(m, param + ".");
-    ChatMessage message;
-    auto role = f.string("role");
-    if (!role) throw bad(param + ".role", "'" + param + ".role' is required");
-    message.role = *role;
-    if (message.role == "developer") message.role = "system";
-    message.content = m.contains("content") ? flatten_content(m["content"], param + ".content") : "";
-    message.reasoning_content = f.string("reasoning_content");
-    if (const ojson* calls = f.get("tool_calls")) {
-      if (!calls->is_array()) throw bad(param + ".tool_calls", "'" + param + ".tool_calls' must be an array");
-      for (const auto& call : *calls) {
-        const ojson* fn = call.is_object() && call.contains("function") ? &call["function"] : nullptr;
-        if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string()) {
-          throw bad(param + ".tool_calls", "each tool call needs function.name");
-        }
-        ChatToolCall tc;
-        tc.name = (*fn)["name"].get<std::string>();
-        if (fn->contains("arguments")) tc.arguments = (*fn)["arguments"];
-        message.tool_calls.push_back(std::move(tc));
-      }
-    }
-    messages.push_back(std::move(message));
+  try {
+    messages = chat_messages_from_openai(*it);
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    throw bad(what.substr(0, what.find(' ')), what);
+  }
+  for (auto& message : messages) {
+    if (message.role == "developer") message.role = "system";  // OpenAI's newer name for it
   }
   return messages;
 }
