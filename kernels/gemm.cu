@@ -113,6 +113,8 @@ struct GemmRunner::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool fallback = false;  // FP8 plans only: cuBLASLt cannot run it, the W8A16 kernel does
+  std::string reason;     // why, for GemmRunner::fp8_fallback_reason()
 
   ~Plan() {
     if (w_layout) cublasLtMatrixLayoutDestroy(w_layout);
@@ -131,6 +133,9 @@ GemmRunner::GemmRunner(size_t workspace_bytes) : workspace_bytes_(workspace_byte
 
 GemmRunner::~GemmRunner() {
   for (auto& [key, plan] : plans_) delete plan;
+  for (auto& [key, plan] : fp8_plans_) delete plan;
+  if (fp8_x_) cudaFree(fp8_x_);
+  if (fp8_x_scales_) cudaFree(fp8_x_scales_);
   if (workspace_) cudaFree(workspace_);
   cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
@@ -222,22 +227,231 @@ __global__ void __launch_bounds__(gemm_tile::kThreads)
                           int64_t(blockIdx.x) * gemm_tile::kBN, beta, sh);
 }
 
-}  // namespace
+constexpr int kQuantWarps = 8;
 
-void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                          int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream) {
-  check_shape("cuda::GemmRunner::gemm_fp8", T, N, K, ldx, ldy);
+// One warp per (token, 128-wide K group): each lane holds 4 consecutive values, the group's amax is
+// a warp max, and lane 0 writes the scale. Plain IEEE division and cvt.rn.satfinite, so the result
+// is bit-identical to cpu::quantize_fp8_per_token_group.
+__global__ void __launch_bounds__(kQuantWarps * 32)
+    quantize_fp8_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int64_t T, int64_t groups,
+                        uint8_t* __restrict__ xq, float* __restrict__ scales) {
+  const int64_t item = int64_t(blockIdx.x) * kQuantWarps + threadIdx.x / 32;  // t · groups + g
+  if (item >= T * groups) return;
+  const int64_t t = item / groups, g = item % groups, K = groups * kFp8BlockSize;
+  const int lane = threadIdx.x % 32;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + t * ldx + g * kFp8BlockSize + lane * 4);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  float amax = fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y)));
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  const float scale = amax > 0.f ? amax / kFp8E4M3Max : 1.f;
+  const float v[4] = {lo.x / scale, lo.y / scale, hi.x / scale, hi.y / scale};
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) packed |= uint32_t(__nv_cvt_float_to_fp8(v[i], __NV_SATFINITE, __NV_E4M3)) << (8 * i);
+  *reinterpret_cast<uint32_t*>(xq + t * K + g * kFp8BlockSize + lane * 4) = packed;
+  if (lane == 0) scales[g * T + t] = scale;
+}
+
+void check_fp8_operands(const char* op, const bf16* x, int64_t ldx, const uint8_t* w, int64_t T, int64_t N, int64_t K,
+                        int64_t ldy) {
+  check_shape(op, T, N, K, ldx, ldy);
   if (K % 8 != 0 || ldx % 8 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(w_fp8) % 8 != 0) {
-    throw std::invalid_argument("cuda::GemmRunner::gemm_fp8: K and ldx must be multiples of 8 and x/W 16/8-byte aligned (" +
+      reinterpret_cast<uintptr_t>(w) % 8 != 0) {
+    throw std::invalid_argument(std::string(op) + ": K and ldx must be multiples of 8 and x/W 16/8-byte aligned (" +
                                 shape_string(T, N, K, ldx, ldy) + ")");
   }
+}
+
+}  // namespace
+
+const char* to_string(Fp8Path path) {
+  switch (path) {
+    case Fp8Path::kAuto: return "auto";
+    case Fp8Path::kCublasLt: return "cublaslt-w8a8";
+    case Fp8Path::kKernel: return "w8a16-kernel";
+  }
+  return "?";
+}
+
+void quantize_fp8_per_token_group(const bf16* x, int64_t ldx, int64_t T, int64_t K, uint8_t* xq, float* scales,
+                                  cudaStream_t stream) {
+  if (T < 0 || K <= 0 || K % kFp8BlockSize != 0 || ldx < K || ldx % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(x) % 8 != 0) {
+    throw std::invalid_argument("cuda::quantize_fp8_per_token_group: bad T=" + std::to_string(T) +
+                                " K=" + std::to_string(K) + " ldx=" + std::to_string(ldx) +
+                                " (K % 128 == 0, ldx % 4 == 0, x 8-byte aligned)");
+  }
+  const int64_t items = T * (K / kFp8BlockSize);
+  if (items == 0) return;
+  quantize_fp8_kernel<<<unsigned((items + kQuantWarps - 1) / kQuantWarps), kQuantWarps * 32, 0, stream>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x), ldx, T, K / kFp8BlockSize, xq, scales);
+  check_cuda(cudaGetLastError(), "quantize_fp8_per_token_group launch");
+}
+
+void GemmRunner::ensure_fp8_scratch(int64_t T, int64_t K, cudaStream_t stream) {
+  const size_t need = size_t(T) * size_t(K);
+  if (need <= fp8_x_capacity_) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "gemm_fp8 capture status");
+  if (capture != cudaStreamCaptureStatusNone) {
+    throw std::runtime_error("cuda::GemmRunner::gemm_fp8: the activation buffer must grow to T*K=" +
+                             std::to_string(need) + " during graph capture; run the largest T once before capturing");
+  }
+  check_cuda(cudaStreamSynchronize(stream), "gemm_fp8 scratch sync");  // earlier GEMMs may still read the old one
+  if (fp8_x_) cudaFree(fp8_x_);
+  if (fp8_x_scales_) cudaFree(fp8_x_scales_);
+  fp8_x_ = nullptr;
+  fp8_x_scales_ = nullptr;
+  fp8_x_capacity_ = 0;
+  check_cuda(cudaMalloc(&fp8_x_, need), "gemm_fp8 activation cudaMalloc");
+  check_cuda(cudaMalloc(&fp8_x_scales_, need / size_t(kFp8BlockSize) * sizeof(float)), "gemm_fp8 scale cudaMalloc");
+  fp8_x_capacity_ = need;
+}
+
+// cuBLASLt block-scaled FP8 on the same column-major view as the BF16 plans: A = W (K×N, ld K,
+// op T), B = xq (K×T, ld K), C = D = y (N×T, ld ldy); TN is what FP8 cuBLASLt requires.
+//
+// Scale layouts (cuBLAS docs, "Scaling factors layouts", as enforced by PyTorch's _scaled_mm since
+// pytorch/pytorch#166752, which fixed silent wrong answers): both are described relative to the
+// operand's own storage, whose inner (contiguous) dimension is K here for A and B alike.
+//  - B, VEC128_32F (one scale per 128 inner elements): a [ceil(K/128), T] tensor with the OUTER
+//    dimension contiguous, scale(t, g) at g·T + t. That is why quantize_fp8_per_token_group writes
+//    scales[g·T + t] and not the row-major [T, K/128] one would write naturally.
+//  - A, BLK128x128_32F (one scale per 128×128 block): scale(n-block nb, k-block kb) at nb·L4 + kb
+//    with L4 = ceil(K/128) rounded up to a multiple of 4 (16-byte rows). The checkpoint's
+//    weight_scale_inv is row-major [ceil(N/128), ceil(K/128)], i.e. nb·ceil(K/128) + kb: the same
+//    memory exactly when ceil(K/128) % 4 == 0. So this path takes K % 512 == 0 only (every published
+//    projection: K in {512, 2048, 4096, 5120, 12288, 17408}) and other K go to the kernel, rather
+//    than copying the scales into a padded grid on every call.
+// Both scales multiply (dequantized = fp8 · scale), the weight_scale_inv convention.
+GemmRunner::Plan* GemmRunner::fp8_plan_for(const Fp8Key& key, const Operands& operands, const float* w_scale,
+                                           std::string& reason) {
+  if (auto it = fp8_plans_.find(key); it != fp8_plans_.end()) return it->second;
+  const auto [T, N, K, ldy, alignment] = key;
+  const std::string shape = "FP8 " + shape_string(T, N, K, K, ldy);
+  auto plan = new Plan;
+  try {
+    check_lt(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc", shape);
+    const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
+    const int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    const void* a_scale = w_scale;
+    const void* b_scale = fp8_x_scales_;
+    auto set = [&](cublasLtMatmulDescAttributes_t attr, const void* value, size_t size) {
+      check_lt(cublasLtMatmulDescSetAttribute(plan->desc, attr, value, size), "set FP8 attribute", shape);
+    };
+    set(CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof(transa));
+    set(CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof(transb));
+    set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode));
+    set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode));
+    set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale));
+    set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale));
+    check_lt(cublasLtMatrixLayoutCreate(&plan->w_layout, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "W layout", shape);
+    check_lt(cublasLtMatrixLayoutCreate(&plan->x_layout, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(T), K), "x layout", shape);
+    check_lt(cublasLtMatrixLayoutCreate(&plan->y_layout, CUDA_R_16BF, uint64_t(N), uint64_t(T), ldy), "y layout", shape);
+    cublasLtMatmulPreference_t pref;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference", shape);
+    const uint32_t align = uint32_t(alignment), x_align = 16;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
+                                         sizeof(workspace_bytes_));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &x_align, sizeof(x_align));
+    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+      cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align));
+    }
+    cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+        static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout, plan->y_layout,
+        plan->y_layout, pref, kAutotuneCandidates, results, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+      // The capability probe: this cuBLASLt/card has no block-scaled FP8 kernel for the shape
+      // (pre-12.9 cuBLASLt, or a card other than sm_90). Remembered as a kernel plan.
+      cudaGetLastError();
+      plan->fallback = true;
+      plan->reason = "cuBLASLt heuristic: status " + std::to_string(int(st)) + ", " + std::to_string(found) +
+                     " algorithms for block-scaled FP8 " + shape;
+    } else {
+      plan->algo = results[0].algo;
+      if (found > 1 && may_time(T, operands.beta, operands.stream)) {
+        const MatmulCall call{static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout,
+                              plan->y_layout, operands.x, operands.w, operands.y, workspace_, workspace_bytes_,
+                              operands.stream};
+        plan->algo = fastest(call, results, found, shape);
+      }
+    }
+  } catch (...) {
+    delete plan;
+    throw;
+  }
+  reason = plan->reason;
+  fp8_plans_.emplace(key, plan);
+  return plan;
+}
+
+void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
+                          int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
+                          Fp8Path path) {
+  check_fp8_operands("cuda::GemmRunner::gemm_fp8", x, ldx, w_fp8, T, N, K, ldy);
   if (T == 0) return;
+  std::string reason;
+  if (path == Fp8Path::kKernel) {
+    reason = "W8A16 kernel requested";
+  } else if (K % (4 * kFp8BlockSize) != 0) {
+    reason = "K=" + std::to_string(K) + " is not a multiple of 512 (see fp8_plan_for)";
+  } else {
+    const int alignment = std::min(alignment_of(w_fp8, K), alignment_of(y, ldy * 2));
+    const Fp8Key key{T, N, K, ldy, alignment};
+    auto it = fp8_plans_.find(key);
+    if (it != fp8_plans_.end() && it->second->fallback) {
+      reason = it->second->reason;
+    } else {
+      ensure_fp8_scratch(T, K, stream);
+      quantize_fp8_per_token_group(x, ldx, T, K, fp8_x_, fp8_x_scales_, stream);
+      Plan* plan = it != fp8_plans_.end() ? it->second
+                                          : fp8_plan_for(key, Operands{fp8_x_, w_fp8, y, beta, stream}, weight_scale_inv, reason);
+      if (!plan->fallback) {
+        // The scale pointers live in the descriptor: set them for this call's weight (and the
+        // scratch, which may have moved). Host-side stores, no GPU work.
+        const void* a_scale = weight_scale_inv;
+        const void* b_scale = fp8_x_scales_;
+        const std::string shape = "FP8 " + shape_string(T, N, K, ldx, ldy);
+        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                                sizeof(a_scale)),
+                 "set A scale", shape);
+        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
+                                                sizeof(b_scale)),
+                 "set B scale", shape);
+        const float alpha = 1.f;
+        const cublasStatus_t st =
+            cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan->desc, &alpha, w_fp8, plan->w_layout, fp8_x_,
+                           plan->x_layout, &beta, y, plan->y_layout, y, plan->y_layout, &plan->algo, workspace_,
+                           workspace_bytes_, stream);
+        if (st == CUBLAS_STATUS_SUCCESS) {
+          last_fp8_path_ = Fp8Path::kCublasLt;
+          fp8_fallback_reason_.clear();
+          return;
+        }
+        // Refused at launch although the heuristic offered it: remember and use the kernel.
+        cudaGetLastError();
+        plan->fallback = true;
+        plan->reason = "cuBLASLt matmul failed (status " + std::to_string(int(st)) + ") for " + shape;
+      }
+      reason = plan->reason;
+    }
+  }
+  if (path == Fp8Path::kCublasLt) {
+    throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + reason);
+  }
   const dim3 grid(unsigned((N + gemm_tile::kBN - 1) / gemm_tile::kBN), unsigned((T + gemm_tile::kBM - 1) / gemm_tile::kBM));
   gemm_fp8_kernel<<<grid, gemm_tile::kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(x), ldx, w_fp8,
                                                            weight_scale_inv, reinterpret_cast<__nv_bfloat16*>(y), ldy, T, N,
                                                             K, beta);
   check_cuda(cudaGetLastError(), "gemm_fp8 launch");
+  last_fp8_path_ = Fp8Path::kKernel;
+  fp8_fallback_reason_ = reason;
 }
 
 }  // namespace ds::kernels::cuda

@@ -7,15 +7,20 @@
 // FP8 weights (block-FP8 checkpoints, quantization_config {"quant_method": "fp8",
 // "weight_block_size": [128, 128]}): W_fp8 is E4M3 bytes [N, K]; weight_scale_inv is fp32
 // [ceil(N/128), ceil(K/128)] row-major, and the real weight is W[n][k] = fp8(W_fp8[n][k]) ·
-// weight_scale_inv[n/128][k/128]. Activations stay BF16 in our FP8 path: the CUDA kernel
-// dequantizes 128×128 weight blocks on the fly into shared memory and runs BF16 tensor-core MMA
-// with fp32 accumulation (no 1×128 activation quantization; that would only lose accuracy). The CPU
-// reference dequantizes W and calls sgemm, so both compute the same math.
+// weight_scale_inv[n/128][k/128]. Two CUDA paths compute it (GemmRunner::gemm_fp8):
+//  - cuBLASLt W8A8 (Hopper): x is quantized per token and 128-wide K group to E4M3 with one fp32
+//    scale amax/448 (quantize_fp8_per_token_group), and cuBLASLt's block-scaled FP8 GEMM applies
+//    the 1×128 activation scales and the 128×128 weight scales (DeepSeek-V3 style, what the FP8
+//    checkpoints were calibrated for). The CPU reference is cpu::gemm_fp8_w8a8.
+//  - our W8A16 kernel (any card, any K % 8 == 0): activations stay BF16, 128×128 weight blocks
+//    are dequantized on the fly into shared memory, BF16 tensor-core MMA with fp32 accumulation.
+//    The CPU reference is cpu::gemm_fp8 (dequantize W, sgemm).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "kernels/common.h"
@@ -24,8 +29,13 @@ namespace ds::kernels {
 
 inline constexpr int64_t kFp8BlockSize = 128;  // weight_block_size of every published FP8 checkpoint
 
+inline constexpr float kFp8E4M3Max = 448.f;
+
 // E4M3 (fn variant: no infinities, NaN = 0x7f/0xff, max 448) to float, exact.
 float fp8_e4m3_to_float(uint8_t v);
+// float to E4M3, round to nearest even, saturating to ±448 (NaN -> 0x7f): what the GPU's
+// cvt.rn.satfinite.e4m3x2.f32 does, so the CPU reference quantizes bit-identically.
+uint8_t float_to_fp8_e4m3(float v);
 
 namespace cpu {
 
@@ -40,9 +50,31 @@ void gemm_fp8(const float* x, int64_t ldx, const uint8_t* w_fp8, const float* we
 // W_fp8 [N, K] with weight_scale_inv [ceil(N/128), ceil(K/128)] -> fp32 [N, K].
 void dequantize_fp8_weight(const uint8_t* w_fp8, const float* weight_scale_inv, int64_t N, int64_t K, float* w);
 
+// Dynamic 1×128 activation quantization, the reference of cuda::quantize_fp8_per_token_group
+// (same layout, bit-identical results): x [T, K] (row stride ldx, K % 128 == 0) -> xq [T, K] E4M3
+// (dense) and scales [K/128, T]: scales[g·T + t] = amax(|x[t][128g, 128g+128)|) / 448 (1 for an
+// all-zero group) and xq[t][k] = e4m3(x[t][k] / scale), so x ≈ fp8(xq)·scale.
+void quantize_fp8_per_token_group(const float* x, int64_t ldx, int64_t T, int64_t K, uint8_t* xq, float* scales);
+
+// The cuBLASLt W8A8 path's math: x quantized as above, dequantized, times the dequantized W.
+void gemm_fp8_w8a8(const float* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, float* y,
+                   int64_t ldy, int64_t T, int64_t N, int64_t K, float beta = 0.f);
+
 }  // namespace cpu
 
 namespace cuda {
+
+// See cpu::quantize_fp8_per_token_group (layout and math). x 8-byte aligned, ldx % 4 == 0.
+void quantize_fp8_per_token_group(const bf16* x, int64_t ldx, int64_t T, int64_t K, uint8_t* xq, float* scales,
+                                  cudaStream_t stream);
+
+// Which implementation a block-FP8 GEMM runs (see the file comment).
+enum class Fp8Path {
+  kAuto,      // cuBLASLt W8A8 where it can (probed per shape), else the W8A16 kernel
+  kCublasLt,  // cuBLASLt W8A8 or std::runtime_error saying why not (tests, benchmarks)
+  kKernel,    // always our W8A16 kernel
+};
+const char* to_string(Fp8Path path);
 
 // Owns a cuBLASLt handle and workspace (on the device current at construction) and caches one
 // plan (matmul descriptor, layouts, algorithm) per distinct problem, so the steady state makes no
@@ -65,12 +97,24 @@ class GemmRunner {
   void gemm(const bf16* x, int64_t ldx, const bf16* w, float* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
             float beta, cudaStream_t stream);
 
-  // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation. Our own kernel (see the file
-  // comment); ldx, ldy and K must be multiples of 8 (16-byte rows), T, N any.
+  // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
+  // 16-byte and W 8-byte aligned, T, N any. kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
+  // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
+  // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
+  // (probed once per shape, the answer cached with the plan); otherwise, and for kKernel, the W8A16
+  // kernel. The W8A8 path quantizes x into a runner-owned buffer that grows on first use of a
+  // larger T·K (synchronising the stream; not allowed while capturing a graph), and each call sets
+  // the two scale pointers on its cached descriptor (host-side stores, no GPU work). Its numerics
+  // differ from the kernel's by the activation quantization (~3% relative RMS on random data).
   void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream);
+                int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
+                Fp8Path path = Fp8Path::kAuto);
+  // The path the last gemm_fp8 call took (kCublasLt or kKernel; kAuto before the first call) and,
+  // when it was the kernel under kAuto, why.
+  Fp8Path last_fp8_path() const { return last_fp8_path_; }
+  const std::string& fp8_fallback_reason() const { return fp8_fallback_reason_; }
 
-  size_t cached_plans() const { return plans_.size(); }
+  size_t cached_plans() const { return plans_.size() + fp8_plans_.size(); }
 
  private:
   struct Plan;
@@ -91,6 +135,17 @@ class GemmRunner {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan*> plans_;
+
+  // FP8 plans: T, N, K, ldy, pointer alignment of W and y.
+  using Fp8Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int>;
+  Plan* fp8_plan_for(const Fp8Key& key, const Operands& operands, const float* w_scale, std::string& reason);
+  void ensure_fp8_scratch(int64_t T, int64_t K, cudaStream_t stream);
+  std::map<Fp8Key, Plan*> fp8_plans_;
+  uint8_t* fp8_x_ = nullptr;  // quantized activations [T, K]
+  float* fp8_x_scales_ = nullptr;  // their scales [K/128, T]
+  size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T·K); fp8_x_scales_ holds capacity/128
+  Fp8Path last_fp8_path_ = Fp8Path::kAuto;
+  std::string fp8_fallback_reason_;
 };
 
 }  // namespace cuda

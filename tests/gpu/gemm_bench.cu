@@ -1,6 +1,9 @@
-// GEMM throughput at the projection shapes of the published Qwen3.5 models (TP 1), BF16 through
-// cuBLASLt and block-FP8 through our kernel, T in {1, 64, 1024, 8192}. Prints TFLOP/s against the
-// 790 TFLOP/s BF16 ceiling and, since small-T GEMMs are weight-bound, GB/s against 3.02 TB/s.
+// GEMM throughput at the projection shapes of the published Qwen3.5 models (TP 1), T in {1, 64,
+// 1024, 8192}: BF16 through cuBLASLt, and block-FP8 both ways side by side: cuBLASLt W8A8 (timed
+// with its activation-quantization kernel, which is part of every call) and our W8A16 kernel.
+// Prints TFLOP/s (BF16 also against the 790 TFLOP/s BF16 ceiling) and, since small-T GEMMs are
+// weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
+// The last column is the path the FP8 "auto" call took (w8a16-kernel where cuBLASLt cannot).
 #include <cstdio>
 #include <vector>
 
@@ -25,9 +28,14 @@ int main() {
       {"35B-A3B", "expert down", 2048, 512},
   };
   const int64_t kTs[] = {1, 64, 1024, 8192};
+  if (int n = 0; cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::printf("SKIPPED: no GPU\n");
+    return 77;
+  }
   cuda::GemmRunner runner;
-  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %8s %8s %6s\n", "model", "projection", "N", "K", "T",
-              "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "fp8 us", "TFLOP/s", "GB/s", "%copy");
+  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %8s %8s %6s | %9s %8s %8s %6s | %s\n", "model",
+              "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "w8a8 us", "TFLOP/s", "GB/s",
+              "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "fp8 auto path");
   for (const Projection& p : shapes) {
     // Rotate weight copies so the working set exceeds the 50 MB L2.
     const size_t w_elems = size_t(p.N * p.K);
@@ -51,13 +59,26 @@ int main() {
       const double us = bench::median_us([&](int i) {
         runner.gemm(x, p.K, w + w_elems * size_t(i % copies), y, p.N, T, p.N, p.K, 0.f, nullptr);
       });
-      const double us8 = bench::median_us([&](int i) {
+      // FP8 "auto" first: the cuBLASLt path where it can, else the kernel (then both columns time it).
+      runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
+      const cuda::Fp8Path auto_path = runner.last_fp8_path();
+      const double us_w8a8 = bench::median_us([&](int i) {
         runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
       });
-      std::printf("%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %8.1f %8.0f %5.1f%%\n", p.model,
-                  p.name, long(p.N), long(p.K), long(T), us, flops / us * 1e-6, flops / us * 1e-6 / bench::kPeakBf16TflopS * 100,
-                  bf16_bytes / us * 1e-3, bf16_bytes / us * 1e-3 / bench::kCopyGbS * 100, us8, flops / us8 * 1e-6,
-                  fp8_bytes / us8 * 1e-3, fp8_bytes / us8 * 1e-3 / bench::kCopyGbS * 100);
+      const double us_w8a16 = bench::median_us([&](int i) {
+        runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
+                        cuda::Fp8Path::kKernel);
+      });
+      auto tflops = [&](double t_us) { return flops / t_us * 1e-6; };
+      auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
+      std::printf(
+          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %8.1f %8.0f %5.1f%% | %9.1f %8.1f %8.0f "
+          "%5.1f%% | %s\n",
+          p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
+          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_w8a8, tflops(us_w8a8),
+          gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16, tflops(us_w8a16),
+          gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, cuda::to_string(auto_path));
+      if (auto_path != cuda::Fp8Path::kCublasLt) std::printf("  (fp8 auto fell back: %s)\n", runner.fp8_fallback_reason().c_str());
       cudaFree(x);
       cudaFree(y);
     }

@@ -1,5 +1,8 @@
-// cuBLASLt BF16 GEMM and the block-FP8 kernel against the OpenBLAS reference.
+// cuBLASLt BF16 GEMM, the block-FP8 paths (cuBLASLt W8A8 with 1×128 activation quantization, our
+// W8A16 kernel) and the activation quantization against the OpenBLAS / CPU references.
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -52,7 +55,7 @@ TEST(GpuGemm, Fp32OutputWithBetaAccumulates) {
   EXPECT_EQ(runner.cached_plans(), 1u);  // the second call reused the plan
 }
 
-TEST(GpuGemm, Fp8BlockScaledMatchesDequantizedReference) {
+TEST(GpuGemm, Fp8W8A16KernelMatchesDequantizedReference) {
   cuda::GemmRunner runner;
   std::mt19937 rng(6);
   for (const Shape& s : {Shape{5, 200, 328, 328, 200}, Shape{130, 384, 1024, 1032, 400}}) {
@@ -70,11 +73,175 @@ TEST(GpuGemm, Fp8BlockScaledMatchesDequantizedReference) {
     DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
     DeviceBuffer<uint8_t> dw(w);
     DeviceBuffer<float> dscale(scales);
-    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 1.f, nullptr);
+    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 1.f, nullptr,
+                    cuda::Fp8Path::kKernel);
+    EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
     std::vector<float> want = y0.values;
     cpu::gemm_fp8(x.values.data(), s.ldx, w.data(), scales.data(), want.data(), s.ldy, s.T, s.N, s.K, 1.f);
     EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
   }
+}
+
+std::vector<uint8_t> random_fp8(size_t n, std::mt19937& rng) {
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) {
+    do b = uint8_t(rng()); while ((b & 0x7f) == 0x7f);  // every finite E4M3 value, no NaN
+  }
+  return v;
+}
+
+std::vector<float> random_scales(int64_t N, int64_t K, std::mt19937& rng) {
+  std::vector<float> v(size_t((N + 127) / 128 * ((K + 127) / 128)));
+  std::uniform_real_distribution<float> dist(1e-3f, 4e-3f);
+  for (auto& s : v) s = dist(rng);
+  return v;
+}
+
+// The N real columns of each of the T rows of a [T, ld] matrix.
+std::vector<float> columns(const std::vector<float>& m, int64_t T, int64_t N, int64_t ld) {
+  std::vector<float> out;
+  for (int64_t t = 0; t < T; ++t) out.insert(out.end(), m.begin() + t * ld, m.begin() + t * ld + N);
+  return out;
+}
+
+double rms(const std::vector<float>& v) {
+  double s = 0;
+  for (float x : v) s += double(x) * x;
+  return std::sqrt(s / double(v.size()));
+}
+
+double relative_rms_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double e = 0;
+  for (size_t i = 0; i < got.size(); ++i) e += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+  return std::sqrt(e / double(got.size())) / rms(want);
+}
+
+bool is_hopper() {
+  cudaDeviceProp prop{};
+  return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9;
+}
+
+TEST(GpuGemm, Fp8ActivationQuantizationMatchesCpuBitForBit) {
+  for (const Shape& s : {Shape{1, 0, 256, 256, 0}, Shape{7, 0, 512, 520, 0}, Shape{1000, 0, 4096, 4096, 0}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " K=" + std::to_string(s.K));
+    auto x = random_bf16(size_t(s.T * s.ldx), 11);
+    for (int64_t k = s.K - 128; k < s.K; ++k) x.bits[size_t((s.T - 1) * s.ldx + k)] = float_to_bf16(0.f);  // scale 1
+    x.bits[0] = float_to_bf16(-300.f);  // an outlier sets its group's scale
+    x.values = testing_util::to_float(x.bits);
+    DeviceBuffer<bf16> dx(x.bits);
+    DeviceBuffer<uint8_t> dq(size_t(s.T * s.K));  // poisoned: 0xff bytes, NaN scales
+    DeviceBuffer<float> dscale(size_t(s.T * s.K / 128));
+    cuda::quantize_fp8_per_token_group(dx.get(), s.ldx, s.T, s.K, dq.get(), dscale.get(), nullptr);
+    std::vector<uint8_t> want_q(dq.size());
+    std::vector<float> want_scale(dscale.size());
+    cpu::quantize_fp8_per_token_group(x.values.data(), s.ldx, s.T, s.K, want_q.data(), want_scale.data());
+    const auto got_q = dq.download();
+    const auto got_scale = dscale.download();
+    size_t bad_q = 0, bad_scale = 0;
+    for (size_t i = 0; i < got_q.size(); ++i) bad_q += got_q[i] != want_q[i] && ((got_q[i] | want_q[i]) != 0x80);  // ±0 alike
+    for (size_t i = 0; i < got_scale.size(); ++i) bad_scale += std::memcmp(&got_scale[i], &want_scale[i], 4) != 0;
+    EXPECT_EQ(bad_q, 0u) << "of " << got_q.size() << " bytes differ";
+    EXPECT_EQ(bad_scale, 0u) << "of " << got_scale.size() << " scales differ (layout [K/128, T])";
+  }
+}
+
+// cuBLASLt W8A8 against the CPU reference of the same math (x quantized per token and 128-group,
+// dequantized, times the dequantized W, fp32), and both FP8 paths against the unquantized-x
+// reference to show what activation quantization costs.
+TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
+  if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
+  cuda::GemmRunner runner;
+  std::mt19937 rng(12);
+  const Shape shapes[] = {
+      {1, 256, 512, 512, 256},       {5, 384, 1024, 1032, 400},  // views: ldx > K, ldy > N
+      {64, 512, 2048, 2048, 512},    {1000, 640, 1024, 1024, 640},  // T not a multiple of 64 or 128
+      {1, 12352, 4096, 4096, 12352},  // 9B gdn in_proj at decode (N/128 not whole: partial scale row)
+      {64, 8192, 4096, 4096, 8192},   // 9B q_proj
+      {64, 4096, 12288, 12288, 4096}, // 9B mlp down
+      {64, 2048, 512, 512, 2048},     // 35B-A3B expert down
+  };
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
+    const auto w = random_fp8(size_t(s.N * s.K), rng);
+    const auto scales = random_scales(s.N, s.K, rng);
+    const auto x = random_bf16(size_t(s.T * s.ldx), 13);
+    DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy)), dy_kernel(size_t(s.T * s.ldy));  // poisoned (NaN)
+    DeviceBuffer<uint8_t> dw(w);
+    DeviceBuffer<float> dscale(scales);
+    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+    ASSERT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kCublasLt) << runner.fp8_fallback_reason();
+    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy_kernel.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kKernel);
+    const auto got_bits = dy.download();
+    for (int64_t t = 0; t < s.T; ++t) {  // columns past N stay poisoned
+      for (int64_t n = s.N; n < s.ldy; ++n) ASSERT_EQ(got_bits[size_t(t * s.ldy + n)].bits, 0xffff) << t << "," << n;
+    }
+    const auto got = columns(testing_util::to_float(got_bits), s.T, s.N, s.ldy);
+    const auto got_kernel = columns(testing_util::to_float(dy_kernel.download()), s.T, s.N, s.ldy);
+    std::vector<float> want(size_t(s.T * s.ldy)), want_unquantized(size_t(s.T * s.ldy));
+    cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, w.data(), scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    cpu::gemm_fp8(x.values.data(), s.ldx, w.data(), scales.data(), want_unquantized.data(), s.ldy, s.T, s.N, s.K);
+    want = columns(want, s.T, s.N, s.ldy);
+    want_unquantized = columns(want_unquantized, s.T, s.N, s.ldy);
+    // Same quantized operands on both sides: what differs is fp32 summation order and the BF16
+    // rounding of y (2^-9 relative).
+    EXPECT_TRUE(all_close(got, want, float(2e-3 * rms(want)), 1e-2f));
+    const double err_lt = relative_rms_error(got, want_unquantized), err_kernel = relative_rms_error(got_kernel, want_unquantized);
+    std::printf("  fp8 T=%-5ld N=%-6ld K=%-6ld rel. RMS error vs unquantized-x fp32: cublaslt-w8a8 %.4f, w8a16-kernel %.4f\n",
+                long(s.T), long(s.N), long(s.K), err_lt, err_kernel);
+    // E4M3 keeps 3 mantissa bits: ~2-4% relative error per activation, averaged over K.
+    EXPECT_LT(err_lt, 0.06);
+    EXPECT_LT(err_kernel, 0.01);
+  }
+  const size_t plans = runner.cached_plans();
+  const Shape& s = shapes[0];
+  DeviceBuffer<bf16> dx(size_t(s.T * s.ldx)), dy(size_t(s.T * s.ldy));
+  DeviceBuffer<uint8_t> dw(size_t(s.N * s.K));
+  DeviceBuffer<float> dscale(size_t(8));
+  ASSERT_CUDA(cudaMemset(dx.get(), 0, dx.size() * sizeof(bf16)));
+  ASSERT_CUDA(cudaMemset(dw.get(), 0, dw.size()));
+  runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(runner.cached_plans(), plans);  // the repeated shape reused its plan
+}
+
+TEST(GpuGemm, Fp8CublasLtAccumulatesWithBeta) {
+  if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
+  cuda::GemmRunner runner;
+  std::mt19937 rng(14);
+  const int64_t T = 33, N = 256, K = 512;
+  const auto w = random_fp8(size_t(N * K), rng);
+  const auto scales = random_scales(N, K, rng);
+  const auto x = random_bf16(size_t(T * K), 15), y0 = random_bf16(size_t(T * N), 16, 10.f);
+  DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
+  DeviceBuffer<uint8_t> dw(w);
+  DeviceBuffer<float> dscale(scales);
+  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 1.f, nullptr, cuda::Fp8Path::kCublasLt);
+  std::vector<float> want = y0.values;
+  cpu::gemm_fp8_w8a8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K, 1.f);
+  EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, float(2e-3 * rms(want)), 1e-2f));
+}
+
+TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
+  // K = 384: K/128 = 3 is not a multiple of 4, so the checkpoint's scale grid is not cuBLASLt's.
+  cuda::GemmRunner runner;
+  std::mt19937 rng(17);
+  const int64_t T = 9, N = 256, K = 384;
+  const auto w = random_fp8(size_t(N * K), rng);
+  const auto scales = random_scales(N, K, rng);
+  const auto x = random_bf16(size_t(T * K), 18);
+  DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
+  DeviceBuffer<uint8_t> dw(w);
+  DeviceBuffer<float> dscale(scales);
+  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr);
+  EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
+  EXPECT_FALSE(runner.fp8_fallback_reason().empty());
+  std::vector<float> want(size_t(T * N));
+  cpu::gemm_fp8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K);
+  EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
+  EXPECT_THROW(runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr,
+                               cuda::Fp8Path::kCublasLt),
+               std::runtime_error);
 }
 
 TEST(GpuGemm, RejectsBadShape) {
