@@ -22,6 +22,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--node-rank", o->node_rank, "This node (0 runs the front end; others only start their workers)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--dist-init-addr", o->dist_init_addr, "HOST:PORT of node 0's worker control plane (multi-node)");
+  cmd->add_flag("--dedicated-frontend", o->dedicated_frontend,
+                "Node 0 runs only the front end and nodes 1..nnodes-1 share the --tp ranks evenly "
+                "(give it to every node, like --tp and --nnodes)");
   cmd->add_option("--device", o->device, "auto (GPUs when visible, else CPU) | cpu | cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--gdn-projection", o->gdn_projection, "fused | split")->check(CLI::IsMember({"fused", "split"}))->capture_default_str();

@@ -20,7 +20,8 @@ void add_worker_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--exit-with-parent", options->exit_with_parent,
-                "Exit when the spawning process dies (for workers the front end starts locally)");
+                "Exit when the spawning process dies, and ignore SIGTERM: the spawner stops this worker "
+                "with Shutdown after draining (for workers that `serve` starts)");
   cmd->add_option("--parent-pid", options->parent_pid,
                   "The spawner's pid: implies --exit-with-parent and also catches a spawner that died "
                   "before this worker started")

@@ -33,6 +33,9 @@ namespace {
 
 constexpr int kCpuMaxKvPages = 2048;     // host memory is shared with everything else
 constexpr int kFallbackContextLength = 32768;
+// What node 0 does after its drain before its Shutdown reaches other nodes' workers: flushing the
+// abort messages (up to 5 s), stopping the APIs (up to 2 s), sending Shutdown.
+constexpr double kNodeShutdownMarginSeconds = 15;
 
 // SIGINT/SIGTERM are taken with sigwait by the main thread: block them before any thread starts
 // (threads inherit the mask; spawned workers get a clean one).
@@ -74,19 +77,30 @@ std::pair<std::string, int> split_host_port(const std::string& address) {
 }
 
 // Nodes other than 0 only run their share of the workers, which attach to node 0's front end.
+// Node 0 stops them with Shutdown after draining its requests. A SIGTERM here (`scancel` signals
+// every node at once, Kubernetes every pod of the group) therefore waits for that, up to the
+// drain time plus a margin, before the workers are killed; a second signal kills them at once.
 int run_worker_node(const ServeOptions& o, const sigset_t& signals) {
   if (o.dist_init_addr.empty()) throw std::invalid_argument("--node-rank > 0 needs --dist-init-addr HOST:PORT of node 0");
-  int per_node = o.tp / o.nnodes;
-  auto devices = local_devices(o.device, per_node);
+  NodeRanks ranks = node_ranks(o.tp, o.nnodes, o.node_rank, o.dedicated_frontend);
+  auto devices = local_devices(o.device, ranks.count);
   ChildProcesses children;
-  for (int i = 0; i < per_node; ++i) {
-    int rank = o.node_rank * per_node + i;
+  for (int i = 0; i < ranks.count; ++i) {
+    int rank = ranks.first + i;
     children.spawn({self_executable(), "worker", "--connect", o.dist_init_addr, "--rank", std::to_string(rank), "--device", devices[i],
                     "--exit-with-parent"},
                    [rank](pid_t pid, const std::string& how) { spdlog::info("worker rank {} (pid {}) {}", rank, pid, how); });
   }
-  wait_for_signal(signals, [&] { return children.num_alive() == 0; });
-  children.terminate_all(std::chrono::seconds(5));
+  auto all_exited = [&] { return children.num_alive() == 0; };
+  if (int sig = wait_for_signal(signals, all_exited); sig > 0) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.shutdown_timeout_s + kNodeShutdownMarginSeconds);
+    spdlog::info("{}: waiting up to {:.0f} s for node 0 to drain and stop this node's workers", strsignal(sig),
+                 o.shutdown_timeout_s + kNodeShutdownMarginSeconds);
+    if (wait_for_signal(signals, [&] { return all_exited() || std::chrono::steady_clock::now() > deadline; }) > 0) {
+      spdlog::warn("second signal: stopping this node's workers now");
+    }
+  }
+  children.terminate_all(std::chrono::seconds(5));  // workers ignore SIGTERM: SIGKILL after 5 s
   return 0;
 }
 
@@ -103,8 +117,7 @@ std::vector<int32_t> eos_ids(const Tokenizer& tokenizer, const ResolvedModel& mo
 int serve(const ServeOptions& o) {
   sigset_t signals = block_termination_signals();
   raise_file_limit();
-  if (o.tp % o.nnodes != 0) throw std::invalid_argument("--tp must be a multiple of --nnodes");
-  if (o.node_rank >= o.nnodes) throw std::invalid_argument("--node-rank must be below --nnodes");
+  NodeRanks local_ranks = node_ranks(o.tp, o.nnodes, o.node_rank, o.dedicated_frontend);  // validates the layout
   if (o.node_rank > 0) return run_worker_node(o, signals);
 
   std::string data_dir;
@@ -121,6 +134,7 @@ int serve(const ServeOptions& o) {
   w.world_size = o.tp;
   w.nnodes = o.nnodes;
   w.node_rank = 0;
+  w.dedicated_frontend = o.dedicated_frontend;
   if (o.nnodes > 1) {
     if (o.dist_init_addr.empty()) throw std::invalid_argument("--nnodes > 1 needs --dist-init-addr HOST:PORT (node 0's control plane)");
     auto [host, port] = split_host_port(o.dist_init_addr);
@@ -131,7 +145,7 @@ int serve(const ServeOptions& o) {
     w.connect_host = host;
   }
   w.worker_binary = self_executable();
-  w.local_devices = local_devices(o.device, o.tp / o.nnodes);
+  if (local_ranks.count > 0) w.local_devices = local_devices(o.device, local_ranks.count);
   w.model_dir = model.model_dir;
   w.preset = model.preset;
   w.load_format = model.load_format;
@@ -141,8 +155,8 @@ int serve(const ServeOptions& o) {
   w.seed = o.seed;
   w.max_num_batched_tokens = o.max_num_batched_tokens;
   w.max_running_requests = o.max_running_requests;
-  bool all_cpu = std::all_of(w.local_devices.begin(), w.local_devices.end(), [](const std::string& d) { return d == "cpu"; });
-  w.max_kv_pages = o.max_kv_pages > 0 ? o.max_kv_pages : all_cpu ? kCpuMaxKvPages : 0;
+  w.max_kv_pages = o.max_kv_pages;
+  w.cpu_max_kv_pages = kCpuMaxKvPages;
 
   std::atomic<Engine*> live_engine{nullptr};
   WorkerGroup workers(w, [&live_engine](const std::string& message) {

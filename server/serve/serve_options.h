@@ -22,6 +22,7 @@ struct ServeOptions {
   int nnodes = 1;
   int node_rank = 0;
   std::string dist_init_addr;  // HOST:PORT of node 0's worker control plane (multi-node)
+  bool dedicated_frontend = false;  // node 0 runs only the front end; nodes 1.. host all --tp ranks
   std::string device = "auto";  // auto | cpu | cuda
   std::string gdn_projection = "fused";
   int kv_page_size = 64;

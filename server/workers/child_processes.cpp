@@ -61,6 +61,7 @@ void ChildProcesses::reap(pid_t pid, ExitCallback on_exit) {
 
 void ChildProcesses::terminate_all(std::chrono::milliseconds grace) {
   std::vector<std::thread> reapers;
+  std::thread killer;
   {
     std::unique_lock lock(mutex_);
     if (group_ != 0 && alive_ > 0) {
@@ -68,13 +69,21 @@ void ChildProcesses::terminate_all(std::chrono::milliseconds grace) {
       if (!exited_.wait_for(lock, grace, [&] { return alive_ == 0; })) killpg(group_, SIGKILL);
     }
     reapers.swap(reapers_);
+    killer.swap(killer_);
   }
   for (auto& t : reapers) t.join();
+  if (killer.joinable()) killer.join();
 }
 
-void ChildProcesses::signal_all(int sig) {
+void ChildProcesses::terminate_all_async(std::chrono::milliseconds grace) {
   std::lock_guard lock(mutex_);
-  if (group_ != 0 && alive_ > 0) killpg(group_, sig);
+  if (group_ == 0 || alive_ == 0 || killer_.joinable()) return;
+  killpg(group_, SIGTERM);
+  killer_ = std::thread([this, grace] {
+    std::unique_lock lock(mutex_);
+    // alive_ > 0 means some child is not reaped yet, so the group id still names our group.
+    if (!exited_.wait_for(lock, grace, [&] { return alive_ == 0; })) killpg(group_, SIGKILL);
+  });
 }
 
 int ChildProcesses::num_alive() const {

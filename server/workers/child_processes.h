@@ -1,6 +1,7 @@
 // The worker processes this front end spawned: one process group, a reaper thread per child, and
 // termination of the whole group (SIGTERM, then SIGKILL after a grace period) so that nothing
-// is left behind. Children also get --exit-with-parent, for the case where we are SIGKILLed.
+// is left behind. Children also get --exit-with-parent, for the case where we are SIGKILLed
+// (workers started so ignore SIGTERM: only Shutdown, SIGKILL or our death stops them).
 #pragma once
 
 #include <sys/types.h>
@@ -29,8 +30,9 @@ class ChildProcesses {
   pid_t spawn(const std::vector<std::string>& argv, ExitCallback on_exit);
   // SIGTERM to the group, SIGKILL to whatever is left after `grace`; returns once all are reaped.
   void terminate_all(std::chrono::milliseconds grace);
-  // Sends `sig` to every child without waiting (the reaper threads collect them).
-  void signal_all(int sig);
+  // The same without waiting (callable from a reaper thread): SIGTERM now, SIGKILL to whatever
+  // is left after `grace` (from a watchdog thread that terminate_all joins).
+  void terminate_all_async(std::chrono::milliseconds grace);
   int num_alive() const;
 
  private:
@@ -41,6 +43,7 @@ class ChildProcesses {
   std::condition_variable exited_;
   int alive_ = 0;
   std::vector<std::thread> reapers_;
+  std::thread killer_;  // terminate_all_async's watchdog
 };
 
 // "exited with status 1", "killed by signal 9 (Killed)".

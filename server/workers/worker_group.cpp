@@ -2,13 +2,17 @@
 
 #include <spdlog/spdlog.h>
 
-#include <signal.h>
-
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
 
 namespace ds::server {
+
+namespace {
+// How long local workers of a failed group get to exit on their own (they see their control
+// stream cancelled) before SIGKILL.
+constexpr std::chrono::seconds kFailedWorkersKillGrace{3};
+}  // namespace
 
 struct WorkerGroup::Connection {
   int rank = -1;
@@ -74,13 +78,23 @@ PoolSizes size_pools(const std::vector<control::MemoryReport>& reports, int max_
   return PoolSizes{static_cast<int>(pages), static_cast<int>(slots)};
 }
 
+NodeRanks node_ranks(int world_size, int nnodes, int node_rank, bool dedicated_frontend) {
+  if (world_size < 1) throw std::invalid_argument("--tp must be at least 1");
+  if (nnodes < 1 || node_rank < 0 || node_rank >= nnodes) throw std::invalid_argument("--node-rank must be below --nnodes");
+  if (dedicated_frontend && nnodes < 2) throw std::invalid_argument("--dedicated-frontend needs --nnodes 2 or more (node 0 hosts no rank)");
+  int rank_nodes = dedicated_frontend ? nnodes - 1 : nnodes;
+  if (world_size % rank_nodes != 0) {
+    throw std::invalid_argument("--tp " + std::to_string(world_size) + " does not split evenly over " + std::to_string(rank_nodes) +
+                                (dedicated_frontend ? " worker nodes (--nnodes minus the dedicated front end)" : " nodes (--nnodes)"));
+  }
+  int per_node = world_size / rank_nodes;
+  if (dedicated_frontend) return node_rank == 0 ? NodeRanks{0, 0} : NodeRanks{(node_rank - 1) * per_node, per_node};
+  return NodeRanks{node_rank * per_node, per_node};
+}
+
 WorkerGroup::WorkerGroup(WorkerGroupOptions options, std::function<void(const std::string&)> on_failure)
     : options_(std::move(options)), on_failure_(std::move(on_failure)) {
-  if (options_.world_size < 1) throw std::invalid_argument("--tp must be at least 1");
-  if (options_.nnodes < 1 || options_.world_size % options_.nnodes != 0) {
-    throw std::invalid_argument("--tp " + std::to_string(options_.world_size) + " is not a multiple of --nnodes " +
-                                std::to_string(options_.nnodes));
-  }
+  local_ranks_ = node_ranks(options_.world_size, options_.nnodes, options_.node_rank, options_.dedicated_frontend);
 }
 
 WorkerGroup::~WorkerGroup() { shutdown("front end exiting"); }
@@ -107,8 +121,10 @@ void WorkerGroup::fail(const std::string& message) {
   }
   spdlog::error("worker group failed: {}; stopping the other workers", message);
   changed_.notify_all();
-  // The survivors would wait forever in their next collective: stop local ones, cut remote ones off.
-  children_.signal_all(SIGTERM);
+  // The survivors would wait forever in their next collective: stop local ones, cut remote ones
+  // off. Local workers ignore SIGTERM (it is for the drain, see worker --exit-with-parent) and
+  // one blocked in a collective never reads its cancelled stream, hence SIGKILL after the grace.
+  children_.terminate_all_async(kFailedWorkersKillGrace);
   {
     std::lock_guard lock(mutex_);
     for (const auto& [rank, c] : ranks_) c->cancel();
@@ -181,10 +197,8 @@ void WorkerGroup::on_disconnect(Connection& connection) {
 }
 
 void WorkerGroup::spawn_local_workers() {
-  int per_node = options_.world_size / options_.nnodes;
-  int first = options_.node_rank * per_node;
-  for (int i = 0; i < per_node; ++i) {
-    int rank = first + i;
+  for (int i = 0; i < local_ranks_.count; ++i) {
+    int rank = local_ranks_.first + i;
     std::string device = i < static_cast<int>(options_.local_devices.size()) ? options_.local_devices[i] : "cpu";
     std::vector<std::string> argv = {options_.worker_binary, "worker", "--connect",
                                      options_.connect_host + ":" + std::to_string(bound_port_), "--rank",
@@ -246,13 +260,12 @@ void WorkerGroup::start() {
   std::vector<std::shared_ptr<Connection>> connections;
   for (const auto& [rank, c] : ranks_) connections.push_back(c);
   lock.unlock();
-  int per_node = options_.world_size / options_.nnodes;
   for (const auto& c : connections) {
     init->set_rank(static_cast<uint32_t>(c->rank));
     // Local ranks get the device they were spawned with; remote ones keep their own (empty).
     std::string device;
-    size_t local = static_cast<size_t>(c->rank % per_node);
-    if (c->rank / per_node == options_.node_rank && local < options_.local_devices.size()) device = options_.local_devices[local];
+    size_t local = static_cast<size_t>(c->rank - local_ranks_.first);
+    if (c->rank >= local_ranks_.first && local < options_.local_devices.size()) device = options_.local_devices[local];
     init->set_device(device);
     if (!c->write(init_message)) fail("cannot send Init to worker rank " + std::to_string(c->rank));
   }
@@ -264,6 +277,8 @@ void WorkerGroup::start() {
   const auto& r0 = *connections.front()->memory;
   facts_ = ModelFacts{static_cast<int>(r0.vocab_size()), static_cast<int>(r0.max_context_length()), r0.model_type()};
   int max_kv_pages = options_.max_kv_pages;
+  bool all_cpu = std::all_of(connections.begin(), connections.end(), [](auto& c) { return c->hello.device() == "cpu"; });
+  if (max_kv_pages == 0 && all_cpu) max_kv_pages = options_.cpu_max_kv_pages;
   pools_ = size_pools(reports, options_.max_running_requests, max_kv_pages);
   lock.unlock();
 
@@ -320,6 +335,7 @@ void WorkerGroup::shutdown(const std::string& reason) {
     for (const auto& [rank, c] : ranks_) connections.push_back(c);
   }
   for (const auto& c : connections) c->write(message);
+  // Shutdown is what stops them (they ignore SIGTERM); SIGKILL after 5 s for one that cannot.
   children_.terminate_all(std::chrono::seconds(5));
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }

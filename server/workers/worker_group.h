@@ -29,6 +29,7 @@ struct WorkerGroupOptions {
   int world_size = 1;
   int nnodes = 1;
   int node_rank = 0;
+  bool dedicated_frontend = false;  // node 0 hosts no rank; nodes 1.. host them all
   std::string control_host = "127.0.0.1";  // where the control server listens
   int control_port = 0;                    // 0: any free port (single node)
   std::string connect_host = "127.0.0.1";  // how local workers reach it
@@ -46,7 +47,8 @@ struct WorkerGroupOptions {
   int max_num_batched_tokens = 8192;
 
   int max_running_requests = 256;  // sizes the GDN slot pool
-  int max_kv_pages = 0;            // 0: as many as memory allows (capped, see pool sizing)
+  int max_kv_pages = 0;            // 0: as many as memory allows, or cpu_max_kv_pages when every
+  int cpu_max_kv_pages = 0;        // rank (local or not) is a CPU rank: host memory is shared
   std::chrono::seconds startup_timeout{600};
 };
 
@@ -60,6 +62,16 @@ struct PoolSizes {
   int num_kv_pages = 0;
   int num_gdn_slots = 0;  // including the scratch slot
 };
+
+// The ranks one node hosts: --tp ranks split evenly over the nodes that host ranks, which are all
+// nnodes nodes, or nodes 1..nnodes-1 when node 0 is a dedicated front end (then node 0 hosts none).
+// Every node derives its share from the same (world_size, nnodes, dedicated_frontend).
+// Throws std::invalid_argument when the ranks do not split evenly.
+struct NodeRanks {
+  int first = 0;
+  int count = 0;
+};
+NodeRanks node_ranks(int world_size, int nnodes, int node_rank, bool dedicated_frontend);
 
 // Pool sizes from every rank's MemoryReport: the minimum over ranks of what fits in free_bytes,
 // GDN slots first (max_running_requests + scratch, at most half the memory), then KV pages.
@@ -100,6 +112,7 @@ class WorkerGroup : public StepExecutor {
   void wait_for(std::unique_lock<std::mutex>& lock, const std::function<bool()>& pred, const char* what);
 
   WorkerGroupOptions options_;
+  NodeRanks local_ranks_;  // the ranks this node spawns
   std::function<void(const std::string&)> on_failure_;
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;

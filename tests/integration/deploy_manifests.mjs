@@ -4,7 +4,8 @@
 //    fields (its CRD is not in kubernetes-models) with its leader/worker templates as core/v1
 //    PodTemplateSpecs, and how deltaserve is wired in: probes on /health at --port, --host 0.0.0.0,
 //    Services selecting real pods and ports, the grace period covering --shutdown-timeout, the LWS
-//    leader and workers agreeing on --tp/--nnodes/--node-rank/--dist-init-addr and GPUs per pod.
+//    leader and workers agreeing on --tp/--nnodes/--node-rank/--dist-init-addr/--dedicated-frontend/
+//    --shutdown-timeout and GPUs per pod, and worker pods' grace period at least the leader's.
 //  - Every `deltaserve serve` flag in the manifests, the Slurm script, the systemd unit, the
 //    Dockerfile and docs/deploy.md is one that `deltaserve serve --help` lists.
 // Usage: node deploy_manifests.mjs DELTASERVE_BIN SOURCE_DIR
@@ -114,22 +115,32 @@ function checkLeaderWorkerSet(where, lws) {
   if (!leader || !worker) return;
   const lf = serveFlags(containerArgv(leader));
   const wf = serveFlags(containerArgv(worker));
-  for (const flag of ["--tp", "--nnodes", "--dist-init-addr", "--model", "--preset", "--load-format", "--device"]) {
+  // --shutdown-timeout too: a worker pod waits that long (plus a margin) for the leader's drain.
+  for (const flag of ["--tp", "--nnodes", "--dist-init-addr", "--dedicated-frontend", "--model", "--preset", "--load-format", "--device",
+                      "--shutdown-timeout"]) {
     if (lf.get(flag) !== wf.get(flag)) problem(where, `leader and worker disagree on ${flag}: ${lf.get(flag)} vs ${wf.get(flag)}`);
   }
   if (lf.get("--node-rank") !== "0") problem(where, "the leader must run --node-rank=0");
   if (wf.get("--node-rank") !== "$(LWS_WORKER_INDEX)") problem(where, "workers must run --node-rank=$(LWS_WORKER_INDEX)");
   const nnodes = lf.get("--nnodes");
   if (nnodes !== "$(LWS_GROUP_SIZE)" && Number(nnodes) !== t.size) problem(where, `--nnodes ${nnodes} is neither $(LWS_GROUP_SIZE) nor size ${t.size}`);
+  const leaderGrace = t.leaderTemplate.spec?.terminationGracePeriodSeconds ?? DEFAULT_GRACE_PERIOD_S;
+  const workerGrace = t.workerTemplate.spec?.terminationGracePeriodSeconds ?? DEFAULT_GRACE_PERIOD_S;
+  if (workerGrace < leaderGrace) {
+    problem(where, `worker pods' terminationGracePeriodSeconds ${workerGrace} is shorter than the leader's ${leaderGrace}: they would be killed mid-drain`);
+  }
+  // With --dedicated-frontend the leader hosts no rank and the worker pods share them all.
+  const dedicated = lf.get("--dedicated-frontend") === true;
+  const rankPods = dedicated ? t.size - 1 : t.size;
   const tp = Number(lf.get("--tp") ?? 1);
-  if (tp % t.size !== 0) problem(where, `--tp ${tp} is not a multiple of size ${t.size}`);
+  if (!(rankPods >= 1) || tp % rankPods !== 0) problem(where, `--tp ${tp} does not split over the ${rankPods} pods that host ranks`);
   const [host, controlPort] = String(lf.get("--dist-init-addr") ?? "").split(":");
   if (host !== "$(LWS_LEADER_ADDRESS)") problem(where, "--dist-init-addr must be $(LWS_LEADER_ADDRESS):PORT");
   if (!containerPorts(t.leaderTemplate).some((p) => p.containerPort === Number(controlPort))) {
     problem(where, `the leader exposes no containerPort for the control plane port ${controlPort}`);
   }
-  for (const [name, c] of [["leader", leader], ["worker", worker]]) {
-    if (gpusOf(c) && gpusOf(c) !== tp / t.size) problem(where, `the ${name} asks for ${gpusOf(c)} GPUs but runs ${tp / t.size} ranks`);
+  for (const [name, c, ranks] of [["leader", leader, dedicated ? 0 : tp / rankPods], ["worker", worker, tp / rankPods]]) {
+    if (gpusOf(c) && gpusOf(c) !== ranks) problem(where, `the ${name} asks for ${gpusOf(c)} GPUs but runs ${ranks} ranks`);
   }
 }
 

@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
 # Multi-node tensor parallelism across simulated hosts: network namespaces joined by veth pairs
 # to a bridge (the bridge lives in its own "switch" namespace, so the host's network is never
-# touched). Host A runs node 0 (`serve --node-rank 0`: the front end and rank 0), host B runs
-# node 1 (`serve --node-rank 1`: rank 1), host C is a client with only the network. TP 2 across
-# A and B must give exactly the greedy tokens of a TP 1 single-process server.
-#
-# The front end always hosts tp/nnodes ranks itself (there is no "front end only" node), so a
-# layout with the front end alone on one host and both ranks on two others is not expressible
-# with the current CLI; rank 0 shares host A with the front end.
+# touched). Host A runs only the front end (`serve --node-rank 0 --dedicated-frontend`), hosts B
+# and C one CPU rank each (`serve --node-rank 1|2 --dedicated-frontend`), host D is a client with
+# only the network. TP 2 across B and C must give exactly the greedy tokens of a TP 1
+# single-process server.
 #
 # Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) for `ip netns`; exits 77 without it.
 source "$(dirname "$0")/lib.sh"
@@ -17,13 +14,13 @@ MAX_TOKENS=8
 SUBNET=10.213.7
 NS_PREFIX=ds$$
 SWITCH=${NS_PREFIX}sw
-declare -A HOST_IP=([a]=$SUBNET.1 [b]=$SUBNET.2 [c]=$SUBNET.3)
+declare -A HOST_IP=([a]=$SUBNET.1 [b]=$SUBNET.2 [c]=$SUBNET.3 [d]=$SUBNET.4)
 NODE_PIDS=()
 
 netns_cleanup() {
   local pid ns
   for pid in "${NODE_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  for ns in a b c sw; do ip netns del "${NS_PREFIX}$ns" 2>/dev/null; done
+  for ns in a b c d sw; do ip netns del "${NS_PREFIX}$ns" 2>/dev/null; done
 }
 # errexit off in the trap (a failed kill must not skip the rest); lib.sh's cleanup reads $? as the
 # script's exit status, so it is restored just before.
@@ -48,8 +45,8 @@ add_host() {
 }
 in_ns sw ip link add br0 type bridge
 in_ns sw ip link set br0 up
-for h in a b c; do add_host "$h"; done
-log "hosts: a=${HOST_IP[a]} (front end, rank 0)  b=${HOST_IP[b]} (rank 1)  c=${HOST_IP[c]} (client)"
+for h in a b c d; do add_host "$h"; done
+log "hosts: a=${HOST_IP[a]} (front end only)  b=${HOST_IP[b]} (rank 0)  c=${HOST_IP[c]} (rank 1)  d=${HOST_IP[d]} (client)"
 
 # complete URL PROMPT [runner...]: the greedy text of one completion, fetched through `runner`.
 complete() {
@@ -69,46 +66,60 @@ for i in "${!PROMPTS[@]}"; do
 done
 stop_server
 
-# Two nodes on two hosts; node 1 dials node 0's control plane over the bridge. (`ip netns exec`
-# execs the command, so $! is deltaserve itself.)
+# Three nodes on three hosts; nodes 1 and 2 dial node 0's control plane over the bridge.
+# (`ip netns exec` execs the command, so $! is deltaserve itself.)
 control=${HOST_IP[a]}:29500
-node_args=(--tp 2 --nnodes 2 --dist-init-addr "$control" --device cpu)
-ip netns exec "${NS_PREFIX}b" "$DELTASERVE_BIN" serve "${node_args[@]}" --node-rank 1 >"$WORK_DIR/node1.log" 2>&1 &
-NODE_PIDS+=($!)
+node_args=(--tp 2 --nnodes 3 --dedicated-frontend --dist-init-addr "$control" --device cpu)
+RANK_HOSTS=(b c)  # node i+1 runs on RANK_HOSTS[i] and hosts rank i
+for i in 0 1; do
+  h=${RANK_HOSTS[i]}
+  ip netns exec "${NS_PREFIX}$h" "$DELTASERVE_BIN" serve "${node_args[@]}" --node-rank $((i + 1)) >"$WORK_DIR/node_$h.log" 2>&1 &
+  NODE_PIDS+=($!)
+done
 ip netns exec "${NS_PREFIX}a" "$DELTASERVE_BIN" serve "${node_args[@]}" --node-rank 0 --host 0.0.0.0 --port 8000 \
   --grpc-port 50051 >"$WORK_DIR/server.log" 2>&1 &
 SERVER_PID=$!
 NODE_PIDS+=("$SERVER_PID")
 FRONT_URL=http://${HOST_IP[a]}:8000
+show_node_logs() { local h; for h in b c; do echo "---- node on host $h (tail) ----" >&2; tail -n 20 "$WORK_DIR/node_$h.log" >&2; done; }
 deadline=$((SECONDS + ${STARTUP_TIMEOUT:-300}))
-until in_ns c curl -sf "$FRONT_URL/health" >/dev/null 2>&1; do
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$WORK_DIR/node1.log" >&2; fail "node 0 exited during start-up"; }
-  kill -0 "${NODE_PIDS[0]}" 2>/dev/null || { tail -n 30 "$WORK_DIR/node1.log" >&2; fail "node 1 exited during start-up"; }
-  ((SECONDS < deadline)) || { tail -n 30 "$WORK_DIR/node1.log" >&2; fail "2-node server not healthy within ${STARTUP_TIMEOUT:-300} s"; }
+until in_ns d curl -sf "$FRONT_URL/health" >/dev/null 2>&1; do
+  kill -0 "$SERVER_PID" 2>/dev/null || { show_node_logs; fail "the front end (host a) exited during start-up"; }
+  kill -0 "${NODE_PIDS[0]}" 2>/dev/null || { show_node_logs; fail "node 1 (host b) exited during start-up"; }
+  kill -0 "${NODE_PIDS[1]}" 2>/dev/null || { show_node_logs; fail "node 2 (host c) exited during start-up"; }
+  ((SECONDS < deadline)) || { show_node_logs; fail "3-node server not healthy within ${STARTUP_TIMEOUT:-300} s"; }
   sleep 0.5
 done
-grep -q "worker rank 1 attached from" "$WORK_DIR/server.log" || fail "the log does not show rank 1 attaching"
-mapfile -t WORKER_PIDS < <(pgrep -P "$SERVER_PID" || true)
-mapfile -t NODE1_WORKERS < <(pgrep -P "${NODE_PIDS[0]}" || true)
-((${#WORKER_PIDS[@]} == 1 && ${#NODE1_WORKERS[@]} == 1)) ||
-  fail "expected one worker per host, found ${#WORKER_PIDS[@]} on a and ${#NODE1_WORKERS[@]} on b"
-# Rank 1's process really lives in host b's namespace.
-[[ $(readlink "/proc/${NODE1_WORKERS[0]}/ns/net") == "$(in_ns b readlink /proc/self/ns/net)" ]] ||
-  fail "rank 1 (pid ${NODE1_WORKERS[0]}) is not in host b's network namespace"
-log "2-node server healthy, seen from host c"
+for r in 0 1; do grep -q "worker rank $r attached from" "$WORK_DIR/server.log" || fail "the log does not show rank $r attaching"; done
+mapfile -t FRONT_END_CHILDREN < <(pgrep -P "$SERVER_PID" || true)
+((${#FRONT_END_CHILDREN[@]} == 0)) || fail "the dedicated front end runs ${#FRONT_END_CHILDREN[@]} local worker(s)"
+# Each rank's process really lives in its host's namespace: rank 0 on b, rank 1 on c.
+declare -A WORKER_OF_HOST
+for i in 0 1; do
+  h=${RANK_HOSTS[i]}
+  mapfile -t workers < <(pgrep -P "${NODE_PIDS[i]}" || true)
+  ((${#workers[@]} == 1)) || fail "expected one worker on host $h, found ${#workers[@]}"
+  WORKER_OF_HOST[$h]=${workers[0]}
+  cmdline=$(tr '\0' ' ' <"/proc/${workers[0]}/cmdline")
+  [[ $cmdline == *" --rank $i "* ]] || fail "the worker on host $h is not rank $i: $cmdline"
+  [[ $(readlink "/proc/${workers[0]}/ns/net") == "$(in_ns "$h" readlink /proc/self/ns/net)" ]] ||
+    fail "rank $i (pid ${workers[0]}) is not in host $h's network namespace"
+done
+log "3-node server healthy (front end alone on a, ranks on b and c), seen from host d"
 
 for i in "${!PROMPTS[@]}"; do
-  got=$(complete "$FRONT_URL" "${PROMPTS[i]}" in_ns c) || fail "TP 2 completion of prompt $i failed (from host c)"
-  [[ $got == "${reference[i]}" ]] || fail "prompt $i: TP 2 over two hosts gave $got, TP 1 gave ${reference[i]}"
+  got=$(complete "$FRONT_URL" "${PROMPTS[i]}" in_ns d) || fail "TP 2 completion of prompt $i failed (from host d)"
+  [[ $got == "${reference[i]}" ]] || fail "prompt $i: TP 2 over hosts b and c gave $got, TP 1 gave ${reference[i]}"
   log "prompt $i: $got (same as TP 1)"
 done
 
-# Stopping node 0 stops everything: its worker, and node 1 with its worker.
+# Stopping the front end stops everything: nodes 1 and 2 with their workers.
 stop_server
 deadline=$((SECONDS + 30))
-while kill -0 "${NODE_PIDS[0]}" 2>/dev/null || kill -0 "${NODE1_WORKERS[0]}" 2>/dev/null; do
-  ((SECONDS < deadline)) || { tail -n 20 "$WORK_DIR/node1.log" >&2; fail "node 1 still running 30 s after node 0 stopped"; }
+while kill -0 "${NODE_PIDS[0]}" 2>/dev/null || kill -0 "${NODE_PIDS[1]}" 2>/dev/null ||
+  kill -0 "${WORKER_OF_HOST[b]}" 2>/dev/null || kill -0 "${WORKER_OF_HOST[c]}" 2>/dev/null; do
+  ((SECONDS < deadline)) || { show_node_logs; fail "a worker node still running 30 s after the front end stopped"; }
   sleep 0.2
 done
-log "ok: node 1 and its worker exited after node 0 stopped"
+log "ok: nodes 1 and 2 and their workers exited after the front end stopped"
 log "PASS"

@@ -2,7 +2,9 @@
 # deploy/slurm/deltaserve.sbatch on a real, private, one-node Slurm: its own munged (key, socket,
 # logs in a temp dir), slurmctld and slurmd on free ports with a slurm.conf of their own, so the
 # host's Slurm/munge setup (if any) is neither used nor touched. The job serves TP 2 on CPU workers;
-# the test sends a completion, cancels the job, and checks that nothing of it is left running.
+# the test sends a completion, then cancels the job under an in-flight streaming request: scancel
+# sends SIGTERM to every process of the job at once (front end and workers), and the stream must
+# keep going during the drain and end completed or told why, and nothing of the job may be left.
 # deploy/setup.sh installs slurm-wlm, slurmctld, slurmd and munge; without them this exits 77.
 source "$(dirname "$0")/lib.sh"
 
@@ -122,7 +124,33 @@ mapfile -t job_pids < <(pgrep -f -- "--port $HTTP_PORT --grpc-port $GRPC_PORT" |
 ((${#job_pids[@]} >= 1)) || fail "cannot find the job's front end process"
 mapfile -t job_pids < <(printf '%s\n' "${job_pids[@]}"; pgrep -P "$(IFS=,; echo "${job_pids[*]}")" || true)
 
+# A stream that cannot finish within --shutdown-timeout 5: it must still get tokens after scancel
+# (the workers ignore SIGTERM and serve the drain) and then end with the shutdown named.
+STREAM=$WORK_DIR/stream.out
+curl -sN "$BASE_URL/v1/completions" -H 'content-type: application/json' \
+  -d '{"prompt":"A long story:","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}' >"$STREAM" &
+CURL_PID=$!
+deadline=$((SECONDS + 60))
+until grep -q '"text"' "$STREAM" 2>/dev/null; do
+  ((SECONDS < deadline)) || fail "no streamed token within 60 s"
+  sleep 0.1
+done
+chunks_at_cancel=$(grep -c '"text"' "$STREAM")
 scancel "$JOB_ID"
+log "scancel under a streaming request ($chunks_at_cancel chunks so far)"
+wait "$CURL_PID" || true
+chunks=$(grep -c '"text"' "$STREAM")
+tail -n 2 "$STREAM" | grep -q '^data: \[DONE\]' || fail "the stream did not end with [DONE]: $(tail -c 400 "$STREAM")"
+if grep -q '"finish_reason":"length"' "$STREAM"; then
+  log "ok: the stream completed during the drain"
+else
+  reason=$(grep -o '"message":"[^"]*"' "$STREAM" | head -n 1)
+  [[ $reason == *"shutting down"* ]] || fail "the stream ended without completing or naming the shutdown: ${reason:-$(tail -c 400 "$STREAM")}"
+  log "ok: the stream was told why: $reason"
+fi
+((chunks > chunks_at_cancel)) || fail "no token streamed after scancel ($chunks chunks before and after): the workers did not serve the drain"
+log "ok: $((chunks - chunks_at_cancel)) chunks streamed after scancel"
+
 deadline=$((SECONDS + 30))
 while [[ -n $(squeue -h -j "$JOB_ID" 2>/dev/null) ]]; do
   ((SECONDS < deadline)) || fail "job $JOB_ID still listed 30 s after scancel"

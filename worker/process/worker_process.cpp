@@ -330,14 +330,19 @@ class WorkerSession {
   std::optional<PlanDecoder> decoder_;
 };
 
-// SIGTERM when the spawning thread exits (PR_SET_PDEATHSIG follows the thread that forked us, so
-// spawn workers from a long-lived thread), so killing the front end leaves no worker behind.
+// A spawned worker belongs to its spawner (a front end, or a node's `serve`), which stops it with
+// Shutdown once in-flight requests have drained. So it ignores SIGTERM: `scancel`, systemd or a
+// container runtime send SIGTERM to every process of the job at once, and a worker that died then
+// would fail the very requests the front end is draining. It is SIGKILLed when the spawning thread
+// exits (PR_SET_PDEATHSIG follows the thread that forked us, so spawn workers from a long-lived
+// thread), so a spawner's death, however it dies, leaves no worker behind.
 void die_with_parent(int parent_pid) {
-  if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) throw std::runtime_error("prctl(PR_SET_PDEATHSIG) failed");
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) throw std::runtime_error("prctl(PR_SET_PDEATHSIG) failed");
   const pid_t parent = getppid();
   if (parent == 1 || (parent_pid > 0 && parent != parent_pid)) {
     throw std::runtime_error("--exit-with-parent: the spawning process is already gone");
   }
+  signal(SIGTERM, SIG_IGN);
 }
 
 }  // namespace

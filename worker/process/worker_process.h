@@ -14,7 +14,8 @@ struct WorkerProcessOptions {
   std::string comm_host;          // CPU ranks: where the host communicator listens; empty: the
                                   // local address that routes to the front end
   double connect_timeout_s = 60;  // to reach the front end, and for the ranks to find each other
-  bool exit_with_parent = false;  // die with the process that spawned us (local workers)
+  bool exit_with_parent = false;  // die with the process that spawned us (local workers); ignore
+                                  // SIGTERM: the spawner drains, then sends Shutdown
   int parent_pid = 0;             // with exit_with_parent: the spawner's pid, which closes the race
                                   // of a parent dying before the worker could ask to die with it
 };

@@ -35,5 +35,26 @@ TEST(PoolSizing, CapsPagesAndRefusesWhenNothingFits) {
   EXPECT_THROW(size_pools({report(100, 1000, 100)}, 7, 0), std::runtime_error);
 }
 
+TEST(NodeRanks, EveryNodeHostsAnEqualShareInNodeOrder) {
+  EXPECT_EQ(node_ranks(4, 2, 0, false).first, 0);
+  EXPECT_EQ(node_ranks(4, 2, 0, false).count, 2);
+  EXPECT_EQ(node_ranks(4, 2, 1, false).first, 2);
+  EXPECT_EQ(node_ranks(4, 2, 1, false).count, 2);
+  EXPECT_THROW(node_ranks(3, 2, 0, false), std::invalid_argument);
+  EXPECT_THROW(node_ranks(2, 2, 2, false), std::invalid_argument);
+}
+
+TEST(NodeRanks, ADedicatedFrontEndHostsNoneAndTheOtherNodesCoverEveryRank) {
+  EXPECT_EQ(node_ranks(2, 3, 0, true).count, 0);
+  EXPECT_EQ(node_ranks(2, 3, 1, true).first, 0);
+  EXPECT_EQ(node_ranks(2, 3, 1, true).count, 1);
+  EXPECT_EQ(node_ranks(2, 3, 2, true).first, 1);
+  EXPECT_EQ(node_ranks(2, 3, 2, true).count, 1);
+  EXPECT_EQ(node_ranks(16, 3, 2, true).first, 8);
+  EXPECT_EQ(node_ranks(16, 3, 2, true).count, 8);
+  EXPECT_THROW(node_ranks(2, 1, 0, true), std::invalid_argument);  // nobody would host the ranks
+  EXPECT_THROW(node_ranks(4, 4, 1, true), std::invalid_argument);  // 4 ranks over 3 worker nodes
+}
+
 }  // namespace
 }  // namespace ds::server

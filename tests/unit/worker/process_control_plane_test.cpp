@@ -402,6 +402,18 @@ TEST(WorkerControlPlane, GpuTp2AndTp4GiveTheGpuTp1GreedyTokensOnTheFixtures) {
   }
 }
 
+// `scancel` or a container stop sends SIGTERM to every process at once; a spawned worker must keep
+// serving the front end's drain and leave only on Shutdown.
+TEST(WorkerControlPlane, AnExitWithParentWorkerIgnoresSigtermAndStopsOnShutdown) {
+  Group group(2);
+  group.start(kTinyDummy);
+  for (int r = 0; r < 2; ++r) kill(group.pid(r), SIGTERM);
+  const Generation g = group.generate(3);
+  for (const auto& [seq, tokens] : g.tokens) EXPECT_EQ(tokens.size(), 4u) << "seq " << seq << " after SIGTERM";
+  group.shutdown("test done");
+  for (int code : group.exit_codes()) EXPECT_EQ(code, 0) << "a worker did not exit 0 on Shutdown after SIGTERM";
+}
+
 TEST(WorkerControlPlane, ABadPlanIsReportedAsWorkerErrorAndTheWorkerExitsNonZero) {
   Group group(1);
   group.start(kFixtures[0]);
@@ -483,9 +495,9 @@ TEST(WorkerControlPlane, KillingTheSpawningProcessKillsItsExitWithParentWorker) 
   EXPECT_EQ(wait_exit(spawner, 5s), 128 + SIGKILL);
   const int code = wait_exit(worker, 10s);
   if (code == -1) kill_and_reap({worker});
-  // SIGTERM from PR_SET_PDEATHSIG; or, when the spawner died before the worker got that far, the
+  // SIGKILL from PR_SET_PDEATHSIG; or, when the spawner died before the worker got that far, the
   // worker's own check of its parent pid makes it exit 1.
-  EXPECT_TRUE(code == 128 + SIGTERM || code == 1) << "the worker outlived its spawner (code " << code << ")";
+  EXPECT_TRUE(code == 128 + SIGKILL || code == 1) << "the worker outlived its spawner (code " << code << ")";
 }
 
 }  // namespace
