@@ -4,7 +4,8 @@
 # touched). Host A runs only the front end (`serve --node-rank 0 --dedicated-frontend`), hosts B
 # and C one CPU rank each (`serve --node-rank 1|2 --dedicated-frontend`), host D is a client with
 # only the network. TP 2 across B and C must give exactly the greedy tokens of a TP 1
-# single-process server.
+# single-process server, and SIGTERM to every process of the three nodes at once (what scancel
+# does) must drain an in-flight stream and leave nothing running.
 #
 # Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) for `ip netns`; exits 77 without it.
 source "$(dirname "$0")/lib.sh"
@@ -69,7 +70,8 @@ stop_server
 # Three nodes on three hosts; nodes 1 and 2 dial node 0's control plane over the bridge.
 # (`ip netns exec` execs the command, so $! is deltaserve itself.)
 control=${HOST_IP[a]}:29500
-node_args=(--tp 2 --nnodes 3 --dedicated-frontend --dist-init-addr "$control" --device cpu)
+SHUTDOWN_TIMEOUT=5
+node_args=(--tp 2 --nnodes 3 --dedicated-frontend --dist-init-addr "$control" --device cpu --shutdown-timeout "$SHUTDOWN_TIMEOUT")
 RANK_HOSTS=(b c)  # node i+1 runs on RANK_HOSTS[i] and hosts rank i
 for i in 0 1; do
   h=${RANK_HOSTS[i]}
@@ -113,13 +115,38 @@ for i in "${!PROMPTS[@]}"; do
   log "prompt $i: $got (same as TP 1)"
 done
 
-# Stopping the front end stops everything: nodes 1 and 2 with their workers.
-stop_server
-deadline=$((SECONDS + 30))
-while kill -0 "${NODE_PIDS[0]}" 2>/dev/null || kill -0 "${NODE_PIDS[1]}" 2>/dev/null ||
-  kill -0 "${WORKER_OF_HOST[b]}" 2>/dev/null || kill -0 "${WORKER_OF_HOST[c]}" 2>/dev/null; do
-  ((SECONDS < deadline)) || { show_node_logs; fail "a worker node still running 30 s after the front end stopped"; }
-  sleep 0.2
+# SIGTERM to every process of every host at once, as Slurm's scancel or deleting a LWS group does,
+# under a stream that cannot finish within --shutdown-timeout: the ranks keep serving the front
+# end's drain (the stream gets tokens after the signal), the stream ends naming the shutdown, and
+# the worker nodes wait for the front end to stop their workers, then every process is gone.
+STREAM=$WORK_DIR/stream.out
+in_ns d curl -sN "$FRONT_URL/v1/completions" -H 'content-type: application/json' \
+  -d '{"prompt":"A long story:","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}' >"$STREAM" &
+CURL_PID=$!
+deadline=$((SECONDS + 60))
+until grep -q '"text"' "$STREAM" 2>/dev/null; do
+  ((SECONDS < deadline)) || fail "no streamed token within 60 s"
+  sleep 0.1
 done
-log "ok: nodes 1 and 2 and their workers exited after the front end stopped"
+ALL_PIDS=("${NODE_PIDS[@]}" "${WORKER_OF_HOST[b]}" "${WORKER_OF_HOST[c]}")
+chunks_at_signal=$(grep -c '"text"' "$STREAM")
+kill -TERM "${ALL_PIDS[@]}"
+log "SIGTERM to the front end, both worker nodes and both workers under a stream ($chunks_at_signal chunks so far)"
+wait "$CURL_PID" || true
+chunks=$(grep -c '"text"' "$STREAM")
+tail -n 2 "$STREAM" | grep -q '^data: \[DONE\]' || fail "the stream did not end with [DONE]: $(tail -c 400 "$STREAM")"
+reason=$(grep -o '"message":"[^"]*"' "$STREAM" | head -n 1)
+[[ $reason == *"shutting down"* ]] || fail "the stream ended without naming the shutdown: ${reason:-$(tail -c 400 "$STREAM")}"
+((chunks > chunks_at_signal)) || fail "no token streamed after SIGTERM ($chunks chunks): the ranks did not serve the drain"
+log "ok: $((chunks - chunks_at_signal)) chunks after SIGTERM, then $reason"
+deadline=$((SECONDS + SHUTDOWN_TIMEOUT + 30))
+for pid in "${ALL_PIDS[@]}"; do
+  while kill -0 "$pid" 2>/dev/null; do
+    ((SECONDS < deadline)) || { show_node_logs; fail "process $pid still running $((SHUTDOWN_TIMEOUT + 30)) s after SIGTERM"; }
+    sleep 0.2
+  done
+done
+SERVER_PID=
+grep -q "waiting up to .* for node 0" "$WORK_DIR/node_b.log" || { show_node_logs; fail "node 1 did not wait for node 0's drain"; }
+log "ok: every process of the three nodes exited"
 log "PASS"
