@@ -26,7 +26,7 @@ double peak_rss_gb() {
 
 void add_gen_model(CLI::App& app) {
   struct Args {
-    std::string preset, out, layout = "auto";
+    std::string preset, out, layout = "auto", twin;
     uint64_t seed = 0;
     bool fp8 = false;
     uint64_t shard_mb = 0;
@@ -40,7 +40,11 @@ void add_gen_model(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "qwen3.5", "qwen3.5-vl", "qwen3-next"}));
   cmd->add_flag("--fp8", args->fp8, "Block FP8 (128x128 E4M3) linear weights, like the published -FP8 models");
   cmd->add_option("--shard-size", args->shard_mb, "Shard size in MB (0: one model.safetensors)");
+  cmd->add_option(
+      "--dequantized-twin", args->twin,
+      "With --fp8: also write this folder, the same weights dequantized to BF16 (the FP8 path's reference)");
   cmd->callback([args] {
+    if (!args->twin.empty() && !args->fp8) throw CLI::ValidationError("--dequantized-twin", "needs --fp8");
     const ModelConfig config = preset_config(args->preset);
     GenModelOptions options;
     options.out_dir = args->out;
@@ -54,6 +58,10 @@ void add_gen_model(CLI::App& app) {
     std::printf("wrote %s: %s, %d file(s), %.2f GB in %.1f s%s\n", args->out.c_str(), args->preset.c_str(),
                 result.num_files, result.total_bytes / 1e9, seconds_since(start),
                 options.tokenizer_dir.empty() ? " (no tokenizer files found)" : "");
+    if (!args->twin.empty()) {
+      write_dequantized_twin(args->out, args->twin, DType::BF16);
+      std::printf("wrote %s: its dequantized BF16 twin\n", args->twin.c_str());
+    }
   });
 }
 

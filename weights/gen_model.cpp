@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "weights/dtype.h"
 #include "weights/fp8_blocks.h"
 #include "weights/rank_plan.h"
+#include "weights/rank_weights.h"
 #include "weights/safetensors.h"
 
 namespace ds::weights {
@@ -336,8 +338,10 @@ GenModelResult write_random_checkpoint(const ModelConfig& base, const GenModelOp
           if (t.layout.dtype == DType::F8_E4M3) {
             const detail::MatrixShape m = detail::matrix_shape(t.layout.shape);
             pending_scales.assign(detail::scale_spec(TensorSpec{"", t.layout.dtype, t.layout.shape}, c.fp8).numel(), 0.f);
+            // Power-of-two scales: the dequantized twin (write_dequantized_twin) is then exact in BF16.
             detail::quantize_fp8_blocks(values.data(), m.batches, m.rows, m.cols, c.fp8.block_rows, c.fp8.block_cols, 0,
-                                        m.rows, reinterpret_cast<uint8_t*>(bytes.data()), pending_scales.data());
+                                        m.rows, reinterpret_cast<uint8_t*>(bytes.data()), pending_scales.data(),
+                                        /*power_of_two_scales=*/true);
           } else {
             convert_float(DType::F32, values.data(), t.layout.dtype, bytes.data(), values.size());
           }
@@ -359,6 +363,71 @@ GenModelResult write_random_checkpoint(const ModelConfig& base, const GenModelOp
     }
   }
   return result;
+}
+
+void write_dequantized_twin(const std::string& fp8_dir, const std::string& out_dir, DType dtype) {
+  const fs::path from(fp8_dir), to(out_dir);
+  ordered_json config = ordered_json::parse(std::ifstream(from / "config.json"));
+  if (!config.contains("quantization_config")) throw std::runtime_error(fp8_dir + ": not a block-FP8 checkpoint");
+  const auto& block = config.at("quantization_config").at("weight_block_size");
+  const int block_rows = block.at(0), block_cols = block.at(1);
+  config.erase("quantization_config");
+  const char* dtype_json = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : nullptr;
+  if (dtype_json == nullptr) throw std::invalid_argument("write_dequantized_twin: dtype must be F32 or BF16");
+  config["dtype"] = dtype_json;
+  if (config.contains("text_config")) config["text_config"]["dtype"] = dtype_json;
+  fs::create_directories(to);
+  write_text(to / "config.json", config.dump(2) + "\n");
+
+  // A weight's scales may sit in another shard: index every tensor of the folder first.
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, const TensorView*> by_name;
+  for (const auto& entry : fs::directory_iterator(from)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    files.push_back(std::make_unique<SafetensorsFile>(entry.path().string()));
+    for (const auto& view : files.back()->tensors()) by_name[view.name] = &view;
+  }
+  auto host = [](const TensorView& view, DType as) {
+    HostTensor t{TensorSpec{view.name, as, view.shape},
+                 std::vector<std::byte>(TensorSpec{"", as, view.shape}.nbytes())};
+    convert_float(view.dtype, view.bytes.data(), as, t.storage.data(), static_cast<size_t>(view.numel()));
+    return t;
+  };
+  ordered_json weight_map = ordered_json::object();
+  uint64_t total = 0;
+  for (const auto& file : files) {
+    std::vector<const TensorView*> kept;
+    std::vector<TensorLayout> layouts;
+    for (const auto& view : file->tensors()) {
+      if (ends_with(view.name, "_scale_inv")) continue;
+      const DType out = view.dtype == DType::F8_E4M3 ? dtype : view.dtype;
+      kept.push_back(&view);
+      layouts.push_back({view.name, out, view.shape});
+      weight_map[view.name] = fs::path(file->path()).filename().string();
+      total += TensorSpec{"", out, view.shape}.nbytes();
+    }
+    auto fill = [&](size_t k, std::span<std::byte> bytes) {
+      const TensorView& view = *kept[k];
+      if (view.dtype != DType::F8_E4M3) {
+        std::memcpy(bytes.data(), view.bytes.data(), bytes.size());
+        return;
+      }
+      const auto scale = by_name.find(view.name + "_scale_inv");
+      if (scale == by_name.end()) throw std::runtime_error(fp8_dir + ": FP8 tensor " + view.name + " has no scales");
+      std::vector<float> values(static_cast<size_t>(view.numel()));
+      dequantize_fp8_blocks(host(view, DType::F8_E4M3), host(*scale->second, DType::F32), block_rows, block_cols,
+                            values.data());
+      convert_float(DType::F32, values.data(), dtype, bytes.data(), values.size());
+    };
+    write_safetensors_streamed((to / fs::path(file->path()).filename()).string(), layouts, fill, file->metadata());
+  }
+  if (fs::exists(from / "model.safetensors.index.json")) {
+    ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_text(to / "model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"}) {
+    if (fs::exists(from / name)) fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing);
+  }
 }
 
 std::string find_tokenizer_dir() {
