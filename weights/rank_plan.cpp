@@ -149,12 +149,26 @@ class Planner {
 
     std::vector<PartPiece> parts = in_proj_pieces(p);
     if (form == GdnProjectionForm::kFused) {
-      std::vector<Piece> pieces;
+      // FP8 q/k/v/z rows with unquantized b/a rows (every published FP8 checkpoint keeps the gate
+      // projections BF16): W_in becomes in_proj [q_r; k_r; v_r; z_r] (FP8) + in_proj_ba [b_r; a_r]
+      // (BF16), two GEMMs into adjacent columns of one output. Quantizing b/a into W_in's own
+      // blocks instead moved the logits of tiny random models by 1e-1 (dense) to 5e-1 (MoE).
+      const bool ba_unquantized =
+          kept_unquantized(c_.fp8, ba_module) && (!separate || kept_unquantized(c_.fp8, a + "in_proj_a"));
+      const bool ba_apart = c_.fp8.enabled && !kept_unquantized(c_.fp8, qkv_module) && ba_unquantized;
+      std::vector<Piece> pieces, ba;
       for (auto& pp : parts) {
-        pp.piece.requantize_off_blocks = pp.part == kB || pp.part == kA;
+        const bool gate = pp.part == kB || pp.part == kA;
+        if (gate && ba_apart) {
+          pp.piece.dst_row -= Cr + Vr;
+          ba.push_back(pp.piece);
+          continue;
+        }
+        pp.piece.requantize_off_blocks = gate;
         pieces.push_back(pp.piece);
       }
-      add(a + "in_proj", {d_.in_proj_rows, H}, std::move(pieces), true, qkv_module);
+      add(a + "in_proj", {ba_apart ? Cr + Vr : d_.in_proj_rows, H}, std::move(pieces), true, qkv_module);
+      if (ba_apart) add(a + "in_proj_ba", {2 * Hvr, H}, std::move(ba), true, ba_module);
     } else if (separate) {
       std::vector<Piece> qkvz, ba;
       for (auto& pp : parts) {

@@ -10,7 +10,9 @@
 //   norm [H]
 //   layers.{i}.input_layernorm [H], layers.{i}.post_attention_layernorm [H]       (1+w) RMSNorms
 //   GDN layer, prefix layers.{i}.linear_attn.:
-//     in_proj [C_r + V_r + 2Hv_r, H]  (fused form) rows [q_r; k_r; v_r; z_r; b_r; a_r]
+//     in_proj [C_r + V_r + 2Hv_r, H]  (fused form) rows [q_r; k_r; v_r; z_r; b_r; a_r]; FP8 checkpoints
+//        with unquantized in_proj_b/a (all published ones): in_proj [C_r + V_r, H] F8_E4M3 rows
+//        [q_r; k_r; v_r; z_r] and in_proj_ba [2Hv_r, H] BF16 rows [b_r; a_r] (any GDN layout)
 //     in_proj_qkvz [C_r + V_r, H], in_proj_ba [2Hv_r, H]  (split form) in the checkpoint's own
 //        layout (config.gdn_layout): kSeparate -> [q_r|k_r|v_r|z_r], [b_r|a_r];
 //        kInterleaved -> per local key head g: [q_g|k_g|v_g(Hv/Hk·dv)|z_g(Hv/Hk·dv)], [b_g|a_g]
@@ -27,8 +29,8 @@
 // Dtypes: config.dtype (the checkpoint's, normally BF16) except A_log and dt_bias (F32). With FP8
 // (config.fp8.enabled) every quantized linear weight is F8_E4M3 with a sibling "<name>_scale_inv"
 // F32 [ceil(rows/128), ceil(cols/128)] (3-D experts: [E, ceil(rows/128), ceil(cols/128)]); scale
-// blocks start at row/col 0 of the rank's tensor. In the fused W_in, the b/a rows (BF16 in FP8
-// checkpoints) are quantized at load into scale blocks of their own (C_r + V_r is a multiple of 128).
+// blocks start at row/col 0 of the rank's tensor. A fused W_in whose b/a rows are FP8 in the
+// checkpoint requantizes them at load into scale blocks of their own (C_r + V_r is a multiple of 128).
 #pragma once
 
 #include <cstddef>
