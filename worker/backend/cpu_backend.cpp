@@ -16,13 +16,19 @@ namespace kc = ds::kernels::cpu;
 
 CpuBackend::CpuBackend(const BackendLimits& limits) : limits_(limits) {}
 
-void CpuBackend::gemm(const T* x, int64_t ldx, const T* w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k) {
-  if (rows > 0) kc::gemm(x, ldx, w, y, ldy, rows, n, k);
+void CpuBackend::linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n,
+                        int64_t k) {
+  if (rows == 0) return;
+  if (w.fp8 != nullptr) {
+    kc::gemm_fp8(x, ldx, w.fp8, w.scale_inv, y, ldy, rows, n, k);
+  } else {
+    kc::gemm(x, ldx, w.w, y, ldy, rows, n, k);
+  }
 }
 
 void CpuBackend::gemm_f32(const T* x, int64_t ldx, const T* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                           int64_t k) {
-  gemm(x, ldx, w, y, ldy, rows, n, k);
+  if (rows > 0) kc::gemm(x, ldx, w, y, ldy, rows, n, k);
 }
 
 void CpuBackend::embedding(const int32_t* ids, int64_t rows, const T* table, int64_t vocab_start,

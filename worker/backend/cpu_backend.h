@@ -1,7 +1,7 @@
 // The CPU backend: fp32 storage and math through the ds::kernels::cpu references. It runs the
 // whole model in CI and is the oracle of the CUDA backend. Every op the model calls has the same
 // name and argument order in CudaBackend (worker/backend/cuda_backend.h); the model is written once
-// against either (worker/model/hybrid_model.h).
+// against either (worker/model/qwen3_5_impl.h).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +28,15 @@ struct BackendLimits {
   kernels::MoeDims moe;     // num_experts = 0 for dense models
 };
 
+// A linear layer's weight [N, K] as the model holds it: in the backend's dtype (w), or as block-FP8
+// E4M3 codes (fp8) with their fp32 weight_scale_inv [ceil(N/128), ceil(K/128)] (kernels/gemm.h).
+template <typename T>
+struct LinearWeight {
+  const T* w = nullptr;
+  const uint8_t* fp8 = nullptr;
+  const float* scale_inv = nullptr;
+};
+
 class CpuBackend {
  public:
   using T = float;
@@ -35,13 +44,16 @@ class CpuBackend {
   static constexpr const char* kName = "cpu";
   static constexpr weights::DType kDType = weights::DType::F32;
   static constexpr CommDType kCommDType = CommDType::kFloat32;
+  // The fp32 reference dequantizes block-FP8 weights at load (the model never hands it FP8).
+  static constexpr bool kKeepsFp8 = false;
 
   explicit CpuBackend(const BackendLimits& limits);
 
   cudaStream_t stream() const { return nullptr; }
   size_t workspace_bytes() const { return 0; }
 
-  void gemm(const T* x, int64_t ldx, const T* w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
+  // y [rows, n] = x [rows, k] · Wᵀ.
+  void linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
   void gemm_f32(const T* x, int64_t ldx, const T* w, float* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
   void embedding(const int32_t* ids, int64_t rows, const T* table, int64_t vocab_start, int64_t table_rows,
                  int64_t hidden, T* out);

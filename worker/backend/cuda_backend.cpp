@@ -45,8 +45,14 @@ size_t CudaBackend::workspace_bytes() const {
   return gdn_prefill_workspace_.bytes() + gdn_decode_scratch_.bytes() + attention_workspace_.bytes();
 }
 
-void CudaBackend::gemm(const T* x, int64_t ldx, const T* w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k) {
-  if (rows > 0) gemm_->gemm(x, ldx, w, y, ldy, rows, n, k, 0.f, stream_);
+void CudaBackend::linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n,
+                         int64_t k) {
+  if (rows == 0) return;
+  if (w.fp8 != nullptr) {
+    gemm_->gemm_fp8(x, ldx, w.fp8, w.scale_inv, y, ldy, rows, n, k, 0.f, stream_);
+  } else {
+    gemm_->gemm(x, ldx, w.w, y, ldy, rows, n, k, 0.f, stream_);
+  }
 }
 
 void CudaBackend::gemm_f32(const T* x, int64_t ldx, const T* w, float* y, int64_t ldy, int64_t rows, int64_t n,
@@ -76,6 +82,10 @@ void CudaBackend::silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermedi
 }
 
 void CudaBackend::moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& weights, T* out) {
+  moe_->forward(*gemm_, x, rows, weights, out, stream_);
+}
+
+void CudaBackend::moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out) {
   moe_->forward(*gemm_, x, rows, weights, out, stream_);
 }
 

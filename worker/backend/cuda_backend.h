@@ -1,5 +1,6 @@
-// The CUDA backend: BF16 weights and activations, fp32 GDN states and logits, through the
-// ds::kernels::cuda ops on one stream. Same op names and argument order as CpuBackend.
+// The CUDA backend: BF16 weights and activations (block-FP8 linear weights kept as E4M3 codes +
+// 128x128 scales), fp32 GDN states and logits, through the ds::kernels::cuda ops on one stream.
+// Same op names and argument order as CpuBackend.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,8 @@ class CudaBackend {
   static constexpr const char* kName = "cuda";
   static constexpr weights::DType kDType = weights::DType::BF16;
   static constexpr CommDType kCommDType = CommDType::kBFloat16;
+  // Block-FP8 linear weights stay FP8 in GPU memory (half of BF16) and run through the FP8 GEMMs.
+  static constexpr bool kKeepsFp8 = true;
 
   explicit CudaBackend(const BackendLimits& limits);
   ~CudaBackend();
@@ -36,7 +39,8 @@ class CudaBackend {
   cudaStream_t stream() const { return stream_; }
   size_t workspace_bytes() const;
 
-  void gemm(const T* x, int64_t ldx, const T* w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
+  // y [rows, n] = x [rows, k] · Wᵀ: cuBLASLt for BF16 W, GemmRunner::gemm_fp8 for block-FP8 W.
+  void linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
   void gemm_f32(const T* x, int64_t ldx, const T* w, float* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
   void embedding(const int32_t* ids, int64_t rows, const T* table, int64_t vocab_start, int64_t table_rows,
                  int64_t hidden, T* out);
@@ -45,6 +49,7 @@ class CudaBackend {
   void add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps);
   void silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate);
   void moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& weights, T* out);
+  void moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out);
 
   void gdn_split(const T* qkvz, const T* ba, int64_t rows, const kernels::GdnDims& dims, kernels::QkvzLayout layout,
                  T* mixed_qkv, T* z, T* b, T* a);

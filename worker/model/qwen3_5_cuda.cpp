@@ -1,4 +1,4 @@
-// The CUDA (BF16) instantiation of the model.
+// The CUDA instantiation of the model (BF16; block-FP8 linear weights kept FP8).
 #include "worker/backend/cuda_backend.h"
 #include "worker/model/qwen3_5_impl.h"
 

@@ -1,5 +1,5 @@
-// The model, written once against a backend (CpuBackend: fp32; CudaBackend: BF16). Included only
-// by qwen3_5_cpu.cpp and qwen3_5_cuda.cpp, which instantiate it.
+// The model, written once against a backend (CpuBackend: fp32; CudaBackend: BF16, block-FP8 linear
+// weights kept FP8). Included only by qwen3_5_cpu.cpp and qwen3_5_cuda.cpp, which instantiate it.
 //
 // Per step, with the residual stream kept apart from the normalised activations:
 //   residual = embed(ids) (vocab-parallel, all-reduced); normed = rms_norm(residual, ln_0)
@@ -34,6 +34,7 @@ namespace ds::worker {
 template <class Backend>
 class HybridModel final : public Model {
   using T = typename Backend::T;
+  using Linear = LinearWeight<T>;
 
  public:
   HybridModel(const ModelOptions& options, const weights::Checkpoint* checkpoint, uint64_t seed)
@@ -120,26 +121,27 @@ class HybridModel final : public Model {
     const T* input_ln = nullptr;
     const T* post_ln = nullptr;
     // GDN
-    const T* in_proj = nullptr;       // fused W_in
-    const T* in_proj_qkvz = nullptr;  // split form
-    const T* in_proj_ba = nullptr;
+    Linear in_proj;       // fused W_in (without its b/a rows when in_proj_ba is set)
+    Linear in_proj_qkvz;  // split form
+    Linear in_proj_ba;    // split form; fused form: W_in's BF16 b/a rows beside an FP8 in_proj
     const T* conv1d = nullptr;
     const float* A_log = nullptr;
     const float* dt_bias = nullptr;
     const T* gated_norm = nullptr;
-    const T* out_proj = nullptr;
+    Linear out_proj;
     // full attention
-    const T* q_proj = nullptr;
-    const T* k_proj = nullptr;
-    const T* v_proj = nullptr;
+    Linear q_proj;
+    Linear k_proj;
+    Linear v_proj;
     const T* q_norm = nullptr;
     const T* k_norm = nullptr;
-    const T* o_proj = nullptr;
+    Linear o_proj;
     // MLP
     bool moe = false;
-    const T* gate_up = nullptr;
-    const T* down = nullptr;
-    kernels::MoeWeights<T> experts;
+    Linear gate_up;
+    Linear down;
+    kernels::MoeWeights<T> experts;      // BF16 / fp32 experts
+    kernels::MoeFp8Weights experts_fp8;  // block-FP8 experts (CUDA); experts_gate_up set when used
   };
 
   // Device pointers into the step's uploaded int32 metadata.
@@ -174,12 +176,14 @@ class HybridModel final : public Model {
   // ---- weights ----------------------------------------------------------------------------------
 
   static bool stays_fp32(const std::string& name) {
-    return name.ends_with(".A_log") || name.ends_with(".dt_bias");
+    return name.ends_with(".A_log") || name.ends_with(".dt_bias") || name.ends_with("_scale_inv");
   }
 
-  // Converts every rank tensor to the backend's dtype (A_log and dt_bias stay fp32) and uploads it.
-  // Block-FP8 weights are dequantized here with their "<name>_scale_inv" sibling: FP8 checkpoints
-  // run, at BF16 memory and speed (FP8 GEMMs are not wired in yet).
+  // Converts every rank tensor to the backend's dtype (A_log, dt_bias and FP8 scales stay fp32) and
+  // uploads it. Block-FP8 weights (weights/ gives FP8 only to the linears the model runs through
+  // linear() or the MoE experts, sharded along whole 128-blocks with their scales) stay E4M3 codes
+  // next to their "<name>_scale_inv" where the backend keeps FP8 (CUDA: half the memory of BF16,
+  // FP8 GEMMs); the CPU reference dequantizes them here to fp32 (code · scale_inv, exact).
   void load_weights(const weights::Checkpoint* checkpoint, uint64_t seed) {
     const int rank = comm_->rank();
     const int world = comm_->world_size();
@@ -192,11 +196,12 @@ class HybridModel final : public Model {
     std::vector<std::byte> staging;
     for (weights::HostTensor& tensor : host) {
       const weights::TensorSpec& spec = tensor.spec;
-      if (spec.name.ends_with("_scale_inv")) continue;  // consumed with its weight
+      if (spec.name.ends_with("_scale_inv") && !Backend::kKeepsFp8) continue;  // consumed with its weight
       const size_t count = static_cast<size_t>(spec.numel());
       weights::DType source_dtype = spec.dtype;
       const void* source = tensor.data();
-      if (spec.dtype == weights::DType::F8_E4M3) {
+      const bool keep_fp8 = spec.dtype == weights::DType::F8_E4M3 && Backend::kKeepsFp8;
+      if (spec.dtype == weights::DType::F8_E4M3 && !keep_fp8) {
         auto scale = by_name.find(spec.name + "_scale_inv");
         if (scale == by_name.end()) throw std::runtime_error("FP8 tensor " + spec.name + " has no _scale_inv");
         dequantized.resize(count);
@@ -205,9 +210,11 @@ class HybridModel final : public Model {
         source_dtype = weights::DType::F32;
         source = dequantized.data();
       }
-      const weights::DType target = stays_fp32(spec.name) ? weights::DType::F32 : Backend::kDType;
+      const weights::DType target = keep_fp8                ? weights::DType::F8_E4M3
+                                    : stays_fp32(spec.name) ? weights::DType::F32
+                                                            : Backend::kDType;
       staging.resize(count * weights::dtype_size(target));
-      weights::convert_float(source_dtype, source, target, staging.data(), count);
+      weights::convert_float(source_dtype, source, target, staging.data(), count);  // same dtype: a copy
       Buffer buffer(Backend::kMemory, staging.size());
       copy_to(Backend::kMemory, buffer.data(), staging.data(), staging.size(), backend_.stream());
       synchronize(Backend::kMemory, backend_.stream());
@@ -222,8 +229,20 @@ class HybridModel final : public Model {
     if (it == weights_.end()) throw std::runtime_error("model: weight " + name + " was not loaded");
     return it->second;
   }
-  const T* w(const std::string& name) const { return find_weight(name).template as<const T>(); }
+  // Only the backend's dtype: an FP8 weight (its scale loaded) here would be misread as T.
+  const T* w(const std::string& name) const {
+    if (is_fp8(name))
+      throw std::runtime_error("model: weight " + name + " is block-FP8 where the model needs " +
+                               std::string(weights::dtype_name(Backend::kDType)));
+    return find_weight(name).template as<const T>();
+  }
   const float* w32(const std::string& name) const { return find_weight(name).template as<const float>(); }
+  bool is_fp8(const std::string& name) const { return weights_.count(name + "_scale_inv") > 0; }
+  const uint8_t* codes(const std::string& name) const { return find_weight(name).template as<const uint8_t>(); }
+  Linear linear(const std::string& name) const {
+    if (!is_fp8(name)) return Linear{w(name)};
+    return Linear{nullptr, codes(name), w32(name + "_scale_inv")};
+  }
 
   void bind_layers() {
     embed_tokens_ = w("embed_tokens");
@@ -240,44 +259,78 @@ class HybridModel final : public Model {
         const std::string a = p + "linear_attn.";
         layer.cache_index = num_gdn_layers_++;
         if (fused) {
-          layer.in_proj = w(a + "in_proj");
+          layer.in_proj = linear(a + "in_proj");
+          // Block-FP8 checkpoints keep in_proj_b/a BF16: W_in's b/a rows then come apart
+          // (weights/rank_weights.h), a second GEMM into the same output's b/a columns.
+          if (weights_.count(a + "in_proj_ba") > 0) layer.in_proj_ba = linear(a + "in_proj_ba");
         } else {
-          layer.in_proj_qkvz = w(a + "in_proj_qkvz");
-          layer.in_proj_ba = w(a + "in_proj_ba");
+          layer.in_proj_qkvz = linear(a + "in_proj_qkvz");
+          layer.in_proj_ba = linear(a + "in_proj_ba");
         }
         layer.conv1d = w(a + "conv1d");
         layer.A_log = w32(a + "A_log");
         layer.dt_bias = w32(a + "dt_bias");
         layer.gated_norm = w(a + "norm");
-        layer.out_proj = w(a + "out_proj");
+        layer.out_proj = linear(a + "out_proj");
       } else {
         const std::string a = p + "self_attn.";
         layer.cache_index = num_attention_layers_++;
-        layer.q_proj = w(a + "q_proj");
-        layer.k_proj = w(a + "k_proj");
-        layer.v_proj = w(a + "v_proj");
+        layer.q_proj = linear(a + "q_proj");
+        layer.k_proj = linear(a + "k_proj");
+        layer.v_proj = linear(a + "v_proj");
         layer.q_norm = w(a + "q_norm");
         layer.k_norm = w(a + "k_norm");
-        layer.o_proj = w(a + "o_proj");
+        layer.o_proj = linear(a + "o_proj");
       }
       layer.moe = config_.layer_is_moe(i);
       const std::string m = p + "mlp.";
       if (layer.moe) {
-        layer.experts.router = w(m + "gate");
-        layer.experts.experts_gate_up = w(m + "experts.gate_up_proj");
-        layer.experts.experts_down = w(m + "experts.down_proj");
-        if (dims_.shared_intermediate > 0) {
-          layer.experts.shared_gate_up = w(m + "shared_expert.gate_up_proj");
-          layer.experts.shared_down = w(m + "shared_expert.down_proj");
-          layer.experts.shared_gate = w(m + "shared_expert_gate");
-        }
+        bind_moe(m, layer);
       } else {
-        layer.gate_up = w(m + "gate_up_proj");
-        layer.down = w(m + "down_proj");
+        layer.gate_up = linear(m + "gate_up_proj");
+        layer.down = linear(m + "down_proj");
       }
       layers_.push_back(layer);
     }
     if (layers_.empty()) throw std::runtime_error("model: the config has no layers");
+  }
+
+  // The MoE runner takes all four expert matrices in one dtype: BF16 (fp32 on CPU), or block-FP8
+  // (router and shared_expert_gate BF16 either way; weights/ never quantizes those).
+  void bind_moe(const std::string& m, Layer& layer) {
+    const bool shared = dims_.shared_intermediate > 0;
+    std::vector<std::string> matrices = {m + "experts.gate_up_proj", m + "experts.down_proj"};
+    if (shared) matrices.insert(matrices.end(), {m + "shared_expert.gate_up_proj", m + "shared_expert.down_proj"});
+    const size_t fp8 = std::count_if(matrices.begin(), matrices.end(), [&](const auto& n) { return is_fp8(n); });
+    if (fp8 == 0) {
+      layer.experts = {w(m + "gate"),
+                       w(matrices[0]),
+                       w(matrices[1]),
+                       shared ? w(matrices[2]) : nullptr,
+                       shared ? w(matrices[3]) : nullptr,
+                       shared ? w(m + "shared_expert_gate") : nullptr};
+      return;
+    }
+    if (fp8 != matrices.size()) {
+      throw std::runtime_error("model: " + m +
+                               " mixes block-FP8 and unquantized expert matrices; the MoE kernels "
+                               "take one dtype for all");
+    }
+    if constexpr (Backend::kKeepsFp8) {
+      auto& e = layer.experts_fp8;
+      e.router = w(m + "gate");
+      e.experts_gate_up = codes(matrices[0]);
+      e.experts_gate_up_scale = w32(matrices[0] + "_scale_inv");
+      e.experts_down = codes(matrices[1]);
+      e.experts_down_scale = w32(matrices[1] + "_scale_inv");
+      if (shared) {
+        e.shared_gate_up = codes(matrices[2]);
+        e.shared_gate_up_scale = w32(matrices[2] + "_scale_inv");
+        e.shared_down = codes(matrices[3]);
+        e.shared_down_scale = w32(matrices[3] + "_scale_inv");
+        e.shared_gate = w(m + "shared_expert_gate");
+      }
+    }
   }
 
   // ---- workspace --------------------------------------------------------------------------------
@@ -354,9 +407,9 @@ class HybridModel final : public Model {
     comm_->all_reduce_sum(data, static_cast<size_t>(count), Backend::kCommDType, backend_.stream());
   }
 
-  // Gated DeltaNet: projection (one GEMM with views, or two GEMMs + split), then the decode rows
-  // through the fused decode kernel and the prefill rows through conv → gating → chunked rule →
-  // gated norm, then out_proj.
+  // Gated DeltaNet: projection (one GEMM with views — two when an FP8 W_in keeps its b/a rows BF16 —
+  // or two GEMMs + split), then the decode rows through the fused decode kernel and the prefill
+  // rows through conv → gating → chunked rule → gated norm, then out_proj.
   void gdn_forward(const Layer& layer, const StepInputs& in, const Meta& meta) {
     const kernels::GdnDims& d = gdn_dims_;
     const int64_t n = in.num_tokens;
@@ -368,7 +421,9 @@ class HybridModel final : public Model {
     } mixed, z, b, a;
     if (options_.gdn_projection == weights::GdnProjectionForm::kFused) {
       const int64_t mw = d.merged_width();
-      backend_.gemm(normed_, H, layer.in_proj, proj_, mw, n, mw, H);
+      const bool ba_apart = layer.in_proj_ba.w != nullptr || layer.in_proj_ba.fp8 != nullptr;
+      backend_.linear(normed_, H, layer.in_proj, proj_, mw, n, ba_apart ? d.b_offset() : mw, H);
+      if (ba_apart) backend_.linear(normed_, H, layer.in_proj_ba, proj_ + d.b_offset(), mw, n, 2 * d.num_v_heads, H);
       mixed = {proj_, mw};
       z = {proj_ + d.z_offset(), mw};
       b = {proj_ + d.b_offset(), mw};
@@ -376,8 +431,8 @@ class HybridModel final : public Model {
     } else {
       const int64_t qkvz_width = d.conv_dim() + d.value_dim();
       T* ba = proj_ + n * qkvz_width;
-      backend_.gemm(normed_, H, layer.in_proj_qkvz, proj_, qkvz_width, n, qkvz_width, H);
-      backend_.gemm(normed_, H, layer.in_proj_ba, ba, 2 * d.num_v_heads, n, 2 * d.num_v_heads, H);
+      backend_.linear(normed_, H, layer.in_proj_qkvz, proj_, qkvz_width, n, qkvz_width, H);
+      backend_.linear(normed_, H, layer.in_proj_ba, ba, 2 * d.num_v_heads, n, 2 * d.num_v_heads, H);
       T* s_mixed = split_;
       T* s_z = s_mixed + n * d.conv_dim();
       T* s_b = s_z + n * d.value_dim();
@@ -429,7 +484,7 @@ class HybridModel final : public Model {
       backend_.gated_rms_norm(core, z.p + decodes * z.ld, z.ld, layer.gated_norm, prefill_rows, d.num_v_heads,
                               d.head_v_dim, eps, core_normed + decodes * d.value_dim());
     }
-    backend_.gemm(core_normed, d.value_dim(), layer.out_proj, delta_, H, n, H, d.value_dim());
+    backend_.linear(core_normed, d.value_dim(), layer.out_proj, delta_, H, n, H, d.value_dim());
   }
 
   // Gated full attention: q_proj (heads [q_h; gate_h]), k_proj and v_proj into one buffer; q/k
@@ -444,9 +499,9 @@ class HybridModel final : public Model {
     T* qg = proj_;
     T* k = proj_ + hq * 2 * D;
     T* v = k + hkv * D;
-    backend_.gemm(normed_, H, layer.q_proj, qg, width, n, hq * 2 * D, H);
-    backend_.gemm(normed_, H, layer.k_proj, k, width, n, hkv * D, H);
-    backend_.gemm(normed_, H, layer.v_proj, v, width, n, hkv * D, H);
+    backend_.linear(normed_, H, layer.q_proj, qg, width, n, hq * 2 * D, H);
+    backend_.linear(normed_, H, layer.k_proj, k, width, n, hkv * D, H);
+    backend_.linear(normed_, H, layer.v_proj, v, width, n, hkv * D, H);
     T* q_out = buf_a_;
     T* k_out = buf_a_ + n * hq * D;
     const kernels::RopeParams rope{D, config_.rotary_dim(), static_cast<float>(config_.rope_theta)};
@@ -469,19 +524,25 @@ class HybridModel final : public Model {
     io.num_q_heads = hq;
     io.scale = 1.f / std::sqrt(static_cast<float>(D));
     backend_.attention(io, batch, cache);
-    backend_.gemm(attn_out, hq * D, layer.o_proj, delta_, H, n, H, hq * D);
+    backend_.linear(attn_out, hq * D, layer.o_proj, delta_, H, n, H, hq * D);
   }
 
   void mlp_forward(const Layer& layer, int64_t n) {
     const int64_t H = config_.hidden_size;
     if (layer.moe) {
+      if constexpr (Backend::kKeepsFp8) {
+        if (layer.experts_fp8.experts_gate_up != nullptr) {
+          backend_.moe(normed_, n, layer.experts_fp8, delta_);
+          return;
+        }
+      }
       backend_.moe(normed_, n, layer.experts, delta_);
       return;
     }
     const int64_t I = dims_.intermediate;
-    backend_.gemm(normed_, H, layer.gate_up, proj_, 2 * I, n, 2 * I, H);
+    backend_.linear(normed_, H, layer.gate_up, proj_, 2 * I, n, 2 * I, H);
     backend_.silu_and_mul(proj_, buf_a_, n, I);
-    backend_.gemm(buf_a_, I, layer.down, delta_, H, n, H, I);
+    backend_.linear(buf_a_, I, layer.down, delta_, H, n, H, I);
   }
 
   // lm_head over the requested rows: each rank's vocab slice [rows][Vp_r], all-gathered into

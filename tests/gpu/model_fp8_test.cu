@@ -1,0 +1,174 @@
+// The CUDA model on block-FP8 checkpoints (gen-model --fp8): FP8 linear weights stay E4M3 codes +
+// 128x128 scales in GPU memory and run through GemmRunner::gemm_fp8 (dense linears) and the FP8
+// grouped expert GEMMs (MoE). Reference: the checkpoint's dequantized BF16 twin
+// (weights::write_dequantized_twin, what `gen-model --fp8 --dequantized-twin DIR` writes). gen-model
+// quantizes with power-of-two scales, so the twin holds exactly the same weight values, run
+// through the BF16 cuBLASLt path; what differs is accumulation order and where BF16 outputs round.
+//
+// Both GDN projection forms load exactly the twin's weights (worker_model_fp8_test checks that on
+// the fp32 CPU model; the fused W_in keeps the BF16 b/a rows apart from its FP8 rows).
+// Tolerance, max |Δ| / max |ref| per prefill logits row: 2e-2 (these tiny random models amplify
+// perturbations: the CPU test sees 2.8e-1 between the FP8 and BF16 checkpoints of one seed).
+// MoE: a near-tied router top-k can flip on such small differences, and a flipped expert moves
+// that token's logits far, so MoE cases are held to the tolerance on 80% of the rows (the worst is
+// printed); dense ones on every row.
+// And the GPU weight memory: each FP8 tensor takes one byte per element plus its fp32 scales,
+// against two bytes in BF16 (asserted exactly against the rank tensor specs; about half).
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "tests/unit/worker/model_fixture_util.h"
+#include "weights/checkpoint.h"
+#include "weights/gen_model.h"
+#include "weights/model_config.h"
+#include "weights/rank_weights.h"
+#include "worker/communicator.h"
+#include "worker/model/qwen3_5.h"
+#include "worker/model/step_inputs.h"
+
+namespace ds::worker::testing {
+namespace {
+
+struct Case {
+  const char* name;
+  bool moe;
+  weights::CheckpointLayout layout;
+};
+
+const Case kCases[] = {
+    {"dense_qwen35", false, weights::CheckpointLayout::kQwen35VL},
+    {"moe_qwen35", true, weights::CheckpointLayout::kQwen35Text},
+    {"moe_qwen3_next", true, weights::CheckpointLayout::kQwen3Next},  // interleaved qkvz/ba, per-expert tensors
+};
+
+// The tiny preset (hidden 256, head dims 128: every projection a whole number of 128-blocks), with
+// head counts and widths that keep every GEMM's K off multiples of 512: GemmRunner::gemm_fp8's
+// kAuto takes cuBLASLt W8A8 (activations quantized to FP8 per 1x128 group) there, which the twin
+// cannot mirror; elsewhere it runs the W8A16 kernel (BF16 activations, exact weights), whose only
+// difference from the twin is accumulation order. K: hidden 256, q heads 6·128 = 768, GDN value
+// heads 6·128 = 768 (key heads 2, 3 value heads each, as qwen3.5-27b), MLP 384, experts 256/128.
+weights::ModelConfig case_config(const Case& c) {
+  weights::ModelConfig config = weights::preset_config("tiny");
+  config.vocab_size = 1024;
+  config.num_attention_heads = 6;
+  config.num_key_value_heads = 2;
+  config.linear_num_key_heads = 2;
+  config.linear_num_value_heads = 6;
+  config.intermediate_size = 384;
+  if (c.moe) {
+    config.intermediate_size = 0;
+    config.num_experts = 8;
+    config.num_experts_per_tok = 2;
+    config.moe_intermediate_size = 256;
+    config.shared_expert_intermediate_size = 128;
+  }
+  return config;
+}
+
+constexpr double kTolerance = 2e-2;
+
+struct Prefill {
+  std::vector<float> logits;  // [T][V], every prompt position
+  uint64_t weight_bytes = 0;
+};
+
+Prefill prefill(const std::string& dir, weights::GdnProjectionForm form, const std::vector<int32_t>& prompt) {
+  const weights::Checkpoint checkpoint = weights::Checkpoint::open(dir);
+  auto comm = make_single_rank_communicator(true);
+  ModelOptions options;
+  options.config = checkpoint.config();
+  options.max_tokens = 64;
+  options.kv_page_size = kPageSize;
+  options.gdn_projection = form;
+  options.comm = comm.get();
+  auto model = make_cuda_model(options, &checkpoint, 0);
+  model->allocate_pools(kNumKvPages, kMaxSeqs + 1);
+  const StepInputs in = build_step_inputs({make_step(0, 0, prompt, false)}, kPageSize, kNumKvPages, kMaxSeqs + 1,
+                                          model->config().vocab_size);
+  std::vector<int32_t> rows(in.num_tokens);
+  for (int t = 0; t < in.num_tokens; ++t) rows[t] = t;
+  Prefill run;
+  model->forward(in, rows);
+  model->copy_logits(run.logits);
+  run.weight_bytes = model->memory_report().weight_bytes;
+  return run;
+}
+
+class CudaModelFp8Test : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    std::string pattern = (std::filesystem::temp_directory_path() / "ds_model_fp8_gpu_XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    root_ = pattern;
+    weights::GenModelOptions options;
+    options.out_dir = root_ + "/fp8";
+    options.seed = 11;
+    options.fp8 = true;
+    options.layout = GetParam().layout;
+    weights::write_random_checkpoint(case_config(GetParam()), options);
+    weights::write_dequantized_twin(root_ + "/fp8", root_ + "/twin", weights::DType::BF16);
+    for (int i = 0; i < 24; ++i) prompt_.push_back((i * 37 + 3) % 1000);
+  }
+  void TearDown() override {
+    if (!HasFailure()) std::filesystem::remove_all(root_);
+  }
+
+  std::string root_;
+  std::vector<int32_t> prompt_;
+};
+
+TEST_P(CudaModelFp8Test, PrefillMatchesDequantizedTwinAtHalfTheLinearWeightMemory) {
+  const Case& c = GetParam();
+  const int64_t V = 1024;
+  for (auto form : {weights::GdnProjectionForm::kSplit, weights::GdnProjectionForm::kFused}) {
+    const char* form_name = form == weights::GdnProjectionForm::kFused ? "fused" : "split";
+    const Prefill fp8 = prefill(root_ + "/fp8", form, prompt_);
+    const Prefill twin = prefill(root_ + "/twin", form, prompt_);
+    ASSERT_EQ(fp8.logits.size(), twin.logits.size());
+    double worst = 0;
+    int within = 0;
+    const int rows = static_cast<int>(prompt_.size());
+    for (int t = 0; t < rows; ++t) {
+      const double err = relative_error(fp8.logits.data() + t * V, twin.logits.data() + t * V, V);
+      worst = std::max(worst, err);
+      within += err < kTolerance;
+      if (!c.moe) {
+        EXPECT_LT(err, kTolerance) << form_name << " position " << t;
+      }
+    }
+    if (c.moe) {
+      EXPECT_GE(within, rows * 8 / 10) << form_name << ": rows within " << kTolerance;
+    }
+    std::printf(
+        "%s %s: FP8 vs dequantized BF16 twin, prefill logits max relative difference %.3e (%d of %d rows "
+        "< %.0e)\n",
+        c.name, form_name, worst, within, rows, kTolerance);
+
+    // Memory: each FP8 rank tensor saves one byte per element against BF16 and adds its fp32 scales.
+    const weights::ModelConfig config = weights::Checkpoint::open(root_ + "/fp8").config();
+    uint64_t fp8_codes = 0, scales = 0;
+    for (const auto& spec : weights::rank_tensor_specs(config, 0, 1, form)) {
+      if (spec.dtype == weights::DType::F8_E4M3) fp8_codes += spec.nbytes();
+      if (spec.name.ends_with("_scale_inv")) scales += spec.nbytes();
+    }
+    ASSERT_GT(fp8_codes, 0u);
+    EXPECT_EQ(fp8.weight_bytes, twin.weight_bytes - fp8_codes + scales);
+    std::printf(
+        "%s %s: GPU weight memory FP8 %.2f MB vs BF16 twin %.2f MB; linear weights %.2f MB (codes + "
+        "scales) vs %.2f MB (%.3fx)\n",
+        c.name, form_name, fp8.weight_bytes / 1e6, twin.weight_bytes / 1e6, (fp8_codes + scales) / 1e6,
+        2 * fp8_codes / 1e6, static_cast<double>(fp8_codes + scales) / (2 * fp8_codes));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, CudaModelFp8Test, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace ds::worker::testing
