@@ -7,6 +7,8 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/gemm.h"
 #include "kernels/gemm_tile.cuh"
@@ -115,6 +117,13 @@ struct GemmRunner::Plan {
   cublasLtMatmulAlgo_t algo{};
   bool fallback = false;  // FP8 plans only: cuBLASLt cannot run it, the W8A16 kernel does
   std::string reason;     // why, for GemmRunner::fp8_fallback_reason()
+  // FP8 plans only: the token count cuBLASLt runs (>= T, see fp8_plan_for), whether D is the
+  // runner's [t_pad, N] scratch instead of y, and the heuristic's candidates until the first call
+  // has timed them (or could not: beta != 0, capturing).
+  int64_t t_pad = 0;
+  bool scratch = false;
+  cublasLtMatmulHeuristicResult_t untimed[kAutotuneCandidates] = {};
+  int untimed_count = 0;
 
   ~Plan() {
     if (w_layout) cublasLtMatrixLayoutDestroy(w_layout);
@@ -136,6 +145,7 @@ GemmRunner::~GemmRunner() {
   for (auto& [key, plan] : fp8_plans_) delete plan;
   if (fp8_x_) cudaFree(fp8_x_);
   if (fp8_x_scales_) cudaFree(fp8_x_scales_);
+  if (fp8_y_) cudaFree(fp8_y_);
   if (workspace_) cudaFree(workspace_);
   cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
@@ -231,15 +241,17 @@ constexpr int kQuantWarps = 8;
 
 // One warp per (token, 128-wide K group): each lane holds 4 consecutive values, the group's amax is
 // a warp max, and lane 0 writes the scale. Plain IEEE division and cvt.rn.satfinite, so the result
-// is bit-identical to cpu::quantize_fp8_per_token_group.
+// is bit-identical to cpu::quantize_fp8_per_token_group. Rows T..T_pad-1 (the padding cuBLASLt
+// needs, see fp8_plan_for) are written as zeros with scale 1; the scale layout is [groups, T_pad].
 __global__ void __launch_bounds__(kQuantWarps * 32)
-    quantize_fp8_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int64_t T, int64_t groups,
+    quantize_fp8_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int64_t T, int64_t T_pad, int64_t groups,
                         uint8_t* __restrict__ xq, float* __restrict__ scales) {
   const int64_t item = int64_t(blockIdx.x) * kQuantWarps + threadIdx.x / 32;  // t · groups + g
-  if (item >= T * groups) return;
+  if (item >= T_pad * groups) return;
   const int64_t t = item / groups, g = item % groups, K = groups * kFp8BlockSize;
   const int lane = threadIdx.x % 32;
-  const uint2 raw = *reinterpret_cast<const uint2*>(x + t * ldx + g * kFp8BlockSize + lane * 4);
+  const uint2 raw =
+      t < T ? *reinterpret_cast<const uint2*>(x + t * ldx + g * kFp8BlockSize + lane * 4) : make_uint2(0u, 0u);
   const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
   const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
   float amax = fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y)));
@@ -251,7 +263,16 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
 #pragma unroll
   for (int i = 0; i < 4; ++i) packed |= uint32_t(__nv_cvt_float_to_fp8(v[i], __NV_SATFINITE, __NV_E4M3)) << (8 * i);
   *reinterpret_cast<uint32_t*>(xq + t * K + g * kFp8BlockSize + lane * 4) = packed;
-  if (lane == 0) scales[g * T + t] = scale;
+  if (lane == 0) scales[g * T_pad + t] = scale;
+}
+
+void launch_quantize(const bf16* x, int64_t ldx, int64_t T, int64_t T_pad, int64_t K, uint8_t* xq, float* scales,
+                     cudaStream_t stream) {
+  const int64_t items = T_pad * (K / kFp8BlockSize);
+  if (items == 0) return;
+  quantize_fp8_kernel<<<unsigned((items + kQuantWarps - 1) / kQuantWarps), kQuantWarps * 32, 0, stream>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x), ldx, T, T_pad, K / kFp8BlockSize, xq, scales);
+  check_cuda(cudaGetLastError(), "quantize_fp8_per_token_group launch");
 }
 
 void check_fp8_operands(const char* op, const bf16* x, int64_t ldx, const uint8_t* w, int64_t T, int64_t N, int64_t K,
@@ -283,42 +304,79 @@ void quantize_fp8_per_token_group(const bf16* x, int64_t ldx, int64_t T, int64_t
                                 " K=" + std::to_string(K) + " ldx=" + std::to_string(ldx) +
                                 " (K % 128 == 0, ldx % 4 == 0, x 8-byte aligned)");
   }
-  const int64_t items = T * (K / kFp8BlockSize);
-  if (items == 0) return;
-  quantize_fp8_kernel<<<unsigned((items + kQuantWarps - 1) / kQuantWarps), kQuantWarps * 32, 0, stream>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x), ldx, T, K / kFp8BlockSize, xq, scales);
-  check_cuda(cudaGetLastError(), "quantize_fp8_per_token_group launch");
+  launch_quantize(x, ldx, T, T, K, xq, scales, stream);
 }
 
-void GemmRunner::ensure_fp8_scratch(int64_t T, int64_t K, cudaStream_t stream) {
-  const size_t need = size_t(T) * size_t(K);
-  if (need <= fp8_x_capacity_) return;
+// Grows the activation buffers to rows·K (and their scales) and the output scratch to y_elems.
+void GemmRunner::ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream) {
+  const size_t x_need = size_t(rows) * size_t(K);
+  if (x_need <= fp8_x_capacity_ && y_elems <= fp8_y_capacity_) return;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   check_cuda(cudaStreamIsCapturing(stream, &capture), "gemm_fp8 capture status");
   if (capture != cudaStreamCaptureStatusNone) {
-    throw std::runtime_error("cuda::GemmRunner::gemm_fp8: the activation buffer must grow to T*K=" +
-                             std::to_string(need) + " during graph capture; run the largest T once before capturing");
+    throw std::runtime_error("cuda::GemmRunner::gemm_fp8: the FP8 scratch must grow (T*K=" + std::to_string(x_need) +
+                             ", output " + std::to_string(y_elems) +
+                             ") during graph capture; run the same shapes once before capturing");
   }
-  check_cuda(cudaStreamSynchronize(stream), "gemm_fp8 scratch sync");  // earlier GEMMs may still read the old one
-  if (fp8_x_) cudaFree(fp8_x_);
-  if (fp8_x_scales_) cudaFree(fp8_x_scales_);
-  fp8_x_ = nullptr;
-  fp8_x_scales_ = nullptr;
-  fp8_x_capacity_ = 0;
-  check_cuda(cudaMalloc(&fp8_x_, need), "gemm_fp8 activation cudaMalloc");
-  check_cuda(cudaMalloc(&fp8_x_scales_, need / size_t(kFp8BlockSize) * sizeof(float)), "gemm_fp8 scale cudaMalloc");
-  fp8_x_capacity_ = need;
+  check_cuda(cudaStreamSynchronize(stream), "gemm_fp8 scratch sync");  // earlier GEMMs may still use the old ones
+  if (x_need > fp8_x_capacity_) {
+    if (fp8_x_) cudaFree(fp8_x_);
+    if (fp8_x_scales_) cudaFree(fp8_x_scales_);
+    fp8_x_ = nullptr;
+    fp8_x_scales_ = nullptr;
+    fp8_x_capacity_ = 0;
+    check_cuda(cudaMalloc(&fp8_x_, x_need), "gemm_fp8 activation cudaMalloc");
+    check_cuda(cudaMalloc(&fp8_x_scales_, x_need / size_t(kFp8BlockSize) * sizeof(float)), "gemm_fp8 scale cudaMalloc");
+    fp8_x_capacity_ = x_need;
+  }
+  if (y_elems > fp8_y_capacity_) {
+    if (fp8_y_) cudaFree(fp8_y_);
+    fp8_y_ = nullptr;
+    fp8_y_capacity_ = 0;
+    check_cuda(cudaMalloc(&fp8_y_, y_elems * sizeof(bf16)), "gemm_fp8 output scratch cudaMalloc");
+    fp8_y_capacity_ = y_elems;
+  }
 }
 
+namespace {
+
+// cuBLASLt 13.1 on H100 has block-scaled FP8 algorithms for T = 64, 1024, 8192 but none for T = 1
+// or 33 (heuristic status 15, NOT_SUPPORTED). The likely rule: the VEC128_32F scales of x are a
+// [K/128, T] tensor with T contiguous, and cuBLAS wants 16-byte rows of scale tensors (the same
+// rule rounds the BLK128x128 grid's K/128 up to a multiple of 4, see fp8_plan_for), i.e. T % 4 == 0.
+// The docs do not say, so small T is probed at plan time: padded to a multiple of each of
+// kFp8TokenPads in turn, the first the heuristic accepts is kept (per shape, in the plan).
+constexpr int64_t kFp8TokenAlign = 4;
+constexpr int64_t kFp8TokenPads[] = {kFp8TokenAlign, 16, 64};
+// Padding runs the matmul into a [T_pad, N] scratch (y has no rows to spare), so it is only done
+// for at most this many tokens; a larger T that cuBLASLt cannot run as is (T % 4 != 0, or refused)
+// is split into T - T % 64 rows run directly on y (multiples of 64 run, as measured) and the last
+// T % 64 rows padded: one more read of W, ~1% of a prefill GEMM, instead of a scratch the size of y.
+constexpr int64_t kFp8MaxPaddedTokens = 64;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+void launch_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
+                       int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream) {
+  const dim3 grid(unsigned((N + gemm_tile::kBN - 1) / gemm_tile::kBN), unsigned((T + gemm_tile::kBM - 1) / gemm_tile::kBM));
+  gemm_fp8_kernel<<<grid, gemm_tile::kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(x), ldx, w_fp8,
+                                                           weight_scale_inv, reinterpret_cast<__nv_bfloat16*>(y), ldy,
+                                                           T, N, K, beta);
+  check_cuda(cudaGetLastError(), "gemm_fp8 launch");
+}
+
+}  // namespace
+
 // cuBLASLt block-scaled FP8 on the same column-major view as the BF16 plans: A = W (K×N, ld K,
-// op T), B = xq (K×T, ld K), C = D = y (N×T, ld ldy); TN is what FP8 cuBLASLt requires.
+// op T), B = xq (K×T_pad, ld K), C = D = y (N×T, ld ldy) or the scratch (N×T_pad, ld N); TN is
+// what FP8 cuBLASLt requires.
 //
 // Scale layouts (cuBLAS docs, "Scaling factors layouts", as enforced by PyTorch's _scaled_mm since
 // pytorch/pytorch#166752, which fixed silent wrong answers): both are described relative to the
 // operand's own storage, whose inner (contiguous) dimension is K here for A and B alike.
-//  - B, VEC128_32F (one scale per 128 inner elements): a [ceil(K/128), T] tensor with the OUTER
-//    dimension contiguous, scale(t, g) at g·T + t. That is why quantize_fp8_per_token_group writes
-//    scales[g·T + t] and not the row-major [T, K/128] one would write naturally.
+//  - B, VEC128_32F (one scale per 128 inner elements): a [ceil(K/128), T_pad] tensor with the
+//    OUTER dimension contiguous, scale(t, g) at g·T_pad + t. That is why quantize_fp8_per_token_group
+//    writes scales[g·T + t] and not the row-major [T, K/128] one would write naturally.
 //  - A, BLK128x128_32F (one scale per 128×128 block): scale(n-block nb, k-block kb) at nb·L4 + kb
 //    with L4 = ceil(K/128) rounded up to a multiple of 4 (16-byte rows). The checkpoint's
 //    weight_scale_inv is row-major [ceil(N/128), ceil(K/128)], i.e. nb·ceil(K/128) + kb: the same
@@ -326,12 +384,16 @@ void GemmRunner::ensure_fp8_scratch(int64_t T, int64_t K, cudaStream_t stream) {
 //    projection: K in {512, 2048, 4096, 5120, 12288, 17408}) and other K go to the kernel, rather
 //    than copying the scales into a padded grid on every call.
 // Both scales multiply (dequantized = fp8 · scale), the weight_scale_inv convention.
-GemmRunner::Plan* GemmRunner::fp8_plan_for(const Fp8Key& key, const Operands& operands, const float* w_scale,
-                                           std::string& reason) {
-  if (auto it = fp8_plans_.find(key); it != fp8_plans_.end()) return it->second;
-  const auto [T, N, K, ldy, alignment] = key;
+//
+// Token padding (kFp8TokenPads): tried in order are T itself writing y directly (T % 4 == 0 only,
+// so the scale tensor's rows stay 16-byte aligned), then, for T <= kFp8MaxPaddedTokens, T rounded
+// up to 4, 16, 64 writing the scratch. Rows T.. of xq are zeros with scale 1 and their output rows
+// are never copied out, so they cannot leak into y.
+GemmRunner::Plan* GemmRunner::fp8_plan_for(const Fp8Key& key, const float* w_scale) {
+  const auto [T, N, K, ldy, w_align, y_align] = key;
   const std::string shape = "FP8 " + shape_string(T, N, K, K, ldy);
   auto plan = new Plan;
+  cublasLtMatmulPreference_t pref = nullptr;
   try {
     check_lt(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc", shape);
     const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
@@ -348,47 +410,142 @@ GemmRunner::Plan* GemmRunner::fp8_plan_for(const Fp8Key& key, const Operands& op
     set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale));
     set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale));
     check_lt(cublasLtMatrixLayoutCreate(&plan->w_layout, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "W layout", shape);
-    check_lt(cublasLtMatrixLayoutCreate(&plan->x_layout, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(T), K), "x layout", shape);
-    check_lt(cublasLtMatrixLayoutCreate(&plan->y_layout, CUDA_R_16BF, uint64_t(N), uint64_t(T), ldy), "y layout", shape);
-    cublasLtMatmulPreference_t pref;
     check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference", shape);
-    const uint32_t align = uint32_t(alignment), x_align = 16;
+    const uint32_t a_align = uint32_t(w_align), x_align = 16;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
                                          sizeof(workspace_bytes_));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_align, sizeof(a_align));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &x_align, sizeof(x_align));
-    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
-      cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align));
-    }
-    cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
-    int found = 0;
-    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-        static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout, plan->y_layout,
-        plan->y_layout, pref, kAutotuneCandidates, results, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-      // The capability probe: this cuBLASLt/card has no block-scaled FP8 kernel for the shape
-      // (pre-12.9 cuBLASLt, or a card other than sm_90). Remembered as a kernel plan.
-      cudaGetLastError();
-      plan->fallback = true;
-      plan->reason = "cuBLASLt heuristic: status " + std::to_string(int(st)) + ", " + std::to_string(found) +
-                     " algorithms for block-scaled FP8 " + shape;
-    } else {
-      plan->algo = results[0].algo;
-      if (found > 1 && may_time(T, operands.beta, operands.stream)) {
-        const MatmulCall call{static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout,
-                              plan->y_layout, operands.x, operands.w, operands.y, workspace_, workspace_bytes_,
-                              operands.stream};
-        plan->algo = fastest(call, results, found, shape);
+
+    std::vector<std::pair<int64_t, bool>> attempts;  // (T_pad, output to scratch)
+    if (T % kFp8TokenAlign == 0) attempts.emplace_back(T, false);
+    if (T <= kFp8MaxPaddedTokens) {
+      for (int64_t pad : kFp8TokenPads) {
+        const std::pair<int64_t, bool> a{round_up(T, pad), true};
+        if (std::find(attempts.begin(), attempts.end(), a) == attempts.end()) attempts.push_back(a);
       }
     }
+    std::string tried;
+    for (const auto& attempt : attempts) {
+      const int64_t t_pad = attempt.first;
+      const bool scratch = attempt.second;
+      cublasLtMatrixLayout_t x_layout = nullptr, y_layout = nullptr;
+      check_lt(cublasLtMatrixLayoutCreate(&x_layout, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(t_pad), K), "x layout",
+               shape);
+      check_lt(cublasLtMatrixLayoutCreate(&y_layout, CUDA_R_16BF, uint64_t(N), uint64_t(t_pad), scratch ? N : ldy),
+               "y layout", shape);
+      // The scratch comes from cudaMalloc (256-byte aligned) with rows of N elements.
+      const uint32_t d_align = uint32_t(scratch ? alignment_of(nullptr, N * 2) : y_align);
+      for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+        cublasLtMatmulPreferenceSetAttribute(pref, attr, &d_align, sizeof(d_align));
+      }
+      cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
+      int found = 0;
+      const cublasStatus_t st =
+          cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, x_layout,
+                                         y_layout, y_layout, pref, kAutotuneCandidates, results, &found);
+      if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+        plan->x_layout = x_layout;
+        plan->y_layout = y_layout;
+        plan->t_pad = t_pad;
+        plan->scratch = scratch;
+        plan->algo = results[0].algo;
+        std::copy(results, results + found, plan->untimed);
+        plan->untimed_count = found;
+        break;
+      }
+      cudaGetLastError();
+      cublasLtMatrixLayoutDestroy(x_layout);
+      cublasLtMatrixLayoutDestroy(y_layout);
+      tried += std::string(tried.empty() ? "" : ", ") + "T_pad=" + std::to_string(t_pad) +
+               (scratch ? " via scratch" : " into y") + ": status " + std::to_string(int(st)) + ", " +
+               std::to_string(found) + " algorithms";
+    }
+    if (plan->t_pad == 0) {
+      // The capability probe: this cuBLASLt/card has no block-scaled FP8 kernel for the shape
+      // (pre-12.9 cuBLASLt, or a card other than sm_90). Remembered as a kernel plan.
+      plan->fallback = true;
+      plan->reason = "cuBLASLt heuristic: no block-scaled FP8 algorithm for " + shape + " (" +
+                     (tried.empty() ? "T % 4 != 0 and T > 64: no padding tried" : tried) + ")";
+    }
   } catch (...) {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
     delete plan;
     throw;
   }
-  reason = plan->reason;
+  cublasLtMatmulPreferenceDestroy(pref);
   fp8_plans_.emplace(key, plan);
   return plan;
+}
+
+bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
+                                   bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
+                                   cudaStream_t stream, std::string& reason) {
+  const Fp8Key key{T, N, K, ldy, alignment_of(w_fp8, K), alignment_of(y, ldy * 2)};
+  Plan* plan;
+  if (auto it = fp8_plans_.find(key); it != fp8_plans_.end()) {
+    plan = it->second;
+  } else {
+    // The probe names the scale buffer in the descriptor, so it exists (padding included) first.
+    ensure_fp8_scratch(round_up(T, kFp8MaxPaddedTokens), K, 0, stream);
+    plan = fp8_plan_for(key, weight_scale_inv);
+  }
+  if (plan->fallback) {
+    reason = plan->reason;
+    return false;
+  }
+  const int64_t t_pad = plan->t_pad;
+  ensure_fp8_scratch(t_pad, K, plan->scratch ? size_t(t_pad) * size_t(N) : 0, stream);
+  launch_quantize(x, ldx, T, t_pad, K, fp8_x_, fp8_x_scales_, stream);
+  // The scale pointers live in the descriptor: set them for this call's weight (and the scratch,
+  // which may have moved). Host-side stores, no GPU work.
+  const std::string shape = "FP8 " + shape_string(T, N, K, ldx, ldy);
+  const void* a_scale = weight_scale_inv;
+  const void* b_scale = fp8_x_scales_;
+  check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)),
+           "set A scale", shape);
+  check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)),
+           "set B scale", shape);
+  void* d = plan->scratch ? static_cast<void*>(fp8_y_) : static_cast<void*>(y);
+  if (plan->untimed_count > 0) {
+    // First call of the plan: time the candidates where that is harmless (the scratch is always
+    // write-only before the copy-in below).
+    if (plan->untimed_count > 1 && may_time(T, plan->scratch ? 0.f : beta, stream)) {
+      const MatmulCall call{static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout,
+                            plan->y_layout, fp8_x_, w_fp8, d, workspace_, workspace_bytes_, stream};
+      plan->algo = fastest(call, plan->untimed, plan->untimed_count, shape);
+    }
+    plan->untimed_count = 0;
+  }
+  const size_t row_bytes = size_t(N) * sizeof(bf16);
+  // beta != 0 through the scratch: copy y's T rows in, accumulate there, copy out. The padding
+  // rows accumulate onto stale scratch contents, which are never read back.
+  if (plan->scratch && beta != 0.f) {
+    check_cuda(cudaMemcpy2DAsync(fp8_y_, row_bytes, y, size_t(ldy) * sizeof(bf16), row_bytes, size_t(T),
+                                 cudaMemcpyDeviceToDevice, stream),
+               "gemm_fp8 scratch copy-in");
+  }
+  const float alpha = 1.f;
+  const cublasStatus_t st =
+      cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan->desc, &alpha, w_fp8, plan->w_layout, fp8_x_,
+                     plan->x_layout, &beta, d, plan->y_layout, d, plan->y_layout, &plan->algo, workspace_,
+                     workspace_bytes_, stream);
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    // Refused at launch although the heuristic offered it: remember and use the kernel (y is
+    // untouched so far).
+    cudaGetLastError();
+    plan->fallback = true;
+    plan->reason = "cuBLASLt matmul failed (status " + std::to_string(int(st)) + ") for " + shape;
+    reason = plan->reason;
+    return false;
+  }
+  if (plan->scratch) {
+    check_cuda(cudaMemcpy2DAsync(y, size_t(ldy) * sizeof(bf16), fp8_y_, row_bytes, row_bytes, size_t(T),
+                                 cudaMemcpyDeviceToDevice, stream),
+               "gemm_fp8 scratch copy-out");
+  }
+  last_fp8_t_pad_ = t_pad;
+  return true;
 }
 
 void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
@@ -401,57 +558,45 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
     reason = "W8A16 kernel requested";
   } else if (K % (4 * kFp8BlockSize) != 0) {
     reason = "K=" + std::to_string(K) + " is not a multiple of 512 (see fp8_plan_for)";
-  } else {
-    const int alignment = std::min(alignment_of(w_fp8, K), alignment_of(y, ldy * 2));
-    const Fp8Key key{T, N, K, ldy, alignment};
-    auto it = fp8_plans_.find(key);
-    if (it != fp8_plans_.end() && it->second->fallback) {
-      reason = it->second->reason;
-    } else {
-      ensure_fp8_scratch(T, K, stream);
-      quantize_fp8_per_token_group(x, ldx, T, K, fp8_x_, fp8_x_scales_, stream);
-      Plan* plan = it != fp8_plans_.end() ? it->second
-                                          : fp8_plan_for(key, Operands{fp8_x_, w_fp8, y, beta, stream}, weight_scale_inv, reason);
-      if (!plan->fallback) {
-        // The scale pointers live in the descriptor: set them for this call's weight (and the
-        // scratch, which may have moved). Host-side stores, no GPU work.
-        const void* a_scale = weight_scale_inv;
-        const void* b_scale = fp8_x_scales_;
-        const std::string shape = "FP8 " + shape_string(T, N, K, ldx, ldy);
-        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
-                                                sizeof(a_scale)),
-                 "set A scale", shape);
-        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
-                                                sizeof(b_scale)),
-                 "set B scale", shape);
-        const float alpha = 1.f;
-        const cublasStatus_t st =
-            cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan->desc, &alpha, w_fp8, plan->w_layout, fp8_x_,
-                           plan->x_layout, &beta, y, plan->y_layout, y, plan->y_layout, &plan->algo, workspace_,
-                           workspace_bytes_, stream);
-        if (st == CUBLAS_STATUS_SUCCESS) {
-          last_fp8_path_ = Fp8Path::kCublasLt;
-          fp8_fallback_reason_.clear();
-          return;
-        }
-        // Refused at launch although the heuristic offered it: remember and use the kernel.
-        cudaGetLastError();
-        plan->fallback = true;
-        plan->reason = "cuBLASLt matmul failed (status " + std::to_string(int(st)) + ") for " + shape;
+  }
+  if (!reason.empty()) {
+    if (path == Fp8Path::kCublasLt) {
+      throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + reason);
+    }
+    launch_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
+    last_fp8_path_ = Fp8Path::kKernel;
+    last_fp8_t_pad_ = 0;
+    fp8_fallback_reason_ = reason;
+    return;
+  }
+  // All T rows in one cuBLASLt call where it can; else a large T is split (see
+  // kFp8MaxPaddedTokens) and each piece takes cuBLASLt or, where it cannot, the kernel.
+  std::string why;
+  last_fp8_t_pad_ = 0;
+  bool all_cublaslt = gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream, why);
+  if (!all_cublaslt) {
+    const int64_t tail = T > kFp8MaxPaddedTokens ? T % kFp8MaxPaddedTokens : 0;
+    const int64_t pieces[2][2] = {{0, T - tail}, {T - tail, tail}};
+    all_cublaslt = true;
+    for (const auto& piece : pieces) {
+      const int64_t t0 = piece[0], rows = piece[1];
+      if (rows == 0) continue;
+      // (Unsplit, the first piece is the call that just failed: its plan is cached as a fallback.)
+      std::string piece_why;
+      if (tail && gemm_fp8_cublaslt(x + t0 * ldx, ldx, w_fp8, weight_scale_inv, y + t0 * ldy, ldy, rows, N, K, beta,
+                                    stream, piece_why)) {
+        continue;
       }
-      reason = plan->reason;
+      if (!piece_why.empty()) why = piece_why;
+      if (path == Fp8Path::kCublasLt) {
+        throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + why);
+      }
+      launch_fp8_kernel(x + t0 * ldx, ldx, w_fp8, weight_scale_inv, y + t0 * ldy, ldy, rows, N, K, beta, stream);
+      all_cublaslt = false;
     }
   }
-  if (path == Fp8Path::kCublasLt) {
-    throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + reason);
-  }
-  const dim3 grid(unsigned((N + gemm_tile::kBN - 1) / gemm_tile::kBN), unsigned((T + gemm_tile::kBM - 1) / gemm_tile::kBM));
-  gemm_fp8_kernel<<<grid, gemm_tile::kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(x), ldx, w_fp8,
-                                                           weight_scale_inv, reinterpret_cast<__nv_bfloat16*>(y), ldy, T, N,
-                                                            K, beta);
-  check_cuda(cudaGetLastError(), "gemm_fp8 launch");
-  last_fp8_path_ = Fp8Path::kKernel;
-  fp8_fallback_reason_ = reason;
+  last_fp8_path_ = all_cublaslt ? Fp8Path::kCublasLt : Fp8Path::kKernel;
+  fp8_fallback_reason_ = all_cublaslt ? std::string() : why;
 }
 
 }  // namespace ds::kernels::cuda

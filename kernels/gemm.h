@@ -102,10 +102,15 @@ class GemmRunner {
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
   // (probed once per shape, the answer cached with the plan); otherwise, and for kKernel, the W8A16
-  // kernel. The W8A8 path quantizes x into a runner-owned buffer that grows on first use of a
-  // larger T·K (synchronising the stream; not allowed while capturing a graph), and each call sets
-  // the two scale pointers on its cached descriptor (host-side stores, no GPU work). Its numerics
-  // differ from the kernel's by the activation quantization (~3% relative RMS on random data).
+  // kernel. cuBLASLt 13.1 offers no algorithm for some token counts (T = 1, 33 on H100; presumably
+  // every T % 4 != 0), so the W8A8 path pads small T (<= 64) to the first multiple of 4, 16, 64 the
+  // heuristic accepts, computes into a runner-owned [T_pad, N] scratch and copies the T real rows into y
+  // (beta != 0: y's rows are copied in first); a larger T that is not a multiple of 4 runs as
+  // T - T % 64 rows directly plus the last T % 64 rows padded. The W8A8 path quantizes x into
+  // runner-owned buffers that grow on first use of a larger T·K or T_pad·N (synchronising the
+  // stream; not allowed while capturing a graph), and each call sets the two scale pointers on its
+  // cached descriptor (host-side stores, no GPU work). Its numerics differ from the kernel's by the
+  // activation quantization (~3% relative RMS on random data).
   void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
                 int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
                 Fp8Path path = Fp8Path::kAuto);
@@ -113,6 +118,9 @@ class GemmRunner {
   // when it was the kernel under kAuto, why.
   Fp8Path last_fp8_path() const { return last_fp8_path_; }
   const std::string& fp8_fallback_reason() const { return fp8_fallback_reason_; }
+  // The token count cuBLASLt ran for the last gemm_fp8 call's (last) cuBLASLt piece: T itself, T
+  // rounded up by the padding above, or 0 when no piece ran on cuBLASLt.
+  int64_t last_fp8_padded_tokens() const { return last_fp8_t_pad_; }
 
   size_t cached_plans() const { return plans_.size() + fp8_plans_.size(); }
 
@@ -136,15 +144,22 @@ class GemmRunner {
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan*> plans_;
 
-  // FP8 plans: T, N, K, ldy, pointer alignment of W and y.
-  using Fp8Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int>;
-  Plan* fp8_plan_for(const Fp8Key& key, const Operands& operands, const float* w_scale, std::string& reason);
-  void ensure_fp8_scratch(int64_t T, int64_t K, cudaStream_t stream);
+  // FP8 plans: T, N, K, ldy, pointer alignment of W, of y.
+  using Fp8Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
+  Plan* fp8_plan_for(const Fp8Key& key, const float* w_scale);
+  // One piece of gemm_fp8 through cuBLASLt; false (with the reason) where it cannot run it.
+  bool gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
+                         int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
+                         std::string& reason);
+  void ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream);
   std::map<Fp8Key, Plan*> fp8_plans_;
-  uint8_t* fp8_x_ = nullptr;  // quantized activations [T, K]
-  float* fp8_x_scales_ = nullptr;  // their scales [K/128, T]
-  size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T·K); fp8_x_scales_ holds capacity/128
+  uint8_t* fp8_x_ = nullptr;  // quantized activations [T_pad, K]
+  float* fp8_x_scales_ = nullptr;  // their scales [K/128, T_pad]
+  size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128
+  bf16* fp8_y_ = nullptr;  // output scratch [T_pad, N] of padded plans
+  size_t fp8_y_capacity_ = 0;  // its elements
   Fp8Path last_fp8_path_ = Fp8Path::kAuto;
+  int64_t last_fp8_t_pad_ = 0;
   std::string fp8_fallback_reason_;
 };
 

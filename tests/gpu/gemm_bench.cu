@@ -1,10 +1,13 @@
-// GEMM throughput at the projection shapes of the published Qwen3.5 models (TP 1), T in {1, 64,
+// GEMM throughput at the projection shapes of the published Qwen3.5 models (TP 1), T in {1, 8, 64,
 // 1024, 8192}: BF16 through cuBLASLt, and block-FP8 both ways side by side: cuBLASLt W8A8 (timed
 // with its activation-quantization kernel, which is part of every call) and our W8A16 kernel.
 // Prints TFLOP/s (BF16 also against the 790 TFLOP/s BF16 ceiling) and, since small-T GEMMs are
 // weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
-// The last column is the path the FP8 "auto" call took (w8a16-kernel where cuBLASLt cannot).
+// The last column is the path the FP8 "auto" call took (w8a16-kernel where cuBLASLt cannot) and,
+// for cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T itself,
+// e.g. T = 1: the w8a8 column then includes the scratch copy-out).
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -27,7 +30,7 @@ int main() {
       {"35B-A3B", "q_proj", 8192, 2048},          {"35B-A3B", "expert gate_up", 1024, 2048},
       {"35B-A3B", "expert down", 2048, 512},
   };
-  const int64_t kTs[] = {1, 64, 1024, 8192};
+  const int64_t kTs[] = {1, 8, 64, 1024, 8192};
   if (int n = 0; cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("SKIPPED: no GPU\n");
     return 77;
@@ -62,6 +65,7 @@ int main() {
       // FP8 "auto" first: the cuBLASLt path where it can, else the kernel (then both columns time it).
       runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
       const cuda::Fp8Path auto_path = runner.last_fp8_path();
+      const long t_pad = long(runner.last_fp8_padded_tokens());
       const double us_w8a8 = bench::median_us([&](int i) {
         runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
       });
@@ -73,11 +77,12 @@ int main() {
       auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
       std::printf(
           "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %8.1f %8.0f %5.1f%% | %9.1f %8.1f %8.0f "
-          "%5.1f%% | %s\n",
+          "%5.1f%% | %s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
           gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_w8a8, tflops(us_w8a8),
           gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16, tflops(us_w8a16),
-          gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, cuda::to_string(auto_path));
+          gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, cuda::to_string(auto_path),
+          auto_path == cuda::Fp8Path::kCublasLt && t_pad != T ? (" T_pad=" + std::to_string(t_pad)).c_str() : "");
       if (auto_path != cuda::Fp8Path::kCublasLt) std::printf("  (fp8 auto fell back: %s)\n", runner.fp8_fallback_reason().c_str());
       cudaFree(x);
       cudaFree(y);

@@ -145,17 +145,32 @@ TEST(GpuGemm, Fp8ActivationQuantizationMatchesCpuBitForBit) {
   }
 }
 
+// Every element of a [rows, ld] bf16 matrix outside the first T rows' first N columns still holds
+// its original bits: padding rows/columns of the cuBLASLt path must not leak into y.
+void expect_outside_unchanged(const std::vector<bf16>& got, const std::vector<bf16>& before, int64_t T, int64_t N,
+                              int64_t ld) {
+  size_t changed = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const int64_t t = int64_t(i) / ld, n = int64_t(i) % ld;
+    if (t >= T || n >= N) changed += got[i].bits != before[i].bits;
+  }
+  EXPECT_EQ(changed, 0u) << "elements outside the T x N result changed";
+}
+
 // cuBLASLt W8A8 against the CPU reference of the same math (x quantized per token and 128-group,
 // dequantized, times the dequantized W, fp32), and both FP8 paths against the unquantized-x
-// reference to show what activation quantization costs.
+// reference to show what activation quantization costs. T = 1, 3, 5, 33 are padded (cuBLASLt has no
+// algorithm for them as they are), T = 1001 is split into 960 direct + 41 padded rows.
 TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
   if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
   cuda::GemmRunner runner;
   std::mt19937 rng(12);
   const Shape shapes[] = {
       {1, 256, 512, 512, 256},       {5, 384, 1024, 1032, 400},  // views: ldx > K, ldy > N
-      {64, 512, 2048, 2048, 512},    {1000, 640, 1024, 1024, 640},  // T not a multiple of 64 or 128
+      {33, 256, 512, 512, 264},      {8, 512, 2048, 2048, 520},  {64, 512, 2048, 2048, 512},
+      {1000, 640, 1024, 1024, 640},  {1001, 640, 1024, 1024, 648},  // T not a multiple of 64 or 128
       {1, 12352, 4096, 4096, 12352},  // 9B gdn in_proj at decode (N/128 not whole: partial scale row)
+      {3, 8192, 4096, 4096, 8192},    // 9B q_proj, decode of 3 sequences
       {64, 8192, 4096, 4096, 8192},   // 9B q_proj
       {64, 4096, 12288, 12288, 4096}, // 9B mlp down
       {64, 2048, 512, 512, 2048},     // 35B-A3B expert down
@@ -165,17 +180,18 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
     const auto w = random_fp8(size_t(s.N * s.K), rng);
     const auto scales = random_scales(s.N, s.K, rng);
     const auto x = random_bf16(size_t(s.T * s.ldx), 13);
-    DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy)), dy_kernel(size_t(s.T * s.ldy));  // poisoned (NaN)
+    const int64_t rows = s.T + 3;  // y has rows past T (and columns past N): all must stay poisoned
+    DeviceBuffer<bf16> dx(x.bits), dy(size_t(rows * s.ldy)), dy_kernel(size_t(rows * s.ldy));  // poisoned (NaN)
     DeviceBuffer<uint8_t> dw(w);
     DeviceBuffer<float> dscale(scales);
+    const auto poison = dy.download();
     runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
     ASSERT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kCublasLt) << runner.fp8_fallback_reason();
+    const int64_t t_pad = runner.last_fp8_padded_tokens();
     runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy_kernel.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
                     cuda::Fp8Path::kKernel);
     const auto got_bits = dy.download();
-    for (int64_t t = 0; t < s.T; ++t) {  // columns past N stay poisoned
-      for (int64_t n = s.N; n < s.ldy; ++n) ASSERT_EQ(got_bits[size_t(t * s.ldy + n)].bits, 0xffff) << t << "," << n;
-    }
+    expect_outside_unchanged(got_bits, poison, s.T, s.N, s.ldy);
     const auto got = columns(testing_util::to_float(got_bits), s.T, s.N, s.ldy);
     const auto got_kernel = columns(testing_util::to_float(dy_kernel.download()), s.T, s.N, s.ldy);
     std::vector<float> want(size_t(s.T * s.ldy)), want_unquantized(size_t(s.T * s.ldy));
@@ -187,8 +203,9 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
     // rounding of y (2^-9 relative).
     EXPECT_TRUE(all_close(got, want, float(2e-3 * rms(want)), 1e-2f));
     const double err_lt = relative_rms_error(got, want_unquantized), err_kernel = relative_rms_error(got_kernel, want_unquantized);
-    std::printf("  fp8 T=%-5ld N=%-6ld K=%-6ld rel. RMS error vs unquantized-x fp32: cublaslt-w8a8 %.4f, w8a16-kernel %.4f\n",
-                long(s.T), long(s.N), long(s.K), err_lt, err_kernel);
+    std::printf("  fp8 T=%-5ld (cuBLASLt ran T_pad=%-5ld) N=%-6ld K=%-6ld rel. RMS error vs unquantized-x fp32: "
+                "cublaslt-w8a8 %.4f, w8a16-kernel %.4f\n",
+                long(s.T), long(t_pad), long(s.N), long(s.K), err_lt, err_kernel);
     // E4M3 keeps 3 mantissa bits: ~2-4% relative error per activation, averaged over K.
     EXPECT_LT(err_lt, 0.06);
     EXPECT_LT(err_kernel, 0.01);
@@ -205,21 +222,66 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
   EXPECT_EQ(runner.cached_plans(), plans);  // the repeated shape reused its plan
 }
 
+// beta = 1 through the padded path (y copied into the scratch, accumulated, copied out) and the
+// direct one, on a view (ldy > N) with rows past T that must not change.
 TEST(GpuGemm, Fp8CublasLtAccumulatesWithBeta) {
   if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
   cuda::GemmRunner runner;
   std::mt19937 rng(14);
-  const int64_t T = 33, N = 256, K = 512;
+  const int64_t N = 256, K = 512, ldy = 264;
   const auto w = random_fp8(size_t(N * K), rng);
   const auto scales = random_scales(N, K, rng);
-  const auto x = random_bf16(size_t(T * K), 15), y0 = random_bf16(size_t(T * N), 16, 10.f);
-  DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
   DeviceBuffer<uint8_t> dw(w);
   DeviceBuffer<float> dscale(scales);
-  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 1.f, nullptr, cuda::Fp8Path::kCublasLt);
-  std::vector<float> want = y0.values;
-  cpu::gemm_fp8_w8a8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K, 1.f);
+  for (int64_t T : {1, 5, 33, 64, 67}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const int64_t rows = T + 2;
+    const auto x = random_bf16(size_t(T * K), 15), y0 = random_bf16(size_t(rows * ldy), 16, 10.f);
+    DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
+    runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), ldy, T, N, K, 1.f, nullptr,
+                    cuda::Fp8Path::kCublasLt);
+    std::vector<float> want = y0.values;
+    cpu::gemm_fp8_w8a8(x.values.data(), K, w.data(), scales.data(), want.data(), ldy, T, N, K, 1.f);
+    const auto got_bits = dy.download();
+    expect_outside_unchanged(got_bits, y0.bits, T, N, ldy);
+    want = columns(want, T, N, ldy);
+    EXPECT_TRUE(all_close(columns(testing_util::to_float(got_bits), T, N, ldy), want, float(2e-3 * rms(want)), 1e-2f));
+  }
+}
+
+// A padded call (quantize, matmul into the scratch, copy-out) replays from a CUDA graph once its
+// plan and buffers exist; capturing allocates nothing.
+TEST(GpuGemm, Fp8CublasLtPaddedCallReplaysFromAGraph) {
+  if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
+  cuda::GemmRunner runner;
+  std::mt19937 rng(19);
+  const int64_t T = 3, N = 512, K = 1024;
+  const auto w = random_fp8(size_t(N * K), rng);
+  const auto scales = random_scales(N, K, rng);
+  const auto x = random_bf16(size_t(T * K), 20);
+  DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
+  DeviceBuffer<uint8_t> dw(w);
+  DeviceBuffer<float> dscale(scales);
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, stream, cuda::Fp8Path::kCublasLt);
+  ASSERT_CUDA(cudaStreamSynchronize(stream));
+  dy.poison();
+  ASSERT_CUDA(cudaDeviceSynchronize());  // the memset is on the legacy stream, the graph on `stream`
+  cudaGraph_t graph;
+  ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, stream, cuda::Fp8Path::kCublasLt);
+  ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+  ASSERT_CUDA(cudaStreamSynchronize(stream));
+  std::vector<float> want(size_t(T * N));
+  cpu::gemm_fp8_w8a8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K);
   EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, float(2e-3 * rms(want)), 1e-2f));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
 }
 
 TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
