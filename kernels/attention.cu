@@ -334,8 +334,18 @@ void launch(const Params& p, dim3 grid, cudaStream_t stream) {
     throw std::runtime_error(std::string("cuda::attention: cannot allow ") + std::to_string(smem) +
                              " bytes of shared memory: " + cudaGetErrorString(attr_status));
   }
+  // An unchecked failure of an earlier call (e.g. inside a library) would otherwise be reported
+  // as this launch's own.
+  if (const cudaError_t stale = cudaGetLastError(); stale != cudaSuccess) {
+    throw std::runtime_error(std::string("cuda::attention: an earlier CUDA call failed unchecked: ") +
+                             cudaGetErrorString(stale));
+  }
   attention_kernel<D, BC><<<grid, kThreads, smem, stream>>>(p);
-  check_launch("cuda::attention");
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+    throw std::runtime_error("cuda::attention: kernel launch failed: " + std::string(cudaGetErrorString(err)) +
+                             " (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
+                             std::to_string(grid.z) + ", " + std::to_string(smem) + " B shared memory)");
+  }
   if (p.num_splits > 1) {
     merge_kernel<D><<<unsigned(p.num_tokens * p.num_q_heads), D, 0, stream>>>(p);
     check_launch("cuda::attention merge");

@@ -28,6 +28,10 @@ Buffer::Buffer(MemoryKind kind, size_t bytes) : kind_(kind), bytes_(bytes) {
   } else {
     check_cuda(cudaMalloc(&data_, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
     check_cuda(cudaMemset(data_, 0, bytes), "cudaMemset");
+    // The zero fill runs on the legacy default stream, which does not order with the backend's
+    // non-blocking stream: without this wait, a buffer grown mid-run (step metadata, sampling
+    // parameters, logits) could be zeroed after that stream's first copy into it had landed.
+    check_cuda(cudaDeviceSynchronize(), "cudaMemset (wait)");
   }
 }
 
