@@ -78,8 +78,8 @@ void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* 
                                       const GdnDims& dims, void* workspace, size_t workspace_bytes, bf16* out,
                                       cudaStream_t stream);
 
-// What the model calls: the fastest correct prefill (currently chunked when the workspace is
-// given, i.e. non-null with enough bytes; otherwise the recurrent v1).
+// What the model calls: the fastest correct prefill. Chunked when the workspace is given (non-null
+// with enough bytes) and the longest sequence is over 32 tokens; otherwise the recurrent v1.
 void gated_delta_rule_prefill(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
                               const float* beta, float* state_pool, const GdnVarlenBatch& batch, const GdnDims& dims,
                               void* workspace, size_t workspace_bytes, bf16* out, cudaStream_t stream);

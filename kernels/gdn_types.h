@@ -59,6 +59,9 @@ struct GdnVarlenBatch {
   const uint8_t* has_initial_state = nullptr;
   int64_t num_seqs = 0;
   int64_t num_tokens = 0;
+  // Tokens of the longest sequence, when the caller knows it (0: unknown, bounded by num_tokens).
+  // Lets the CUDA prefill pick the per-token recurrence for batches of short prompts.
+  int64_t max_seq_len = 0;
 };
 
 }  // namespace ds::kernels

@@ -19,8 +19,10 @@ inline void check(cudaError_t err, const char* what) {
   }
 }
 
-// Median time in microseconds of `run(i)` (i = run index, for rotating inputs) on `stream`.
-inline double median_us(const std::function<void(int)>& run, cudaStream_t stream, int warmup = 5, int iters = 30) {
+// Median time in microseconds of `run(i)` (i = run index, for rotating inputs) on `stream`, each
+// call between its own pair of events; `before_each` (untimed) is enqueued ahead of every call.
+inline double median_us(const std::function<void(int)>& run, cudaStream_t stream, int warmup = 5, int iters = 30,
+                        const std::function<void()>& before_each = {}) {
   for (int i = 0; i < warmup; ++i) run(i);
   check(cudaStreamSynchronize(stream), "warm-up");
   cudaEvent_t start, stop;
@@ -28,6 +30,7 @@ inline double median_us(const std::function<void(int)>& run, cudaStream_t stream
   check(cudaEventCreate(&stop), "cudaEventCreate");
   std::vector<double> times;
   for (int i = 0; i < iters; ++i) {
+    if (before_each) before_each();
     check(cudaEventRecord(start, stream), "cudaEventRecord");
     run(warmup + i);
     check(cudaEventRecord(stop, stream), "cudaEventRecord");
@@ -41,6 +44,19 @@ inline double median_us(const std::function<void(int)>& run, cudaStream_t stream
   cudaEventDestroy(stop);
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
+}
+
+// Per-call time the way Triton's do_bench takes it (the method behind GPU.md's SGLang and FLA
+// figures): a 256 MB memset before each call flushes L2 and keeps the GPU busy, so the call's launch
+// is queued behind it and the events time the kernel on a cold L2, not the host's launch latency.
+inline double do_bench_us(const std::function<void(int)>& run, cudaStream_t stream) {
+  constexpr size_t kFlushBytes = size_t(256) << 20;
+  void* flush = nullptr;
+  check(cudaMalloc(&flush, kFlushBytes), "cudaMalloc L2 flush buffer");
+  const double us = median_us(run, stream, 5, 30,
+                              [&] { check(cudaMemsetAsync(flush, 0, kFlushBytes, stream), "L2 flush"); });
+  check(cudaFree(flush), "cudaFree L2 flush buffer");
+  return us;
 }
 
 // Time per call in microseconds of `run(i)` replayed from a CUDA graph of `calls` captured calls

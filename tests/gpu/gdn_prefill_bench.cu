@@ -93,6 +93,8 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "stream");
   const GdnDims tp1{16, 32, 128, 128}, tp2{8, 16, 128, 128}, r3{16, 48, 128, 128};
+  // Short prompts: where the per-token recurrence could beat the chunked form's fixed cost.
+  for (int64_t T : {16, 32, 64, 256}) bench("Hk16 Hv32", tp1, T, 0, with_recurrent, stream);
   bench("Hk16 Hv32", tp1, 4096, 0, with_recurrent, stream);
   bench("Hk16 Hv32", tp1, 16384, 1.15, with_recurrent, stream);
   bench("Hk16 Hv32", tp1, 65536, 4.75, with_recurrent, stream);

@@ -471,7 +471,7 @@ class HybridModel final : public Model {
     const int64_t prefill_rows = n - decodes;
     if (prefill_rows > 0) {
       const kernels::GdnVarlenBatch batch{meta.prefill_cu_seqlens, meta.gdn_slots + in.num_decodes, nullptr,
-                                          in.num_seqs - in.num_decodes, prefill_rows};
+                                          in.num_seqs - in.num_decodes, prefill_rows, in.max_q_len};
       T* conv_out = buf_a_;  // [P, C]
       T* core = buf_b_;      // [P, V]
       float* g = gates_;
