@@ -5,6 +5,7 @@
 #include <cstring>
 #include <set>
 #include <stdexcept>
+#include <thread>
 
 #include "weights/fp8_blocks.h"
 #include "weights/rank_plan.h"
@@ -400,11 +401,11 @@ void load_rank_weights(const Checkpoint& checkpoint, int rank, int world, GdnPro
 }
 
 void fill_dummy(const TensorSpec& spec, uint64_t seed, void* dst) {
-  Rng rng(fnv1a(spec.name) ^ (seed * 0x9e3779b97f4a7c15ull));
+  const uint64_t tensor_seed = fnv1a(spec.name) ^ (seed * 0x9e3779b97f4a7c15ull);
   const Init init = classify(spec.name);
   const int64_t fan_in = spec.shape.empty() ? 1 : std::max<int64_t>(1, spec.shape.back());
   const bool fp8 = spec.dtype == DType::F8_E4M3;
-  auto value = [&]() -> float {
+  auto value = [&](Rng& rng) -> float {
     switch (init) {
       case Init::kZeroCentredNorm: return 0.02f * rng.normal();
       case Init::kUnitNorm: return 1.f + 0.02f * rng.normal();
@@ -416,15 +417,26 @@ void fill_dummy(const TensorSpec& spec, uint64_t seed, void* dst) {
     }
     return fp8 ? kDummyFp8Spread * rng.normal() : rng.normal() / std::sqrt(static_cast<float>(fan_in));
   };
+  // Each 64k-element chunk draws from its own stream, so the values do not depend on how many
+  // threads fill the tensor; real-size presets (17 GB for qwen3.5-9b) need all cores to start fast.
   constexpr int64_t kChunk = 1 << 16;
-  std::vector<float> chunk(kChunk);
   const int64_t n = spec.numel();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
   const size_t element = dtype_size(spec.dtype);
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t count = std::min(kChunk, n - start);
-    for (int64_t i = 0; i < count; ++i) chunk[i] = value();
-    convert_float(DType::F32, chunk.data(), spec.dtype, static_cast<std::byte*>(dst) + start * element, count);
-  }
+  auto fill_chunks = [&](int64_t first, int64_t step) {
+    std::vector<float> values(kChunk);
+    for (int64_t c = first; c < chunks; c += step) {
+      Rng rng(tensor_seed + static_cast<uint64_t>(c) * 0xd1b54a32d192ed03ull);
+      const int64_t start = c * kChunk, count = std::min(kChunk, n - start);
+      for (int64_t i = 0; i < count; ++i) values[i] = value(rng);
+      convert_float(DType::F32, values.data(), spec.dtype, static_cast<std::byte*>(dst) + start * element, count);
+    }
+  };
+  const int64_t threads = std::min<int64_t>({chunks, std::max(1u, std::thread::hardware_concurrency()), 16});
+  std::vector<std::thread> workers;
+  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(fill_chunks, t, threads);
+  fill_chunks(0, std::max<int64_t>(1, threads));
+  for (auto& w : workers) w.join();
 }
 
 void fill_dummy_rank_weights(const ModelConfig& config, int rank, int world, GdnProjectionForm form, uint64_t seed,
