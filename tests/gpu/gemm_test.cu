@@ -245,7 +245,10 @@ TEST(GpuGemm, Fp8CublasLtAccumulatesWithBeta) {
     const auto got_bits = dy.download();
     expect_outside_unchanged(got_bits, y0.bits, T, N, ldy);
     want = columns(want, T, N, ldy);
-    EXPECT_TRUE(all_close(columns(testing_util::to_float(got_bits), T, N, ldy), want, float(2e-3 * rms(want)), 1e-2f));
+    // Looser than without beta: where y0 and the product cancel, the product's own error (Hopper's
+    // FP8 MMA sums each 128-deep block at reduced precision before cuBLASLt promotes it to fp32,
+    // up to ~3e-3 of the product on an H100) is no longer small against the result.
+    EXPECT_TRUE(all_close(columns(testing_util::to_float(got_bits), T, N, ldy), want, float(5e-3 * rms(want)), 1e-2f));
   }
 }
 
