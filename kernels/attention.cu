@@ -14,6 +14,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -328,11 +330,21 @@ void check_cache(const PagedKvCache<bf16>& cache, const char* op) {
 template <int D, int BC>
 void launch(const Params& p, dim3 grid, cudaStream_t stream) {
   constexpr size_t smem = Tile<D, BC>::kSmemBytes;
-  static const cudaError_t attr_status =
-      cudaFuncSetAttribute(attention_kernel<D, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (attr_status != cudaSuccess) {
-    throw std::runtime_error(std::string("cuda::attention: cannot allow ") + std::to_string(smem) +
-                             " bytes of shared memory: " + cudaGetErrorString(attr_status));
+  // The shared-memory opt-in belongs to the device it was made on: made once per process, a
+  // thread that later ran on another GPU failed every launch with "invalid argument".
+  static std::array<std::atomic<bool>, 64> allowed{};
+  int device = 0;
+  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) {
+    throw std::runtime_error(std::string("cuda::attention: cudaGetDevice: ") + cudaGetErrorString(err));
+  }
+  if (device >= int(allowed.size()) || !allowed[device].load(std::memory_order_acquire)) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(attention_kernel<D, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) {
+      throw std::runtime_error(std::string("cuda::attention: cannot allow ") + std::to_string(smem) +
+                               " bytes of shared memory: " + cudaGetErrorString(err));
+    }
+    if (device < int(allowed.size())) allowed[device].store(true, std::memory_order_release);
   }
   // An unchecked failure of an earlier call (e.g. inside a library) would otherwise be reported
   // as this launch's own.

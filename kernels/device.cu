@@ -13,6 +13,10 @@ std::vector<DeviceInfo> list_cuda_devices() {
     cudaGetLastError();  // clear the sticky "no driver" error
     return devices;
   }
+  // cudaSetDevice below (for free memory) changes the calling thread's device: restore it, or a
+  // caller that lists devices mid-run would launch its next kernels on the last device.
+  int current = 0;
+  const bool have_current = cudaGetDevice(&current) == cudaSuccess;
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
@@ -28,6 +32,7 @@ std::vector<DeviceInfo> list_cuda_devices() {
     }
     devices.push_back(info);
   }
+  if (have_current) cudaSetDevice(current);
   return devices;
 }
 
