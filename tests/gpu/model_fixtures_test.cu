@@ -52,8 +52,12 @@ class CudaModelFixtureTest : public ::testing::TestWithParam<std::string> {
     return runner;
   }
 
-  // All-position prefill logits of every prompt, [prompt][T·V].
-  std::vector<std::vector<float>> prefill_logits(weights::GdnProjectionForm form) const {
+  // All-position prefill logits of each id sequence (default: the prompts), [sequence][T·V].
+  std::vector<std::vector<float>> prefill_logits(weights::GdnProjectionForm form,
+                                                 std::vector<std::vector<int32_t>> sequences = {}) const {
+    if (sequences.empty()) {
+      for (const Prompt& prompt : prompts_) sequences.push_back(prompt.input_ids);
+    }
     const weights::Checkpoint checkpoint = weights::Checkpoint::open(fixture_dir(GetParam()));
     auto comm = make_single_rank_communicator(true);
     ModelOptions options;
@@ -65,9 +69,9 @@ class CudaModelFixtureTest : public ::testing::TestWithParam<std::string> {
     auto model = make_cuda_model(options, &checkpoint, 0);
     model->allocate_pools(kNumKvPages, kMaxSeqs + 1);
     std::vector<std::vector<float>> out;
-    for (const Prompt& prompt : prompts_) {
-      const StepInputs in = build_step_inputs({make_step(0, 0, prompt.input_ids, false)}, kPageSize, kNumKvPages,
-                                              kMaxSeqs + 1, model->config().vocab_size);
+    for (const auto& ids : sequences) {
+      const StepInputs in =
+          build_step_inputs({make_step(0, 0, ids, false)}, kPageSize, kNumKvPages, kMaxSeqs + 1, model->config().vocab_size);
       std::vector<int32_t> rows(in.num_tokens);
       for (int t = 0; t < in.num_tokens; ++t) rows[t] = t;
       out.emplace_back();
@@ -121,6 +125,29 @@ TEST_P(CudaModelFixtureTest, GreedyDecodeMatchesTransformersFusedAndSplit) {
       expect_matches_reference(drivers[0], prompts_[p], kExpectation.exact_greedy_steps, kExpectation.tolerance,
                                std::string(projection) + " prompt " + std::to_string(p));
     }
+  }
+}
+
+// The greedy rows again, but computed by one prefill over the prompt and transformers' greedy
+// tokens (teacher forcing) instead of by decode steps: the same logits through the prefill path.
+TEST_P(CudaModelFixtureTest, TeacherForcedPrefillMatchesTransformersGreedyLogits) {
+  std::vector<std::vector<int32_t>> sequences;
+  for (const Prompt& prompt : prompts_) {
+    sequences.push_back(prompt.input_ids);
+    sequences.back().insert(sequences.back().end(), prompt.greedy_tokens.begin(), prompt.greedy_tokens.end() - 1);
+  }
+  const auto logits = prefill_logits(weights::GdnProjectionForm::kFused, sequences);
+  for (int p = 0; p < kNumPrompts; ++p) {
+    const Prompt& prompt = prompts_[p];
+    const int64_t V = prompt.vocab(), T = static_cast<int64_t>(prompt.input_ids.size());
+    double worst = 0;
+    for (size_t k = 0; k < prompt.greedy_tokens.size(); ++k) {
+      const double err = relative_error(logits[p].data() + (T - 1 + k) * V, prompt.greedy_logits.data() + k * V, V);
+      worst = std::max(worst, err);
+      EXPECT_LT(err, kExpectation.tolerance) << "prompt " << p << " greedy row " << k;
+    }
+    std::printf("%s prompt %d: teacher-forced prefill over the greedy rows, max relative error %.3e\n",
+                GetParam().c_str(), p, worst);
   }
 }
 
