@@ -60,24 +60,10 @@ class CudaModelFixtureTest : public ::testing::TestWithParam<std::string> {
     }
     const weights::Checkpoint checkpoint = weights::Checkpoint::open(fixture_dir(GetParam()));
     auto comm = make_single_rank_communicator(true);
-    ModelOptions options;
-    options.config = checkpoint.config();
-    options.max_tokens = 64;
-    options.kv_page_size = kPageSize;
-    options.gdn_projection = form;
-    options.comm = comm.get();
-    auto model = make_cuda_model(options, &checkpoint, 0);
+    auto model = make_cuda_model(fixture_model_options(checkpoint, form, comm.get()), &checkpoint, 0);
     model->allocate_pools(kNumKvPages, kMaxSeqs + 1);
     std::vector<std::vector<float>> out;
-    for (const auto& ids : sequences) {
-      const StepInputs in =
-          build_step_inputs({make_step(0, 0, ids, false)}, kPageSize, kNumKvPages, kMaxSeqs + 1, model->config().vocab_size);
-      std::vector<int32_t> rows(in.num_tokens);
-      for (int t = 0; t < in.num_tokens; ++t) rows[t] = t;
-      out.emplace_back();
-      model->forward(in, rows);
-      model->copy_logits(out.back());
-    }
+    for (const auto& ids : sequences) out.push_back(prefill_all_positions(*model, ids));
     return out;
   }
 

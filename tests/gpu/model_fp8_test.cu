@@ -84,23 +84,9 @@ struct Prefill {
 Prefill prefill(const std::string& dir, weights::GdnProjectionForm form, const std::vector<int32_t>& prompt) {
   const weights::Checkpoint checkpoint = weights::Checkpoint::open(dir);
   auto comm = make_single_rank_communicator(true);
-  ModelOptions options;
-  options.config = checkpoint.config();
-  options.max_tokens = 64;
-  options.kv_page_size = kPageSize;
-  options.gdn_projection = form;
-  options.comm = comm.get();
-  auto model = make_cuda_model(options, &checkpoint, 0);
+  auto model = make_cuda_model(fixture_model_options(checkpoint, form, comm.get()), &checkpoint, 0);
   model->allocate_pools(kNumKvPages, kMaxSeqs + 1);
-  const StepInputs in = build_step_inputs({make_step(0, 0, prompt, false)}, kPageSize, kNumKvPages, kMaxSeqs + 1,
-                                          model->config().vocab_size);
-  std::vector<int32_t> rows(in.num_tokens);
-  for (int t = 0; t < in.num_tokens; ++t) rows[t] = t;
-  Prefill run;
-  model->forward(in, rows);
-  model->copy_logits(run.logits);
-  run.weight_bytes = model->memory_report().weight_bytes;
-  return run;
+  return Prefill{prefill_all_positions(*model, prompt), model->memory_report().weight_bytes};
 }
 
 class CudaModelFp8Test : public ::testing::TestWithParam<Case> {

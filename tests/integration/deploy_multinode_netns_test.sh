@@ -120,19 +120,12 @@ done
 # end's drain (the stream gets tokens after the signal), the stream ends naming the shutdown, and
 # the worker nodes wait for the front end to stop their workers, then every process is gone.
 STREAM=$WORK_DIR/stream.out
-in_ns d curl -sN "$FRONT_URL/v1/completions" -H 'content-type: application/json' \
-  -d '{"prompt":"A long story:","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}' >"$STREAM" &
-CURL_PID=$!
-deadline=$((SECONDS + 60))
-until grep -q '"text"' "$STREAM" 2>/dev/null; do
-  ((SECONDS < deadline)) || fail "no streamed token within 60 s"
-  sleep 0.1
-done
+start_long_stream "$FRONT_URL" "$STREAM" in_ns d
 ALL_PIDS=("${NODE_PIDS[@]}" "${WORKER_OF_HOST[b]}" "${WORKER_OF_HOST[c]}")
 chunks_at_signal=$(grep -c '"text"' "$STREAM")
 kill -TERM "${ALL_PIDS[@]}"
 log "SIGTERM to the front end, both worker nodes and both workers under a stream ($chunks_at_signal chunks so far)"
-wait "$CURL_PID" || true
+wait "$STREAM_PID" || true
 chunks=$(grep -c '"text"' "$STREAM")
 tail -n 2 "$STREAM" | grep -q '^data: \[DONE\]' || fail "the stream did not end with [DONE]: $(tail -c 400 "$STREAM")"
 reason=$(grep -o '"message":"[^"]*"' "$STREAM" | head -n 1)

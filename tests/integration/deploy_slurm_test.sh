@@ -127,18 +127,11 @@ mapfile -t job_pids < <(printf '%s\n' "${job_pids[@]}"; pgrep -P "$(IFS=,; echo 
 # A stream that cannot finish within --shutdown-timeout 5: it must still get tokens after scancel
 # (the workers ignore SIGTERM and serve the drain) and then end with the shutdown named.
 STREAM=$WORK_DIR/stream.out
-curl -sN "$BASE_URL/v1/completions" -H 'content-type: application/json' \
-  -d '{"prompt":"A long story:","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}' >"$STREAM" &
-CURL_PID=$!
-deadline=$((SECONDS + 60))
-until grep -q '"text"' "$STREAM" 2>/dev/null; do
-  ((SECONDS < deadline)) || fail "no streamed token within 60 s"
-  sleep 0.1
-done
+start_long_stream "$BASE_URL" "$STREAM"
 chunks_at_cancel=$(grep -c '"text"' "$STREAM")
 scancel "$JOB_ID"
 log "scancel under a streaming request ($chunks_at_cancel chunks so far)"
-wait "$CURL_PID" || true
+wait "$STREAM_PID" || true
 chunks=$(grep -c '"text"' "$STREAM")
 tail -n 2 "$STREAM" | grep -q '^data: \[DONE\]' || fail "the stream did not end with [DONE]: $(tail -c 400 "$STREAM")"
 if grep -q '"finish_reason":"length"' "$STREAM"; then

@@ -83,4 +83,19 @@ metric() {
 }
 CURL_AUTH=()
 
+# start_long_stream URL FILE [runner...]: a 4000-token greedy stream into FILE in the background
+# (its pid in STREAM_PID), returning once the first token has arrived (fails after 60 s). `runner`
+# prefixes curl, e.g. a network-namespace wrapper.
+start_long_stream() {
+  local url=$1 out=$2
+  shift 2
+  "$@" curl -sN "$url/v1/completions" -H 'content-type: application/json' \
+    -d '{"prompt":"A long story:","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}' >"$out" &
+  STREAM_PID=$!
+  local deadline=$((SECONDS + 60))
+  until grep -q '"text"' "$out" 2>/dev/null; do
+    ((SECONDS < deadline)) || fail "no streamed token within 60 s"
+    sleep 0.1
+  done
+}
 run_node() { (cd "$INTEGRATION_DIR" && node "$@"); }

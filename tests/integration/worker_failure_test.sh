@@ -5,18 +5,11 @@ source "$(dirname "$0")/lib.sh"
 start_server --tp 2 --device cpu
 ((${#WORKER_PIDS[@]} == 2)) || fail "expected 2 worker processes, found ${#WORKER_PIDS[@]}"
 
-curl -sN "$BASE_URL/v1/completions" -H 'content-type: application/json' \
-  -d '{"prompt":"Keep going","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}' >"$WORK_DIR/stream.out" &
-CURL_PID=$!
-deadline=$((SECONDS + 60))
-until grep -q '"text"' "$WORK_DIR/stream.out" 2>/dev/null; do
-  ((SECONDS < deadline)) || fail "no streamed token within 60 s"
-  sleep 0.1
-done
+start_long_stream "$BASE_URL" "$WORK_DIR/stream.out"
 victim=${WORKER_PIDS[1]}
 log "killing worker $victim (SIGKILL) mid-stream"
 kill -KILL "$victim"
-wait "$CURL_PID" || true
+wait "$STREAM_PID" || true
 
 grep -q '"error"' "$WORK_DIR/stream.out" || fail "the stream ended without an error event: $(tail -c 400 "$WORK_DIR/stream.out")"
 grep -q 'worker rank' "$WORK_DIR/stream.out" || fail "the error does not name the worker: $(grep error "$WORK_DIR/stream.out" | head -c 400)"

@@ -13,7 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "weights/checkpoint.h"
 #include "weights/safetensors.h"
+#include "worker/model/qwen3_5.h"
+#include "worker/model/step_inputs.h"
 #include "worker/model_runner.h"
 
 namespace ds::worker::testing {
@@ -71,6 +74,18 @@ inline double relative_error(const float* actual, const float* expected, int64_t
   return diff / scale;
 }
 
+// A one-rank model on a fixture checkpoint, with room for the longest prompt plus its greedy tokens.
+inline ModelOptions fixture_model_options(const weights::Checkpoint& checkpoint, weights::GdnProjectionForm form,
+                                          Communicator* comm) {
+  ModelOptions options;
+  options.config = checkpoint.config();
+  options.max_tokens = 64;
+  options.kv_page_size = kPageSize;
+  options.gdn_projection = form;
+  options.comm = comm;
+  return options;
+}
+
 // Sequence s's pages interleave with the others' (page j of s is j·kMaxSeqs + s), so that a
 // page table that mixed sequences up would read foreign K/V.
 inline std::vector<int32_t> page_table_of(int seq_index) {
@@ -93,6 +108,18 @@ inline SequenceStep make_step(int seq_index, int start_pos, std::vector<int32_t>
 
 // A sequence driven like the scheduler would: the prompt in chunks of `chunk` tokens, then one
 // decode token per step until `steps` tokens were generated.
+// Logits at every position of `ids`, prefilled in one step from position 0 as sequence 0, [T·V].
+inline std::vector<float> prefill_all_positions(Model& model, const std::vector<int32_t>& ids) {
+  const StepInputs in =
+      build_step_inputs({make_step(0, 0, ids, false)}, kPageSize, kNumKvPages, kMaxSeqs + 1, model.config().vocab_size);
+  std::vector<int32_t> rows(in.num_tokens);
+  for (int t = 0; t < in.num_tokens; ++t) rows[t] = t;
+  model.forward(in, rows);
+  std::vector<float> logits;
+  model.copy_logits(logits);
+  return logits;
+}
+
 struct Driver {
   int seq_index = 0;
   std::vector<int32_t> prompt;

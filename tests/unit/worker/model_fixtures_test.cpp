@@ -42,28 +42,16 @@ class ModelFixtureTest : public ::testing::TestWithParam<std::string> {
 TEST_P(ModelFixtureTest, PrefillLogitsMatchTransformersAtEveryPosition) {
   const weights::Checkpoint checkpoint = weights::Checkpoint::open(fixture_dir(GetParam()));
   auto comm = make_single_rank_communicator(false);
-  ModelOptions options;
-  options.config = checkpoint.config();
-  options.max_tokens = 64;
-  options.kv_page_size = kPageSize;
-  options.comm = comm.get();
   double worst = 0;
   for (const auto form : {weights::GdnProjectionForm::kFused, weights::GdnProjectionForm::kSplit}) {
     const char* form_name = form == weights::GdnProjectionForm::kFused ? "fused" : "split";
-    options.gdn_projection = form;
-    auto model = make_cpu_model(options, &checkpoint, 0);
+    auto model = make_cpu_model(fixture_model_options(checkpoint, form, comm.get()), &checkpoint, 0);
     model->allocate_pools(kNumKvPages, kMaxSeqs + 1);
     for (int p = 0; p < kNumPrompts; ++p) {
       const Prompt& prompt = prompts_[p];
-      const StepInputs in = build_step_inputs({make_step(0, 0, prompt.input_ids, false)}, kPageSize, kNumKvPages,
-                                              kMaxSeqs + 1, model->config().vocab_size);
-      std::vector<int32_t> rows(in.num_tokens);
-      for (int t = 0; t < in.num_tokens; ++t) rows[t] = t;
-      std::vector<float> logits;
-      model->forward(in, rows);
-      model->copy_logits(logits);
+      const std::vector<float> logits = prefill_all_positions(*model, prompt.input_ids);
       ASSERT_EQ(logits.size(), prompt.prefill_logits.size());
-      for (int t = 0; t < in.num_tokens; ++t) {
+      for (size_t t = 0; t < prompt.input_ids.size(); ++t) {
         const double err = relative_error(logits.data() + t * prompt.vocab(),
                                           prompt.prefill_logits.data() + t * prompt.vocab(), prompt.vocab());
         worst = std::max(worst, err);
