@@ -55,33 +55,6 @@ TEST(GpuGemm, Fp32OutputWithBetaAccumulates) {
   EXPECT_EQ(runner.cached_plans(), 1u);  // the second call reused the plan
 }
 
-TEST(GpuGemm, Fp8W8A16KernelMatchesDequantizedReference) {
-  cuda::GemmRunner runner;
-  std::mt19937 rng(6);
-  for (const Shape& s : {Shape{5, 200, 328, 328, 200}, Shape{130, 384, 1024, 1032, 400}}) {
-    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
-    std::vector<uint8_t> w(size_t(s.N * s.K));
-    for (auto& b : w) {
-      do b = uint8_t(rng()); while ((b & 0x7f) == 0x7f);  // no NaN encodings
-    }
-    const int64_t sr = (s.N + 127) / 128, sc = (s.K + 127) / 128;
-    std::vector<float> scales(size_t(sr * sc));
-    std::uniform_real_distribution<float> scale_dist(1e-3f, 4e-3f);
-    for (auto& v : scales) v = scale_dist(rng);
-    const auto x = random_bf16(size_t(s.T * s.ldx), 7);
-    const auto y0 = random_bf16(size_t(s.T * s.ldy), 8);
-    DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
-    DeviceBuffer<uint8_t> dw(w);
-    DeviceBuffer<float> dscale(scales);
-    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 1.f, nullptr,
-                    cuda::Fp8Path::kKernel);
-    EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
-    std::vector<float> want = y0.values;
-    cpu::gemm_fp8(x.values.data(), s.ldx, w.data(), scales.data(), want.data(), s.ldy, s.T, s.N, s.K, 1.f);
-    EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
-  }
-}
-
 std::vector<uint8_t> random_fp8(size_t n, std::mt19937& rng) {
   std::vector<uint8_t> v(n);
   for (auto& b : v) {
@@ -95,6 +68,34 @@ std::vector<float> random_scales(int64_t N, int64_t K, std::mt19937& rng) {
   std::uniform_real_distribution<float> dist(1e-3f, 4e-3f);
   for (auto& s : v) s = dist(rng);
   return v;
+}
+
+// A random block-FP8 weight [N, K] with its 128×128 scales, on the host and the device.
+struct Fp8Weight {
+  Fp8Weight(int64_t N, int64_t K, std::mt19937& rng)
+      : w(random_fp8(size_t(N * K), rng)), scales(random_scales(N, K, rng)), dw(w), dscale(scales) {}
+  std::vector<uint8_t> w;
+  std::vector<float> scales;
+  DeviceBuffer<uint8_t> dw;
+  DeviceBuffer<float> dscale;
+};
+
+TEST(GpuGemm, Fp8W8A16KernelMatchesDequantizedReference) {
+  cuda::GemmRunner runner;
+  std::mt19937 rng(6);
+  for (const Shape& s : {Shape{5, 200, 328, 328, 200}, Shape{130, 384, 1024, 1032, 400}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
+    const Fp8Weight W(s.N, s.K, rng);
+    const auto x = random_bf16(size_t(s.T * s.ldx), 7);
+    const auto y0 = random_bf16(size_t(s.T * s.ldy), 8);
+    DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 1.f, nullptr,
+                    cuda::Fp8Path::kKernel);
+    EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
+    std::vector<float> want = y0.values;
+    cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K, 1.f);
+    EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
+  }
 }
 
 // The N real columns of each of the T rows of a [T, ld] matrix.
@@ -177,26 +178,23 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
   };
   for (const Shape& s : shapes) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
-    const auto w = random_fp8(size_t(s.N * s.K), rng);
-    const auto scales = random_scales(s.N, s.K, rng);
+    const Fp8Weight W(s.N, s.K, rng);
     const auto x = random_bf16(size_t(s.T * s.ldx), 13);
     const int64_t rows = s.T + 3;  // y has rows past T (and columns past N): all must stay poisoned
     DeviceBuffer<bf16> dx(x.bits), dy(size_t(rows * s.ldy)), dy_kernel(size_t(rows * s.ldy));  // poisoned (NaN)
-    DeviceBuffer<uint8_t> dw(w);
-    DeviceBuffer<float> dscale(scales);
     const auto poison = dy.download();
-    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
     ASSERT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kCublasLt) << runner.fp8_fallback_reason();
     const int64_t t_pad = runner.last_fp8_padded_tokens();
-    runner.gemm_fp8(dx.get(), s.ldx, dw.get(), dscale.get(), dy_kernel.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy_kernel.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
                     cuda::Fp8Path::kKernel);
     const auto got_bits = dy.download();
     expect_outside_unchanged(got_bits, poison, s.T, s.N, s.ldy);
     const auto got = columns(testing_util::to_float(got_bits), s.T, s.N, s.ldy);
     const auto got_kernel = columns(testing_util::to_float(dy_kernel.download()), s.T, s.N, s.ldy);
     std::vector<float> want(size_t(s.T * s.ldy)), want_unquantized(size_t(s.T * s.ldy));
-    cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, w.data(), scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
-    cpu::gemm_fp8(x.values.data(), s.ldx, w.data(), scales.data(), want_unquantized.data(), s.ldy, s.T, s.N, s.K);
+    cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want_unquantized.data(), s.ldy, s.T, s.N, s.K);
     want = columns(want, s.T, s.N, s.ldy);
     want_unquantized = columns(want_unquantized, s.T, s.N, s.ldy);
     // Same quantized operands on both sides: what differs is fp32 summation order and the BF16
@@ -229,19 +227,16 @@ TEST(GpuGemm, Fp8CublasLtAccumulatesWithBeta) {
   cuda::GemmRunner runner;
   std::mt19937 rng(14);
   const int64_t N = 256, K = 512, ldy = 264;
-  const auto w = random_fp8(size_t(N * K), rng);
-  const auto scales = random_scales(N, K, rng);
-  DeviceBuffer<uint8_t> dw(w);
-  DeviceBuffer<float> dscale(scales);
+  const Fp8Weight W(N, K, rng);
   for (int64_t T : {1, 5, 33, 64, 67}) {
     SCOPED_TRACE("T=" + std::to_string(T));
     const int64_t rows = T + 2;
     const auto x = random_bf16(size_t(T * K), 15), y0 = random_bf16(size_t(rows * ldy), 16, 10.f);
     DeviceBuffer<bf16> dx(x.bits), dy(y0.bits);
-    runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), ldy, T, N, K, 1.f, nullptr,
+    runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), ldy, T, N, K, 1.f, nullptr,
                     cuda::Fp8Path::kCublasLt);
     std::vector<float> want = y0.values;
-    cpu::gemm_fp8_w8a8(x.values.data(), K, w.data(), scales.data(), want.data(), ldy, T, N, K, 1.f);
+    cpu::gemm_fp8_w8a8(x.values.data(), K, W.w.data(), W.scales.data(), want.data(), ldy, T, N, K, 1.f);
     const auto got_bits = dy.download();
     expect_outside_unchanged(got_bits, y0.bits, T, N, ldy);
     want = columns(want, T, N, ldy);
@@ -259,28 +254,25 @@ TEST(GpuGemm, Fp8CublasLtPaddedCallReplaysFromAGraph) {
   cuda::GemmRunner runner;
   std::mt19937 rng(19);
   const int64_t T = 3, N = 512, K = 1024;
-  const auto w = random_fp8(size_t(N * K), rng);
-  const auto scales = random_scales(N, K, rng);
+  const Fp8Weight W(N, K, rng);
   const auto x = random_bf16(size_t(T * K), 20);
   DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
-  DeviceBuffer<uint8_t> dw(w);
-  DeviceBuffer<float> dscale(scales);
   cudaStream_t stream;
   ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, stream, cuda::Fp8Path::kCublasLt);
+  runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, stream, cuda::Fp8Path::kCublasLt);
   ASSERT_CUDA(cudaStreamSynchronize(stream));
   dy.poison();
   ASSERT_CUDA(cudaDeviceSynchronize());  // the memset is on the legacy stream, the graph on `stream`
   cudaGraph_t graph;
   ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, stream, cuda::Fp8Path::kCublasLt);
+  runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, stream, cuda::Fp8Path::kCublasLt);
   ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
   cudaGraphExec_t exec;
   ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
   ASSERT_CUDA(cudaGraphLaunch(exec, stream));
   ASSERT_CUDA(cudaStreamSynchronize(stream));
   std::vector<float> want(size_t(T * N));
-  cpu::gemm_fp8_w8a8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K);
+  cpu::gemm_fp8_w8a8(x.values.data(), K, W.w.data(), W.scales.data(), want.data(), N, T, N, K);
   EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, float(2e-3 * rms(want)), 1e-2f));
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
@@ -292,19 +284,16 @@ TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
   cuda::GemmRunner runner;
   std::mt19937 rng(17);
   const int64_t T = 9, N = 256, K = 384;
-  const auto w = random_fp8(size_t(N * K), rng);
-  const auto scales = random_scales(N, K, rng);
+  const Fp8Weight W(N, K, rng);
   const auto x = random_bf16(size_t(T * K), 18);
   DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
-  DeviceBuffer<uint8_t> dw(w);
-  DeviceBuffer<float> dscale(scales);
-  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr);
+  runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr);
   EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
   EXPECT_FALSE(runner.fp8_fallback_reason().empty());
   std::vector<float> want(size_t(T * N));
-  cpu::gemm_fp8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K);
+  cpu::gemm_fp8(x.values.data(), K, W.w.data(), W.scales.data(), want.data(), N, T, N, K);
   EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
-  EXPECT_THROW(runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr,
+  EXPECT_THROW(runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr,
                                cuda::Fp8Path::kCublasLt),
                std::runtime_error);
 }
