@@ -1,5 +1,6 @@
 // All-reduce bus bandwidth through NcclCommunicator, printed like nccl-tests' all_reduce_perf:
-// for 1..N GPUs (one thread and one communicator per GPU), sizes 1 MB .. 256 MB.
+// for 1..N GPUs (one thread and one communicator per GPU), sizes 8 KB .. 256 MB
+// (decode steps all-reduce a few KB: hidden × tokens × 2 bytes).
 //   algbw = bytes / time;  busbw = algbw * 2 (n - 1) / n  (what each link carries; compare it
 //   with the NVLink bandwidth of the card: H100 SXM NVLink 4 is 450 GB/s per direction).
 // Usage: nccl_bench [max_gpus] [iterations] [float|bfloat16]
@@ -30,7 +31,7 @@ using ds::worker::NcclCommunicator;
     }                                                                                        \
   } while (0)
 
-constexpr size_t kMinBytes = size_t(1) << 20;
+constexpr size_t kMinBytes = size_t(8) << 10;
 constexpr size_t kMaxBytes = size_t(256) << 20;
 constexpr int kWarmup = 5;
 
@@ -104,7 +105,7 @@ void run_rank(const std::string& id, int rank, int world, CommDType dtype, int i
 
 // Returns the number of wrong elements over all sizes.
 long sweep(int world, CommDType dtype, int iterations) {
-  const int sizes = 9;  // 1 MB .. 256 MB
+  const int sizes = 16;  // 8 KB .. 256 MB
   std::vector<std::vector<SizeResult>> results(world, std::vector<SizeResult>(sizes));
   const std::string id = ds::worker::new_nccl_unique_id();
   std::barrier<> sync(world);
