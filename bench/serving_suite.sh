@@ -16,7 +16,8 @@ set -euo pipefail
 OUT=${1:?usage: serving_suite.sh OUT_DIR [serve options...]}
 shift
 HERE=$(cd "$(dirname "$0")" && pwd)
-DELTASERVE=${DELTASERVE:-$(command -v "$HERE/../bin/deltaserve" || command -v deltaserve)}
+DELTASERVE=${DELTASERVE:-$(command -v "$HERE/../bin/deltaserve" || command -v deltaserve || true)}
+[[ -x $DELTASERVE ]] || { echo "serving_suite: no deltaserve binary (set DELTASERVE)" >&2; exit 1; }
 PORT=${PORT:-18000}
 GRPC_PORT=${GRPC_PORT:-18001}
 WORKLOADS=${WORKLOADS:-a b c}
@@ -59,7 +60,8 @@ for projection in $PROJECTIONS; do
   for w in $WORKLOADS; do
     # shellcheck disable=SC2086 # the workload's options are words
     "$DELTASERVE" bench --backend grpc --port "$GRPC_PORT" ${WORKLOAD[$w]} --random-range-ratio 1 --ignore-eos \
-      --seed 1 --warmup-requests 2 --output-file "$OUT/$projection-$w.json" >"$OUT/$projection-$w.txt" 2>&1
+      --seed 1 --warmup-requests 2 --output-file "$OUT/$projection-$w.json" >"$OUT/$projection-$w.txt" 2>&1 ||
+      { cat "$OUT/$projection-$w.txt"; echo "serving_suite: bench failed ($projection, workload $w)" >&2; exit 1; }
     echo "== $projection workload $w: ${WORKLOAD[$w]}"
     cat "$OUT/$projection-$w.txt"
   done

@@ -432,11 +432,22 @@ void fill_dummy(const TensorSpec& spec, uint64_t seed, void* dst) {
       convert_float(DType::F32, values.data(), spec.dtype, static_cast<std::byte*>(dst) + start * element, count);
     }
   };
-  const int64_t threads = std::min<int64_t>({chunks, std::max(1u, std::thread::hardware_concurrency()), 16});
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>({chunks, std::thread::hardware_concurrency(), 16}));
+  std::vector<std::exception_ptr> errors(threads);
+  auto fill_share = [&](int64_t t) {
+    try {
+      fill_chunks(t, threads);
+    } catch (...) {
+      errors[t] = std::current_exception();
+    }
+  };
   std::vector<std::thread> workers;
-  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(fill_chunks, t, threads);
-  fill_chunks(0, std::max<int64_t>(1, threads));
+  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(fill_share, t);
+  fill_share(0);
   for (auto& w : workers) w.join();
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
 }
 
 void fill_dummy_rank_weights(const ModelConfig& config, int rank, int world, GdnProjectionForm form, uint64_t seed,

@@ -29,6 +29,7 @@ class ChildProcesses {
   // Throws std::runtime_error naming the program when it cannot be started.
   pid_t spawn(const std::vector<std::string>& argv, ExitCallback on_exit);
   // SIGTERM to the group, SIGKILL to whatever is left after `grace`; returns once all are reaped.
+  // (Workers spawned with --exit-with-parent ignore SIGTERM, so for them the SIGKILL is what counts.)
   void terminate_all(std::chrono::milliseconds grace);
   // The same without waiting (callable from a reaper thread): SIGTERM now, SIGKILL to whatever
   // is left after `grace` (from a watchdog thread that terminate_all joins).

@@ -25,7 +25,7 @@ for t in "$HERE"/*_test; do
   # its other cases are CPU tests, and memcheck does not follow the spawned workers.
   if [[ $name == worker_process_control_plane_test ]]; then
     ((SANITIZE)) && continue
-    filter='*Gpu*'
+    [[ $FILTER == '*' ]] && filter='*Gpu*'
   fi
   if ((SANITIZE)); then
     # API errors are left to our own checks (every runtime call is checked): NCCL's start-up probes

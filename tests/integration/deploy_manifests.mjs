@@ -130,7 +130,7 @@ function checkLeaderWorkerSet(where, lws) {
     problem(where, `worker pods' terminationGracePeriodSeconds ${workerGrace} is shorter than the leader's ${leaderGrace}: they would be killed mid-drain`);
   }
   // With --dedicated-frontend the leader hosts no rank and the worker pods share them all.
-  const dedicated = lf.get("--dedicated-frontend") === true;
+  const dedicated = [true, "true"].includes(lf.get("--dedicated-frontend"));
   const rankPods = dedicated ? t.size - 1 : t.size;
   const tp = Number(lf.get("--tp") ?? 1);
   if (!(rankPods >= 1) || tp % rankPods !== 0) problem(where, `--tp ${tp} does not split over the ${rankPods} pods that host ranks`);

@@ -94,7 +94,8 @@ start_long_stream() {
   STREAM_PID=$!
   local deadline=$((SECONDS + 60))
   until grep -q '"text"' "$out" 2>/dev/null; do
-    ((SECONDS < deadline)) || fail "no streamed token within 60 s"
+    kill -0 "$STREAM_PID" 2>/dev/null || fail "the stream ended before its first token: $(head -c 300 "$out")"
+    ((SECONDS < deadline)) || { kill "$STREAM_PID" 2>/dev/null; fail "no streamed token within 60 s"; }
     sleep 0.1
   done
 }

@@ -106,8 +106,6 @@ inline SequenceStep make_step(int seq_index, int start_pos, std::vector<int32_t>
   return step;
 }
 
-// A sequence driven like the scheduler would: the prompt in chunks of `chunk` tokens, then one
-// decode token per step until `steps` tokens were generated.
 // Logits at every position of `ids`, prefilled in one step from position 0 as sequence 0, [T·V].
 inline std::vector<float> prefill_all_positions(Model& model, const std::vector<int32_t>& ids) {
   const StepInputs in =
@@ -120,6 +118,8 @@ inline std::vector<float> prefill_all_positions(Model& model, const std::vector<
   return logits;
 }
 
+// A sequence driven like the scheduler would: the prompt in chunks of `chunk` tokens, then one
+// decode token per step until `steps` tokens were generated.
 struct Driver {
   int seq_index = 0;
   std::vector<int32_t> prompt;
