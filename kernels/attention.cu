@@ -14,8 +14,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
-#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -330,34 +328,9 @@ void check_cache(const PagedKvCache<bf16>& cache, const char* op) {
 template <int D, int BC>
 void launch(const Params& p, dim3 grid, cudaStream_t stream) {
   constexpr size_t smem = Tile<D, BC>::kSmemBytes;
-  // The shared-memory opt-in belongs to the device it was made on: made once per process, a
-  // thread that later ran on another GPU failed every launch with "invalid argument".
-  static std::array<std::atomic<bool>, 64> allowed{};
-  int device = 0;
-  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) {
-    throw std::runtime_error(std::string("cuda::attention: cudaGetDevice: ") + cudaGetErrorString(err));
-  }
-  if (device >= int(allowed.size()) || !allowed[device].load(std::memory_order_acquire)) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(attention_kernel<D, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) {
-      throw std::runtime_error(std::string("cuda::attention: cannot allow ") + std::to_string(smem) +
-                               " bytes of shared memory: " + cudaGetErrorString(err));
-    }
-    if (device < int(allowed.size())) allowed[device].store(true, std::memory_order_release);
-  }
-  // An unchecked failure of an earlier call (e.g. inside a library) would otherwise be reported
-  // as this launch's own.
-  if (const cudaError_t stale = cudaGetLastError(); stale != cudaSuccess) {
-    throw std::runtime_error(std::string("cuda::attention: an earlier CUDA call failed unchecked: ") +
-                             cudaGetErrorString(stale));
-  }
+  cuda_utils::allow_shared_memory<attention_kernel<D, BC>>(smem, "cuda::attention");
   attention_kernel<D, BC><<<grid, kThreads, smem, stream>>>(p);
-  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
-    throw std::runtime_error("cuda::attention: kernel launch failed: " + std::string(cudaGetErrorString(err)) +
-                             " (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
-                             std::to_string(grid.z) + ", " + std::to_string(smem) + " B shared memory)");
-  }
+  check_launch("cuda::attention");
   if (p.num_splits > 1) {
     merge_kernel<D><<<unsigned(p.num_tokens * p.num_q_heads), D, 0, stream>>>(p);
     check_launch("cuda::attention merge");

@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -21,6 +23,27 @@ inline void check_launch(const char* op) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
     throw std::runtime_error(std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err));
+}
+
+// Lets `Kernel` use `bytes` of dynamic shared memory (beyond the default 48 KB) on the calling
+// thread's current device. The opt-in belongs to the device it is made on, so it is remembered per
+// device: made once per process, launches from a thread later on another GPU failed with "invalid
+// argument".
+template <auto Kernel>
+void allow_shared_memory(size_t bytes, const char* op) {
+  static std::array<std::atomic<size_t>, 64> allowed{};  // bytes allowed so far, per device
+  int device = 0;
+  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) {
+    throw std::runtime_error(std::string(op) + ": cudaGetDevice: " + cudaGetErrorString(err));
+  }
+  const bool tracked = device < int(allowed.size());
+  if (tracked && allowed[device].load(std::memory_order_acquire) >= bytes) return;
+  if (const cudaError_t err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+      err != cudaSuccess) {
+    throw std::runtime_error(std::string(op) + ": cannot allow " + std::to_string(bytes) +
+                             " bytes of shared memory: " + cudaGetErrorString(err));
+  }
+  if (tracked) allowed[device].store(bytes, std::memory_order_release);
 }
 
 inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }

@@ -401,15 +401,6 @@ __global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) 
     state[i] = sm.m[(i / kHeadDim) * kLd128 + i % kHeadDim];
 }
 
-template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("gated_delta_rule_prefill_chunked: shared memory opt-in failed: ") +
-                             cudaGetErrorString(err));
-  }
-}
-
 }  // namespace
 
 size_t gated_delta_rule_prefill_workspace_bytes(int64_t num_tokens, int64_t num_seqs, const GdnDims& dims) {
@@ -445,12 +436,12 @@ void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* 
                         static_cast<float*>(workspace),
                         as_nv(out)};
   if (batch.num_tokens > 0) {
-    set_smem(prepare_chunk_kernel, sizeof(PrepareSmem));
+    cuda_utils::allow_shared_memory<prepare_chunk_kernel>(sizeof(PrepareSmem), "gated_delta_rule_prefill_chunked");
     const dim3 grid(unsigned(max_chunk_slots(batch.num_tokens, batch.num_seqs)), unsigned(dims.num_v_heads));
     prepare_chunk_kernel<<<grid, kThreads, sizeof(PrepareSmem), stream>>>(p);
     cuda_utils::check_launch("gated_delta_rule_prefill_chunked (prepare)");
   }
-  set_smem(scan_chunks_kernel, sizeof(ScanSmem));
+  cuda_utils::allow_shared_memory<scan_chunks_kernel>(sizeof(ScanSmem), "gated_delta_rule_prefill_chunked");
   const dim3 grid(unsigned(batch.num_seqs), unsigned(dims.num_v_heads), kHeadDim / kSlice);
   scan_chunks_kernel<<<grid, kThreads, sizeof(ScanSmem), stream>>>(p);
   cuda_utils::check_launch("gated_delta_rule_prefill_chunked (scan)");

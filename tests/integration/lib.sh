@@ -99,4 +99,20 @@ start_long_stream() {
     sleep 0.1
   done
 }
+# expect_drained_stream FILE WHAT: after a shutdown signal (WHAT) under start_long_stream's
+# request, tokens kept coming (counted from 1 s after the signal, so that tokens already on their
+# way cannot pass for a drain) and the stream then ended with [DONE], naming the shutdown.
+expect_drained_stream() {
+  local out=$1 what=$2 at_signal chunks reason
+  sleep 1
+  at_signal=$(grep -c '"text"' "$out")
+  wait "$STREAM_PID" || true
+  chunks=$(grep -c '"text"' "$out")
+  tail -n 2 "$out" | grep -q '^data: \[DONE\]' || fail "the stream did not end with [DONE]: $(tail -c 400 "$out")"
+  reason=$(grep -o '"message":"[^"]*"' "$out" | head -n 1)
+  [[ $reason == *"shutting down"* ]] || fail "the stream ended without naming the shutdown: ${reason:-$(tail -c 400 "$out")}"
+  ((chunks > at_signal)) || fail "no token streamed after $what ($at_signal chunks 1 s after it, $chunks at the end)"
+  log "ok: $((chunks - at_signal)) chunks streamed in the drain after $what, then $reason"
+}
+
 run_node() { (cd "$INTEGRATION_DIR" && node "$@"); }

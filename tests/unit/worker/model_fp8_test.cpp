@@ -103,8 +103,8 @@ TEST(ModelFp8, RankShardsOfFp8WeightsDequantizeToTheTwinsShards) {
       for (int rank = 0; rank < world; ++rank) {
         const auto q = weights::load_rank_weights_host(fp8, rank, world, form);
         const auto t = weights::load_rank_weights_host(twin, rank, world, form);
-        std::map<std::string, const weights::HostTensor*> scales, twin_by_name;
-        for (const auto& tensor : q) scales[tensor.spec.name] = &tensor;
+        std::map<std::string, const weights::HostTensor*> fp8_by_name, twin_by_name;
+        for (const auto& tensor : q) fp8_by_name[tensor.spec.name] = &tensor;
         for (const auto& tensor : t) twin_by_name[tensor.spec.name] = &tensor;
         size_t fp8_tensors = 0;
         for (const auto& actual : q) {
@@ -118,7 +118,7 @@ TEST(ModelFp8, RankShardsOfFp8WeightsDequantizeToTheTwinsShards) {
           std::vector<float> a(static_cast<size_t>(actual.spec.numel())), e(static_cast<size_t>(expected.spec.numel()));
           if (actual.spec.dtype == weights::DType::F8_E4M3) {
             ++fp8_tensors;
-            weights::dequantize_fp8_blocks(actual, *scales.at(name + "_scale_inv"), 128, 128, a.data());
+            weights::dequantize_fp8_blocks(actual, *fp8_by_name.at(name + "_scale_inv"), 128, 128, a.data());
           } else {
             weights::convert_to_f32(actual.spec.dtype, actual.data(), a.data(), a.size());
           }
@@ -129,6 +129,10 @@ TEST(ModelFp8, RankShardsOfFp8WeightsDequantizeToTheTwinsShards) {
           ASSERT_LE(a.size(), e.size());
           const size_t offset = ba_of_w_in ? e.size() - a.size() : 0;
           ASSERT_TRUE(std::equal(a.begin(), a.end(), e.begin() + offset));
+          if (ba_of_w_in) {  // and the two parts are the whole of the twin's W_in, no row missing
+            const std::string w_in = name.substr(0, name.size() - 3);
+            EXPECT_EQ(fp8_by_name.at(w_in)->spec.numel() + actual.spec.numel(), expected.spec.numel());
+          }
         }
         EXPECT_GT(fp8_tensors, 0u);
       }

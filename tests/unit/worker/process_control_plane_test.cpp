@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "kernels/device.h"
+#include "tests/unit/worker/model_fixture_util.h"
 #include "weights/safetensors.h"
 #include "proto/worker.grpc.pb.h"
 
@@ -198,15 +198,10 @@ Prompts fixture_prompts(const Model& model) {
   if (model.dir.empty()) return kDefaultPrompts;
   const ds::weights::SafetensorsFile file(model.dir + "/reference.safetensors");
   Prompts prompts;
-  for (const ds::weights::TensorView& view : file.tensors()) {
-    for (int p = 0; p < 2; ++p) {
-      if (view.name != "prompt" + std::to_string(p) + ".input_ids") continue;
-      std::vector<int32_t> ids(view.bytes.size() / sizeof(int32_t));
-      std::memcpy(ids.data(), view.bytes.data(), view.bytes.size());
-      prompts[11 + p] = std::vector<uint32_t>(ids.begin(), ids.end());
-    }
+  for (int p = 0; p < 2; ++p) {
+    const auto ids = ds::worker::testing::read_tensor<int32_t>(file, "prompt" + std::to_string(p) + ".input_ids");
+    prompts[11 + p] = std::vector<uint32_t>(ids.begin(), ids.end());
   }
-  if (prompts.size() != 2) throw std::runtime_error(model.dir + ": reference.safetensors lacks prompt0/1.input_ids");
   return prompts;
 }
 
