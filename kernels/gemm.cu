@@ -45,6 +45,18 @@ int alignment_of(const void* p, int64_t row_bytes) {
   return int(bits & (~bits + 1));
 }
 
+// The preferences every plan shares: the workspace, and split-K only where the partial sums stay
+// fp32. cuBLASLt's default also allows reductions in the output type (INPLACE / OUTPUT_TYPE), which
+// rounds every partial sum to BF16; small-T shapes (the ones autotuned) often pick those and carry
+// several times the error of an unsplit product.
+void set_common_preferences(cublasLtMatmulPreference_t pref, const size_t& workspace_bytes) {
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                       sizeof(workspace_bytes));
+  const uint32_t fp32_reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_reductions,
+                                       sizeof(fp32_reductions));
+}
+
 constexpr int kAutotuneCandidates = 8;
 constexpr int kAutotuneRuns = 3;
 constexpr int64_t kAutotuneMaxTokens = 256;
@@ -173,8 +185,7 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
     cublasLtMatmulPreference_t pref;
     check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference", shape);
     const uint32_t align = uint32_t(alignment);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
-                                         sizeof(workspace_bytes_));
+    set_common_preferences(pref, workspace_bytes_);
     for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
       cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align));
@@ -412,8 +423,7 @@ GemmRunner::Plan* GemmRunner::fp8_plan_for(const Fp8Key& key, const float* w_sca
     check_lt(cublasLtMatrixLayoutCreate(&plan->w_layout, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "W layout", shape);
     check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference", shape);
     const uint32_t a_align = uint32_t(w_align), x_align = 16;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
-                                         sizeof(workspace_bytes_));
+    set_common_preferences(pref, workspace_bytes_);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_align, sizeof(a_align));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &x_align, sizeof(x_align));
 
