@@ -49,49 +49,44 @@ NcclCommunicator::NcclCommunicator(const std::string& unique_id, int rank, int w
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   ncclUniqueId id;
   std::memcpy(id.internal, unique_id.data(), NCCL_UNIQUE_ID_BYTES);
-  // Non-blocking, so that a rank that never joins gives an error after init_timeout, not a hang.
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  finish(ncclCommInitRankConfig(&comm_, world_size, id, rank, &config), "ncclCommInitRank", init_timeout);
+  ncclConfig_t non_blocking = NCCL_CONFIG_INITIALIZER;
+  non_blocking.blocking = 0;
+  finish(ncclCommInitRankConfig(&joined_, world_size, id, rank, &non_blocking), "ncclCommInitRank", init_timeout,
+         joined_);
+  ncclConfig_t blocking = NCCL_CONFIG_INITIALIZER;
+  blocking.blocking = 1;
+  finish(ncclCommSplit(joined_, /*color=*/0, /*key=*/rank, &comm_, &blocking), "ncclCommSplit", init_timeout, comm_);
 }
 
 NcclCommunicator::~NcclCommunicator() {
   if (comm_) ncclCommDestroy(comm_);
+  if (joined_) ncclCommDestroy(joined_);
 }
 
-void NcclCommunicator::finish(int result, const char* what, std::chrono::milliseconds timeout) {
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = start + timeout;
+void NcclCommunicator::finish(int result, const char* what, std::chrono::milliseconds timeout, ncclComm*& comm) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   ncclResult_t state = ncclResult_t(result);
   while (state == ncclInProgress) {
     const auto now = std::chrono::steady_clock::now();
     if (now > deadline) {
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
+      ncclCommAbort(comm);
+      comm = nullptr;
       throw std::runtime_error(std::string("NCCL ") + what + " (rank " + std::to_string(rank_) + " of " +
                                std::to_string(world_) + "): timed out after " + std::to_string(timeout.count()) +
                                " ms; did every rank join with the same unique id?");
     }
-    // A collective's enqueue finishes within microseconds: spin (a sleep would cost ~100 µs per
-    // collective, which decode steps of many small all-reduces cannot afford); back off only
-    // for the long waits of init.
-    if (now - start < std::chrono::milliseconds(20)) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (ncclCommGetAsyncError(comm, &state) != ncclSuccess) break;
   }
-  check_nccl(state, what, comm_);
+  check_nccl(state, what, comm);
 }
 
 void NcclCommunicator::all_reduce_sum(void* data, size_t count, CommDType dtype, cudaStream_t stream) {
-  finish(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream), "ncclAllReduce",
-         kEnqueueTimeout);
+  check_nccl(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream), "ncclAllReduce", comm_);
 }
 
 void NcclCommunicator::all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) {
-  finish(ncclAllGather(in, out, count, nccl_type(dtype), comm_, stream), "ncclAllGather", kEnqueueTimeout);
+  check_nccl(ncclAllGather(in, out, count, nccl_type(dtype), comm_, stream), "ncclAllGather", comm_);
 }
 
 }  // namespace ds::worker
