@@ -40,7 +40,9 @@ struct SizeResult {
   long wrong = 0;    // elements off the expected sum in the check run
 };
 
-// Fills `count` elements with `value` in the buffer's dtype.
+// Fills `count` elements with `value` in the buffer's dtype. A pageable host-to-device cudaMemcpy
+// may return before its DMA lands, and the collectives run on a non-blocking stream (which the
+// legacy stream does not order), so the fill ends with a device synchronisation.
 void fill(void* device, size_t count, CommDType dtype, float value) {
   if (dtype == CommDType::kFloat32) {
     std::vector<float> host(count, value);
@@ -49,6 +51,7 @@ void fill(void* device, size_t count, CommDType dtype, float value) {
     std::vector<ds::kernels::bf16> host(count, ds::kernels::float_to_bf16(value));
     CHECK_CUDA(cudaMemcpy(device, host.data(), count * 2, cudaMemcpyHostToDevice));
   }
+  CHECK_CUDA(cudaDeviceSynchronize());
 }
 
 long count_wrong(const void* device, size_t count, CommDType dtype, float want) {
@@ -81,10 +84,14 @@ void run_rank(const std::string& id, int rank, int world, CommDType dtype, int i
   for (size_t bytes = kMinBytes; bytes <= kMaxBytes; bytes *= 2, ++index) {
     const size_t count = bytes / element;
     // Correctness first: rank r contributes r + 1, so every element must become n (n + 1) / 2.
+    // The ranks are threads of one process, so NCCL reads peers' buffers directly: wait until every
+    // rank is done with the previous size before overwriting this one.
+    sync.arrive_and_wait();
     fill(buffer, count, dtype, float(rank + 1));
     comm.all_reduce_sum(buffer, count, dtype, stream);
     CHECK_CUDA(cudaStreamSynchronize(stream));
     results[rank][index].wrong = count_wrong(buffer, count, dtype, float(world * (world + 1) / 2));
+    sync.arrive_and_wait();  // the peers may still be reading this buffer
     CHECK_CUDA(cudaMemset(buffer, 0, bytes));
     for (int i = 0; i < kWarmup; ++i) comm.all_reduce_sum(buffer, count, dtype, stream);
     CHECK_CUDA(cudaStreamSynchronize(stream));

@@ -3,6 +3,8 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -53,9 +55,31 @@ NcclCommunicator::NcclCommunicator(const std::string& unique_id, int rank, int w
   non_blocking.blocking = 0;
   finish(ncclCommInitRankConfig(&joined_, world_size, id, rank, &non_blocking), "ncclCommInitRank", init_timeout,
          joined_);
+  split_blocking_copy(init_timeout);
+}
+
+// NCCL runs the split as an asynchronous job of the non-blocking parent and stores the child's
+// handle (atomically, from its own thread) only when the job ends, so the handle is awaited first,
+// then the child's own initialisation state.
+void NcclCommunicator::split_blocking_copy(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   ncclConfig_t blocking = NCCL_CONFIG_INITIALIZER;
   blocking.blocking = 1;
-  finish(ncclCommSplit(joined_, /*color=*/0, /*key=*/rank, &comm_, &blocking), "ncclCommSplit", init_timeout, comm_);
+  const ncclResult_t started = ncclCommSplit(joined_, /*color=*/0, /*key=*/rank_, &split_out_, &blocking);
+  if (started != ncclInProgress) check_nccl(started, "ncclCommSplit", joined_);
+  std::atomic_ref<ncclComm*> child(split_out_);
+  while (child.load(std::memory_order_acquire) == nullptr) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(joined_);
+      joined_ = nullptr;
+      throw std::runtime_error("NCCL ncclCommSplit (rank " + std::to_string(rank_) + " of " + std::to_string(world_) +
+                               "): no communicator after " + std::to_string(timeout.count()) + " ms");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  comm_ = child.load(std::memory_order_acquire);
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  finish(ncclInProgress, "ncclCommSplit", std::max(left, std::chrono::milliseconds(1)), comm_);
 }
 
 NcclCommunicator::~NcclCommunicator() {

@@ -49,7 +49,11 @@ class NcclCommunicator final : public Communicator {
   // (aborting `comm`).
   void finish(int result, const char* what, std::chrono::milliseconds timeout, ncclComm*& comm);
 
-  ncclComm* joined_ = nullptr;  // non-blocking: the join, with its timeout
+  // Splits joined_ into comm_ (blocking), within `timeout`.
+  void split_blocking_copy(std::chrono::milliseconds timeout);
+
+  ncclComm* joined_ = nullptr;     // non-blocking: the join, with its timeout
+  ncclComm* split_out_ = nullptr;  // where NCCL's split job stores comm_ (from another thread)
   ncclComm* comm_ = nullptr;    // blocking copy of joined_: the collectives
   int rank_ = 0;
   int world_ = 1;
