@@ -14,8 +14,8 @@ into <out>/<name>/reference.safetensors. Run on the GPU host (transformers 5.17)
 
 With a GPU, each fixture is also run by transformers itself in BF16 and its error against the fp32
 reference is printed (max |Δ| / max |ref| per logits row, and how many greedy steps agree): the
-budget a BF16 engine can be held to on that fixture. A seed on which transformers' BF16 forward
-misses the CUDA tests' bar is replaced by the next (see make()).
+budget a BF16 engine can be held to on that fixture. Of several seeds per fixture, the one on
+which transformers' BF16 forward is closest to fp32 is kept (see make()).
 """
 import argparse
 import json
@@ -39,7 +39,7 @@ ROUTER_SCALE = 8.0
 # moves the residual stream by far less than BF16 rounding does elsewhere, while a wrong expert or
 # weight still moves the fp32 logits far beyond the CPU tests' 1e-3.
 EXPERT_OUTPUT_SCALE = 0.03
-MAX_SEED_ATTEMPTS = 20
+SEED_CANDIDATES = 16
 BF16_BUDGET = 2e-2  # the CUDA tests' bar for BF16 logits (max |Δ| / max |ref| per row)
 GREEDY_STEPS = 32
 VOCAB = 512
@@ -164,21 +164,34 @@ def build(name, config_cls, model_cls, extra, folder, seed):
 
 
 def make(name, out_dir, seed):
-    """With a GPU, a seed is kept only if transformers' own BF16 forward meets the bar the CUDA
-    tests set for ours: logits within BF16_BUDGET and every greedy step followed (a near tie between
-    the top two logits, or a BF16-sensitive MoE, fails that; a BF16 engine could not be held to it)."""
+    """With a GPU, SEED_CANDIDATES seeds are built and the one on which transformers' own BF16
+    forward lands closest to the fp32 reference is kept (it must also follow every greedy step: a
+    near tie between the top two logits, or a BF16-sensitive MoE, fails that; a BF16 engine could
+    not be held to it). On these tiny random models BF16 rounding alone moves the worst logits row
+    by 1.3-2.2e-2 depending on the seed (40 dense seeds), against the CUDA tests' bar of 2e-2; the
+    least sensitive candidate leaves the bar the most room to tell a bug from rounding. The choice
+    depends on transformers alone, never on deltaserve."""
     folder = os.path.join(out_dir, name)
-    for attempt in range(MAX_SEED_ATTEMPTS):
-        fixture_seed = seed + 1000 * attempt
+    candidates = [seed + 1000 * attempt for attempt in range(SEED_CANDIDATES)]
+    if not torch.cuda.is_available():
+        candidates = candidates[:1]
+    scored = []
+    for fixture_seed in candidates:
         tensors = build(name, *FIXTURES[name], folder, fixture_seed)
-        with open(os.path.join(folder, "config.json")) as f:
-            print(f"{name}: {json.load(f)['model_type']}, seed {fixture_seed}, saved to {folder}")
         if not torch.cuda.is_available():
-            return
+            break
         error, agree = bf16_self_check(name, folder, tensors)
+        print(f"{name}: seed {fixture_seed}: transformers BF16 vs fp32 {error:.3e}, greedy steps agreeing {agree}")
         if error <= BF16_BUDGET and min(agree) == GREEDY_STEPS:
-            return
-    raise SystemExit(f"{name}: no seed in {MAX_SEED_ATTEMPTS} attempts that transformers' BF16 forward follows")
+            scored.append((error, fixture_seed))
+    if torch.cuda.is_available():
+        if not scored:
+            raise SystemExit(f"{name}: no seed of {candidates} that transformers' BF16 forward follows")
+        error, best = min(scored)
+        build(name, *FIXTURES[name], folder, best)
+        print(f"{name}: kept seed {best} (transformers BF16 vs fp32 {error:.3e}) of {len(scored)} candidates")
+    with open(os.path.join(folder, "config.json")) as f:
+        print(f"{name}: {json.load(f)['model_type']}, saved to {folder}")
 
 
 def main():
