@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/gemm_skinny.cuh"
 #include "kernels/gemm_tile.cuh"
 
 namespace ds::kernels::cuda {
@@ -92,7 +93,7 @@ struct MatmulCall {
 // The fastest of the candidates over kAutotuneRuns timed runs each (candidates that refuse these
 // operands are skipped; the first candidate is the fallback).
 cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeuristicResult_t* candidates, int count,
-                             const std::string& shape) {
+                             const std::string& shape, float* best_time = nullptr) {
   cudaEvent_t start, stop;
   check_cuda(cudaEventCreate(&start), "autotune event");
   check_cuda(cudaEventCreate(&stop), "autotune event");
@@ -118,7 +119,26 @@ cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeurist
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
+  if (best_time) *best_time = best_ms;
   return best;
+}
+
+// Milliseconds of kAutotuneRuns calls of `call` on `stream`, after one warm-up call.
+template <typename Call>
+float time_runs(const Call& call, cudaStream_t stream) {
+  cudaEvent_t start, stop;
+  check_cuda(cudaEventCreate(&start), "autotune event");
+  check_cuda(cudaEventCreate(&stop), "autotune event");
+  call();
+  check_cuda(cudaEventRecord(start, stream), "autotune record");
+  for (int r = 0; r < kAutotuneRuns; ++r) call();
+  check_cuda(cudaEventRecord(stop, stream), "autotune record");
+  check_cuda(cudaEventSynchronize(stop), "autotune sync");
+  float ms = 0.f;
+  check_cuda(cudaEventElapsedTime(&ms, start, stop), "autotune elapsed");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
 }
 
 }  // namespace
@@ -127,6 +147,7 @@ struct GemmRunner::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool skinny = false;  // BF16 plans: the skinny kernel was faster than cuBLASLt
   bool fallback = false;  // FP8 plans only: cuBLASLt cannot run it, the W8A16 kernel does
   std::string reason;     // why, for GemmRunner::fp8_fallback_reason()
   // FP8 plans only: the token count cuBLASLt runs (>= T, see fp8_plan_for), whether D is the
@@ -145,11 +166,19 @@ struct GemmRunner::Plan {
   }
 };
 
+// Row tiles the skinny kernel's counters cover: N up to 4M outputs.
+constexpr size_t kSkinnyCounterTiles = 65536;
+
 GemmRunner::GemmRunner(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
   cublasLtHandle_t handle;
   check_lt(cublasLtCreate(&handle), "create", "handle");
   handle_ = handle;
   if (workspace_bytes_ > 0) check_cuda(cudaMalloc(&workspace_, workspace_bytes_), "GemmRunner workspace cudaMalloc");
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device), "SM count");
+  check_cuda(cudaMalloc(&skinny_counters_, kSkinnyCounterTiles * sizeof(unsigned)), "skinny counters cudaMalloc");
+  check_cuda(cudaMemset(skinny_counters_, 0, kSkinnyCounterTiles * sizeof(unsigned)), "skinny counters memset");
 }
 
 GemmRunner::~GemmRunner() {
@@ -159,6 +188,7 @@ GemmRunner::~GemmRunner() {
   if (fp8_x_scales_) cudaFree(fp8_x_scales_);
   if (fp8_y_) cudaFree(fp8_y_);
   if (workspace_) cudaFree(workspace_);
+  if (skinny_counters_) cudaFree(skinny_counters_);
   cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
@@ -199,11 +229,21 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
     check_lt(st, "heuristic", shape);
     if (found == 0) throw std::runtime_error("cuBLASLt found no algorithm for " + shape);
     plan->algo = results[0].algo;
-    if (found > 1 && may_time(T, operands.beta, operands.stream)) {
+    if (may_time(T, operands.beta, operands.stream)) {
       const MatmulCall call{static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout,
                             plan->y_layout, operands.x, operands.w, operands.y, workspace_, workspace_bytes_,
                             operands.stream};
-      plan->algo = fastest(call, results, found, shape);
+      float cublaslt_ms = INFINITY;
+      plan->algo = fastest(call, results, found, shape, &cublaslt_ms);
+      if (skinny::supports(T, K, ldx, operands.x, operands.w, /*fp8=*/false)) {
+        const float skinny_ms = time_runs(
+            [&] {
+              run_skinny(operands.x, ldx, operands.w, nullptr, false, operands.y, ldy, T, N, K, out_f32,
+                         operands.stream);
+            },
+            operands.stream);
+        plan->skinny = skinny_ms < cublaslt_ms;
+      }
     }
   } catch (...) {
     delete plan;
@@ -214,12 +254,28 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
 }
 
 void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
-                     float beta, bool out_f32, cudaStream_t stream) {
+                     float beta, bool out_f32, cudaStream_t stream, Bf16Path path) {
   check_shape("cuda::GemmRunner::gemm", T, N, K, ldx, ldy);
   if (T == 0) return;
+  const bool skinny_fits = beta == 0.f && skinny::supports(T, K, ldx, x, w, /*fp8=*/false);
+  if (path == Bf16Path::kSkinny) {
+    if (!skinny_fits) {
+      throw std::invalid_argument("cuda::GemmRunner::gemm: the skinny kernel needs beta 0, 1 <= T <= 64, K % 64 == 0 "
+                                  "and 16-byte aligned x rows and W; got " + shape_string(T, N, K, ldx, ldy));
+    }
+    run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream);
+    last_gemm_skinny_ = true;
+    return;
+  }
   const int out_bytes = out_f32 ? 4 : 2;
   const int alignment = std::min({alignment_of(x, ldx * 2), alignment_of(w, K * 2), alignment_of(y, ldy * out_bytes)});
   const Plan& plan = plan_for(Key{T, N, K, ldx, ldy, out_f32, alignment}, Operands{x, w, y, beta, stream});
+  // (The plan's key holds the smallest alignment of x, w and y: check the skinny kernel's own needs.)
+  last_gemm_skinny_ = path == Bf16Path::kAuto && plan.skinny && skinny_fits;
+  if (last_gemm_skinny_) {
+    run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream);
+    return;
+  }
   const float alpha = 1.f;
   check_lt(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, w, plan.w_layout, x,
                           plan.x_layout, &beta, y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,
@@ -227,14 +283,40 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
            "matmul", shape_string(T, N, K, ldx, ldy));
 }
 
+void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y,
+                            int64_t ldy, int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream) {
+  if (size_t((N + skinny::kRows - 1) / skinny::kRows) > kSkinnyCounterTiles) {
+    throw std::invalid_argument("skinny GEMM: N=" + std::to_string(N) + " exceeds the counter tiles");
+  }
+  skinny::Params p;
+  p.x = reinterpret_cast<const __nv_bfloat16*>(x);
+  p.ldx = ldx;
+  p.w = w;
+  p.scale_inv = scale_inv;
+  p.y = y;
+  p.ldy = ldy;
+  p.T = int(T);
+  p.N = N;
+  p.K = K;
+  p.out_f32 = out_f32;
+  p.splits = skinny::choose_splits(T, N, K, sms_, workspace_bytes_);
+  p.partial = static_cast<float*>(workspace_);
+  p.counters = skinny_counters_;
+  if (fp8) {
+    skinny::launch<uint8_t>(p, stream);
+  } else {
+    skinny::launch<__nv_bfloat16>(p, stream);
+  }
+}
+
 void GemmRunner::gemm(const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t N,
-                      int64_t K, float beta, cudaStream_t stream) {
-  run(x, ldx, w, y, ldy, T, N, K, beta, false, stream);
+                      int64_t K, float beta, cudaStream_t stream, Bf16Path path) {
+  run(x, ldx, w, y, ldy, T, N, K, beta, false, stream, path);
 }
 
 void GemmRunner::gemm(const bf16* x, int64_t ldx, const bf16* w, float* y, int64_t ldy, int64_t T, int64_t N,
-                      int64_t K, float beta, cudaStream_t stream) {
-  run(x, ldx, w, y, ldy, T, N, K, beta, true, stream);
+                      int64_t K, float beta, cudaStream_t stream, Bf16Path path) {
+  run(x, ldx, w, y, ldy, T, N, K, beta, true, stream, path);
 }
 
 namespace {
@@ -558,6 +640,15 @@ bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_
   return true;
 }
 
+void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
+                                bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream) {
+  if (beta == 0.f && skinny::supports(T, K, ldx, x, w_fp8, /*fp8=*/true)) {
+    run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream);
+  } else {
+    launch_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
+  }
+}
+
 void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
                           int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
                           Fp8Path path) {
@@ -573,7 +664,7 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
     if (path == Fp8Path::kCublasLt) {
       throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + reason);
     }
-    launch_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
+    run_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
     last_fp8_path_ = Fp8Path::kKernel;
     last_fp8_t_pad_ = 0;
     fp8_fallback_reason_ = reason;
@@ -601,7 +692,7 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
       if (path == Fp8Path::kCublasLt) {
         throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + why);
       }
-      launch_fp8_kernel(x + t0 * ldx, ldx, w_fp8, weight_scale_inv, y + t0 * ldy, ldy, rows, N, K, beta, stream);
+      run_fp8_kernel(x + t0 * ldx, ldx, w_fp8, weight_scale_inv, y + t0 * ldy, ldy, rows, N, K, beta, stream);
       all_cublaslt = false;
     }
   }

@@ -68,6 +68,13 @@ namespace cuda {
 void quantize_fp8_per_token_group(const bf16* x, int64_t ldx, int64_t T, int64_t K, uint8_t* xq, float* scales,
                                   cudaStream_t stream);
 
+// Which implementation a BF16 GEMM runs.
+enum class Bf16Path {
+  kAuto,      // cuBLASLt, or the skinny kernel where the plan's timing found it faster (T <= 64)
+  kCublasLt,  // always cuBLASLt
+  kSkinny,    // the skinny kernel, or std::invalid_argument where it cannot (tests, benchmarks)
+};
+
 // Which implementation a block-FP8 GEMM runs (see the file comment).
 enum class Fp8Path {
   kAuto,      // cuBLASLt W8A8 where it can (probed per shape), else the W8A16 kernel
@@ -80,7 +87,9 @@ const char* to_string(Fp8Path path);
 // plan (matmul descriptor, layouts, algorithm) per distinct problem, so the steady state makes no
 // cuBLASLt descriptor calls. For T <= 256 the first call of a shape with beta == 0 on a stream that
 // is not capturing times cuBLASLt's top heuristic candidates on the real operands (synchronising
-// the stream once) and keeps the fastest; otherwise the first heuristic pick is used. Not thread-safe: one runner per worker thread/stream.
+// the stream once) and keeps the fastest; otherwise the first heuristic pick is used. For T <= 64
+// that timing also includes our skinny kernel (kernels/gemm_skinny.cuh: W streamed once, split-K
+// with a deterministic fixup), which the plan keeps when it is faster. Not thread-safe: one runner per worker thread/stream.
 // Every call is asynchronous on `stream` and CUDA-graph capturable once its plan exists.
 // Errors (bad sizes, cuBLASLt failures) throw std::runtime_error naming the shape.
 class GemmRunner {
@@ -92,13 +101,14 @@ class GemmRunner {
 
   // BF16 x, W, y; fp32 accumulation; y = x·Wᵀ + beta·y (beta applied to the bf16 y).
   void gemm(const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
-            float beta, cudaStream_t stream);
+            float beta, cudaStream_t stream, Bf16Path path = Bf16Path::kAuto);
   // Same with an fp32 output (router logits, lm_head logits for sampling).
   void gemm(const bf16* x, int64_t ldx, const bf16* w, float* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
-            float beta, cudaStream_t stream);
+            float beta, cudaStream_t stream, Bf16Path path = Bf16Path::kAuto);
 
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
-  // 16-byte and W 8-byte aligned, T, N any. kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
+  // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
+  // K % 64 == 0) or else the 64×64 tile kernel. kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
   // (probed once per shape, the answer cached with the plan); otherwise, and for kKernel, the W8A16
@@ -114,6 +124,8 @@ class GemmRunner {
   void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
                 int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
                 Fp8Path path = Fp8Path::kAuto);
+  // Whether the last gemm() call ran the skinny weight-streaming kernel instead of cuBLASLt.
+  bool last_gemm_skinny() const { return last_gemm_skinny_; }
   // The path the last gemm_fp8 call took (kCublasLt or kKernel; kAuto before the first call) and,
   // when it was the kernel under kAuto, why.
   Fp8Path last_fp8_path() const { return last_fp8_path_; }
@@ -137,7 +149,13 @@ class GemmRunner {
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
   const Plan& plan_for(const Key& key, const Operands& operands);
   void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
-           float beta, bool out_f32, cudaStream_t stream);
+           float beta, bool out_f32, cudaStream_t stream, Bf16Path path);
+  // Our W8A16 kernels: the skinny one where it applies, else the tile kernel.
+  void run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
+                      int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream);
+  // The skinny kernel (T <= 64, beta 0; BF16 or FP8 W), its split-K partials in workspace_.
+  void run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y, int64_t ldy,
+                  int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream);
 
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
@@ -158,6 +176,10 @@ class GemmRunner {
   size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128
   bf16* fp8_y_ = nullptr;  // output scratch [T_pad, N] of padded plans
   size_t fp8_y_capacity_ = 0;  // its elements
+  // The skinny kernel's split-K tile counters (zero between calls) and the SM count it sizes by.
+  unsigned* skinny_counters_ = nullptr;
+  int sms_ = 0;
+  bool last_gemm_skinny_ = false;
   Fp8Path last_fp8_path_ = Fp8Path::kAuto;
   int64_t last_fp8_t_pad_ = 0;
   std::string fp8_fallback_reason_;

@@ -1,11 +1,16 @@
 // GEMM throughput at the projection shapes of the published Qwen3.5 models (TP 1), T in {1, 8, 64,
-// 1024, 8192}: BF16 through cuBLASLt, and block-FP8 both ways side by side: cuBLASLt W8A8 (timed
-// with its activation-quantization kernel, which is part of every call) and our W8A16 kernel.
+// 1024, 8192}: BF16 as GemmRunner runs it (auto: cuBLASLt or, for T <= 64 where it timed faster,
+// the skinny kernel) and, for T <= 64, cuBLASLt and the skinny kernel each forced; block-FP8 both
+// ways side by side: cuBLASLt W8A8 (timed with its activation-quantization kernel, part of every
+// call) and our W8A16 kernels (the skinny one for T <= 64, the 64×64 tile kernel above).
 // Prints TFLOP/s (BF16 also against the 790 TFLOP/s BF16 ceiling) and, since small-T GEMMs are
 // weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
-// The last column is the path the FP8 "auto" call took (w8a16-kernel where cuBLASLt cannot) and,
-// for cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T itself,
-// e.g. T = 1: the w8a8 column then includes the scratch copy-out).
+// Times are per call with 20 calls queued back to back (bench::queued_us), weights rotating over
+// copies larger than L2: the GPU time a call costs inside a forward pass, without launch latency.
+// The last columns are the BF16 auto path and the path the FP8 "auto" call took, with, for
+// cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T itself, e.g.
+// T = 1: the w8a8 column then includes the scratch copy-out).
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -36,9 +41,10 @@ int main() {
     return 77;
   }
   cuda::GemmRunner runner;
-  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %8s %8s %6s | %9s %8s %8s %6s | %s\n", "model",
-              "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "w8a8 us", "TFLOP/s", "GB/s",
-              "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "fp8 auto path");
+  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s | %9s %8s %8s %6s | %9s %8s %8s %6s | %s\n",
+              "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us",
+              "skinny us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy",
+              "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
     // Rotate weight copies so the working set exceeds the 50 MB L2.
     const size_t w_elems = size_t(p.N * p.K);
@@ -59,31 +65,39 @@ int main() {
       const double flops = 2.0 * double(T) * double(p.N) * double(p.K);
       const double bf16_bytes = 2.0 * (double(w_elems) + double(T * p.K) + double(T * p.N));
       const double fp8_bytes = bf16_bytes - double(w_elems);
-      const double us = bench::median_us([&](int i) {
-        runner.gemm(x, p.K, w + w_elems * size_t(i % copies), y, p.N, T, p.N, p.K, 0.f, nullptr);
-      });
-      // FP8 "auto" first: the cuBLASLt path where it can, else the kernel (then both columns time it).
+      auto time_bf16 = [&](cuda::Bf16Path path) {
+        return bench::queued_us([&](int i) {
+          runner.gemm(x, p.K, w + w_elems * size_t(i % copies), y, p.N, T, p.N, p.K, 0.f, nullptr, path);
+        });
+      };
+      const double us = time_bf16(cuda::Bf16Path::kAuto);
+      const bool bf16_skinny = runner.last_gemm_skinny();
+      const double us_cublaslt = T <= 64 ? time_bf16(cuda::Bf16Path::kCublasLt) : us;
+      const double us_skinny = T <= 64 ? time_bf16(cuda::Bf16Path::kSkinny) : NAN;
+      // FP8 "auto" first: the skinny kernel for T <= 64, else cuBLASLt where it can, else the tile kernel.
       runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
       const cuda::Fp8Path auto_path = runner.last_fp8_path();
+      runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr, cuda::Fp8Path::kCublasLt);
       const long t_pad = long(runner.last_fp8_padded_tokens());
-      const double us_w8a8 = bench::median_us([&](int i) {
-        runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
+      const double us_w8a8 = bench::queued_us([&](int i) {
+        runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
+                        cuda::Fp8Path::kCublasLt);
       });
-      const double us_w8a16 = bench::median_us([&](int i) {
+      const double us_w8a16 = bench::queued_us([&](int i) {
         runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
                         cuda::Fp8Path::kKernel);
       });
       auto tflops = [&](double t_us) { return flops / t_us * 1e-6; };
       auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
       std::printf(
-          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %8.1f %8.0f %5.1f%% | %9.1f %8.1f %8.0f "
-          "%5.1f%% | %s%s\n",
+          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f | %9.1f %8.1f %8.0f %5.1f%% | %9.1f "
+          "%8.1f %8.0f %5.1f%% | %s | %s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
-          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_w8a8, tflops(us_w8a8),
-          gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16, tflops(us_w8a16),
-          gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, cuda::to_string(auto_path),
-          auto_path == cuda::Fp8Path::kCublasLt && t_pad != T ? (" T_pad=" + std::to_string(t_pad)).c_str() : "");
-      if (auto_path != cuda::Fp8Path::kCublasLt) std::printf("  (fp8 auto fell back: %s)\n", runner.fp8_fallback_reason().c_str());
+          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_w8a8,
+          tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
+          tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100,
+          bf16_skinny ? "skinny" : "cublaslt", cuda::to_string(auto_path),
+          t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "");
       cudaFree(x);
       cudaFree(y);
     }

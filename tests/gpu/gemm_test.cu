@@ -21,6 +21,23 @@ struct Shape {
   int64_t T, N, K, ldx, ldy;
 };
 
+// The N real columns of each of the T rows of a [T, ld] matrix.
+std::vector<float> columns(const std::vector<float>& m, int64_t T, int64_t N, int64_t ld) {
+  std::vector<float> out;
+  for (int64_t t = 0; t < T; ++t) out.insert(out.end(), m.begin() + t * ld, m.begin() + t * ld + N);
+  return out;
+}
+
+void expect_outside_unchanged(const std::vector<bf16>& got, const std::vector<bf16>& before, int64_t T, int64_t N,
+                              int64_t ld) {
+  size_t changed = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const int64_t t = int64_t(i) / ld, n = int64_t(i) % ld;
+    if (t >= T || n >= N) changed += got[i].bits != before[i].bits;
+  }
+  EXPECT_EQ(changed, 0u) << "elements outside the T x N result changed";
+}
+
 TEST(GpuGemm, Bf16MatchesReferenceAcrossShapesAndViews) {
   cuda::GemmRunner runner;
   for (const Shape& s : {Shape{1, 256, 512, 512, 256}, Shape{7, 96, 136, 144, 100}, Shape{64, 512, 1024, 1024, 512},
@@ -53,6 +70,58 @@ TEST(GpuGemm, Fp32OutputWithBetaAccumulates) {
   EXPECT_TRUE(all_close(dy.download(), want, 1e-3f, 1e-3f));
   runner.gemm(dx.get(), K, dw.get(), dy.get(), N, T, N, K, 1.f, nullptr);
   EXPECT_EQ(runner.cached_plans(), 1u);  // the second call reused the plan
+}
+
+// The skinny kernel (T <= 64, W streamed once) against the OpenBLAS reference: one n8 token tile
+// and several, N past the last whole 64-row tile, split-K over long K and a single split, views
+// (ldx > K, ldy > N), BF16 and fp32 outputs. Outside y's T × N block nothing changes, and a second
+// call gives the same bits (the split-K partials are added in a fixed order).
+TEST(GpuGemm, SkinnyMatchesReferenceAndIsDeterministic) {
+  cuda::GemmRunner runner;
+  const Shape shapes[] = {{1, 256, 512, 512, 256},     {3, 200, 1024, 1032, 208},   {8, 4096, 4096, 4096, 4096},
+                          {9, 96, 256, 256, 96},       {17, 1000, 2048, 2048, 1000}, {33, 512, 640, 640, 520},
+                          {64, 4096, 4096, 4096, 4104}, {64, 24576, 256, 256, 24576}};
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
+    const auto x = random_bf16(size_t(s.T * s.ldx), 21), w = random_bf16(size_t(s.N * s.K), 22, 0.05f);
+    const int64_t rows = s.T + 2;  // rows past T (and columns past N) must stay poisoned
+    DeviceBuffer<bf16> dx(x.bits), dw(w.bits), dy(size_t(rows * s.ldy));
+    DeviceBuffer<float> dy32(size_t(rows * s.ldy));
+    const auto poison = dy.download();
+    const auto poison32 = dy32.download();
+    runner.gemm(dx.get(), s.ldx, dw.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr, cuda::Bf16Path::kSkinny);
+    EXPECT_TRUE(runner.last_gemm_skinny());
+    runner.gemm(dx.get(), s.ldx, dw.get(), dy32.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr, cuda::Bf16Path::kSkinny);
+    std::vector<float> want(size_t(s.T * s.ldy));
+    cpu::gemm(x.values.data(), s.ldx, w.values.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    want = columns(want, s.T, s.N, s.ldy);
+    const auto got_bits = dy.download();
+    expect_outside_unchanged(got_bits, poison, s.T, s.N, s.ldy);
+    EXPECT_TRUE(all_close(columns(testing_util::to_float(got_bits), s.T, s.N, s.ldy), want, 2e-2f, 1e-2f));
+    const auto got32 = dy32.download();
+    size_t changed = 0;
+    for (size_t i = 0; i < got32.size(); ++i) {
+      const int64_t t = int64_t(i) / s.ldy, n = int64_t(i) % s.ldy;
+      if (t >= s.T || n >= s.N) changed += std::memcmp(&got32[i], &poison32[i], sizeof(float)) != 0;
+    }
+    EXPECT_EQ(changed, 0u) << "fp32 output: elements outside the T x N result changed";
+    EXPECT_TRUE(all_close(columns(got32, s.T, s.N, s.ldy), want, 1e-3f, 1e-3f));
+    runner.gemm(dx.get(), s.ldx, dw.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr, cuda::Bf16Path::kSkinny);
+    const auto again = dy.download();
+    EXPECT_EQ(std::memcmp(again.data(), got_bits.data(), again.size() * sizeof(bf16)), 0) << "not deterministic";
+  }
+}
+
+TEST(GpuGemm, SkinnyRefusesWhatItCannotRun) {
+  cuda::GemmRunner runner;
+  DeviceBuffer<bf16> dx(size_t(65 * 512)), dw(size_t(256 * 512)), dy(size_t(65 * 256));
+  const auto skinny = cuda::Bf16Path::kSkinny;
+  EXPECT_THROW(runner.gemm(dx.get(), 512, dw.get(), dy.get(), 256, 65, 256, 512, 0.f, nullptr, skinny),
+               std::invalid_argument);  // T > 64
+  EXPECT_THROW(runner.gemm(dx.get(), 500, dw.get(), dy.get(), 256, 4, 256, 500, 0.f, nullptr, skinny),
+               std::invalid_argument);  // K % 64 != 0
+  EXPECT_THROW(runner.gemm(dx.get(), 512, dw.get(), dy.get(), 256, 4, 256, 512, 1.f, nullptr, skinny),
+               std::invalid_argument);  // beta != 0
 }
 
 std::vector<uint8_t> random_fp8(size_t n, std::mt19937& rng) {
@@ -98,13 +167,6 @@ TEST(GpuGemm, Fp8W8A16KernelMatchesDequantizedReference) {
   }
 }
 
-// The N real columns of each of the T rows of a [T, ld] matrix.
-std::vector<float> columns(const std::vector<float>& m, int64_t T, int64_t N, int64_t ld) {
-  std::vector<float> out;
-  for (int64_t t = 0; t < T; ++t) out.insert(out.end(), m.begin() + t * ld, m.begin() + t * ld + N);
-  return out;
-}
-
 double rms(const std::vector<float>& v) {
   double s = 0;
   for (float x : v) s += double(x) * x;
@@ -148,14 +210,30 @@ TEST(GpuGemm, Fp8ActivationQuantizationMatchesCpuBitForBit) {
 
 // Every element of a [rows, ld] bf16 matrix outside the first T rows' first N columns still holds
 // its original bits: padding rows/columns of the cuBLASLt path must not leak into y.
-void expect_outside_unchanged(const std::vector<bf16>& got, const std::vector<bf16>& before, int64_t T, int64_t N,
-                              int64_t ld) {
-  size_t changed = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const int64_t t = int64_t(i) / ld, n = int64_t(i) % ld;
-    if (t >= T || n >= N) changed += got[i].bits != before[i].bits;
+
+// The skinny kernel with block-FP8 weights (the W8A16 path for T <= 64, beta 0) against the
+// dequantized reference: a scale row cut short (N % 128 != 0), K of 3 scale blocks, split-K over 9B
+// shapes; outside y's T × N block nothing changes.
+TEST(GpuGemm, Fp8SkinnyMatchesDequantizedReference) {
+  cuda::GemmRunner runner;
+  std::mt19937 rng(23);
+  for (const Shape& s : {Shape{1, 200, 384, 384, 200}, Shape{9, 320, 384, 392, 328}, Shape{64, 12352, 4096, 4096, 12352},
+                         Shape{3, 4096, 12288, 12288, 4096}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
+    const Fp8Weight W(s.N, s.K, rng);
+    const auto x = random_bf16(size_t(s.T * s.ldx), 24);
+    DeviceBuffer<bf16> dx(x.bits), dy(size_t((s.T + 2) * s.ldy));
+    const auto poison = dy.download();
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kKernel);
+    EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
+    std::vector<float> want(size_t(s.T * s.ldy));
+    cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    const auto got_bits = dy.download();
+    expect_outside_unchanged(got_bits, poison, s.T, s.N, s.ldy);
+    EXPECT_TRUE(all_close(columns(testing_util::to_float(got_bits), s.T, s.N, s.ldy), columns(want, s.T, s.N, s.ldy),
+                          2e-2f, 1e-2f));
   }
-  EXPECT_EQ(changed, 0u) << "elements outside the T x N result changed";
 }
 
 // cuBLASLt W8A8 against the CPU reference of the same math (x quantized per token and 128-group,
@@ -183,7 +261,8 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
     const int64_t rows = s.T + 3;  // y has rows past T (and columns past N): all must stay poisoned
     DeviceBuffer<bf16> dx(x.bits), dy(size_t(rows * s.ldy)), dy_kernel(size_t(rows * s.ldy));  // poisoned (NaN)
     const auto poison = dy.download();
-    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kCublasLt);
     ASSERT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kCublasLt) << runner.fp8_fallback_reason();
     const int64_t t_pad = runner.last_fp8_padded_tokens();
     runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy_kernel.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,

@@ -48,6 +48,32 @@ inline double median_us(const std::function<void(int)>& run, int warmup = 5, int
   return double(ms[ms.size() / 2]) * 1e3;
 }
 
+// Per-call time in microseconds of `calls` calls queued back to back (the host runs ahead of the
+// GPU, as in a forward pass, so launch latency is hidden and each call starts as the previous one
+// ends): the median over `reps` batches after `warmup` calls. run(i) rotates input copies larger
+// than L2 as in median_us.
+inline double queued_us(const std::function<void(int)>& run, int calls = 20, int reps = 7, int warmup = 5) {
+  for (int i = 0; i < warmup; ++i) run(i);
+  check(cudaDeviceSynchronize(), "warm-up");
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  std::vector<float> ms(static_cast<size_t>(reps));
+  int i = warmup;
+  for (float& m : ms) {
+    check(cudaEventRecord(start), "record");
+    for (int c = 0; c < calls; ++c) run(i++);
+    check(cudaEventRecord(stop), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    check(cudaEventElapsedTime(&m, start, stop), "elapsed");
+  }
+  check(cudaGetLastError(), "benchmarked kernels");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return double(ms[ms.size() / 2]) * 1e3 / calls;
+}
+
 template <typename T>
 T* device_alloc(size_t count) {
   T* p = nullptr;
