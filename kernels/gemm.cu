@@ -260,7 +260,7 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
   const bool skinny_fits = beta == 0.f && skinny::supports(T, K, ldx, x, w, /*fp8=*/false);
   if (path == Bf16Path::kSkinny) {
     if (!skinny_fits) {
-      throw std::invalid_argument("cuda::GemmRunner::gemm: the skinny kernel needs beta 0, 1 <= T <= 64, K % 64 == 0 "
+      throw std::invalid_argument("cuda::GemmRunner::gemm: the skinny kernel needs beta 0, 1 <= T <= 64, K % 128 == 0 "
                                   "and 16-byte aligned x rows and W; got " + shape_string(T, N, K, ldx, ldy));
     }
     run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream);

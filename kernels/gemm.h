@@ -108,7 +108,7 @@ class GemmRunner {
 
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
-  // K % 64 == 0) or else the 64×64 tile kernel. kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
+  // K % 128 == 0) or else the 64×64 tile kernel. kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
   // (probed once per shape, the answer cached with the plan); otherwise, and for kKernel, the W8A16

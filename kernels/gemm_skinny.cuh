@@ -3,7 +3,7 @@
 //
 // A 128-thread block owns 64 weight rows (4 warps × one m16 tile) and every token (padded to n8
 // tiles) over one K range, so W is read exactly once and x (small) from L2. Weights and x stream
-// through a Config::kStages-deep cp.async ring of 64-wide k-steps in shared memory; MMAs are
+// through a Config::kStages-deep cp.async ring of 128-wide k-steps in shared memory; MMAs are
 // mma.m16n8k16 BF16 with fp32 accumulation, W as the A operand (rows = outputs), x as B.
 //
 // Few output rows leave most SMs idle, so K is split over gridDim.y blocks (split-K): each writes
@@ -12,7 +12,7 @@
 // deterministic.
 //
 // Block-FP8 weights (E4M3 with 128×128 fp32 scales, see gemm.h) stream as bytes and are widened to
-// BF16 while the A fragments are built (exact: every E4M3 value is a BF16 value); a 64×64 stage
+// BF16 while the A fragments are built (exact: every E4M3 value is a BF16 value); a 64×128 stage
 // lies inside one scale block, so each stage's products accumulate unscaled and are added times
 // that block's scale. Activations stay BF16 (W8A16): no activation rounding.
 #pragma once
@@ -31,7 +31,7 @@
 namespace ds::kernels::skinny {
 
 constexpr int kRows = 64;         // weight rows (outputs) per block
-constexpr int kBK = 64;           // k per stage
+constexpr int kBK = 128;          // k per stage: 256 contiguous bytes of each BF16 weight row
 constexpr int kChunks = kBK / 8;  // 16-byte BF16 chunks per stage row
 constexpr int kThreads = 128;
 constexpr int kMaxTokens = 64;
@@ -53,11 +53,11 @@ struct Params {
 };
 
 // Per (weight type, n8 token tiles): stages deep enough to keep ~48 KB of weights in flight per SM
-// at two blocks per SM, and the shared-memory layout.
+// at two blocks per SM (at most ~100 KB of shared memory per block), and the shared-memory layout.
 template <typename WeightT, int kNT>
 struct Config {
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
-  static constexpr int kStages = kFp8 ? (kNT <= 2 ? 8 : 6) : (kNT <= 2 ? 6 : 4);
+  static constexpr int kStages = kFp8 ? (kNT <= 2 ? 6 : 4) : (kNT <= 2 ? 4 : 3);
   static constexpr int kTokenRows = kNT < 2 ? 16 : 8 * kNT;  // B fragments load n8 tiles in pairs
   static constexpr int kWStageBytes = kFp8 ? kRows * kFp8RowBytes : kRows * kBK * 2;
   static constexpr int kXStageBytes = kTokenRows * kBK * 2;
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Params p) {
   if (tid == 0) p.counters[blockIdx.x] = 0;
 }
 
-// Whether the kernel takes these operands: 1 <= T <= 64, K a multiple of 64, x rows 16-byte
+// Whether the kernel takes these operands: 1 <= T <= 64, K a multiple of 128, x rows 16-byte
 // aligned, W 16-byte (BF16) or 8-byte (FP8) aligned. (A 64-row tile never straddles a 128-row FP8
 // scale block: tiles start at multiples of 64.)
 inline bool supports(int64_t T, int64_t K, int64_t ldx, const void* x, const void* w, bool fp8) {

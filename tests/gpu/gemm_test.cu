@@ -119,7 +119,7 @@ TEST(GpuGemm, SkinnyRefusesWhatItCannotRun) {
   EXPECT_THROW(runner.gemm(dx.get(), 512, dw.get(), dy.get(), 256, 65, 256, 512, 0.f, nullptr, skinny),
                std::invalid_argument);  // T > 64
   EXPECT_THROW(runner.gemm(dx.get(), 500, dw.get(), dy.get(), 256, 4, 256, 500, 0.f, nullptr, skinny),
-               std::invalid_argument);  // K % 64 != 0
+               std::invalid_argument);  // K % 128 != 0
   EXPECT_THROW(runner.gemm(dx.get(), 512, dw.get(), dy.get(), 256, 4, 256, 512, 1.f, nullptr, skinny),
                std::invalid_argument);  // beta != 0
 }
