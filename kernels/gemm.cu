@@ -570,6 +570,17 @@ GemmRunner::Plan* GemmRunner::fp8_plan_for(const Fp8Key& key, const float* w_sca
   return plan;
 }
 
+void GemmRunner::reserve_fp8(int64_t max_tokens, int64_t max_k, int64_t max_n, cudaStream_t stream) {
+  // Rows: the probe's round_up(T, kFp8MaxPaddedTokens) at most; the output scratch holds only padded
+  // pieces (T_pad <= kFp8MaxPaddedTokens rows).
+  ensure_fp8_scratch(round_up(max_tokens, kFp8MaxPaddedTokens), max_k, size_t(kFp8MaxPaddedTokens) * size_t(max_n),
+                     stream);
+}
+
+size_t GemmRunner::fp8_scratch_bytes() const {
+  return fp8_x_capacity_ + fp8_x_capacity_ / size_t(kFp8BlockSize) * sizeof(float) + fp8_y_capacity_ * sizeof(bf16);
+}
+
 bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                    bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
                                    cudaStream_t stream, std::string& reason) {
@@ -649,6 +660,29 @@ void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8
   }
 }
 
+bool GemmRunner::skinny_beats_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
+                                   bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
+                                   cudaStream_t stream) {
+  if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8, /*fp8=*/true)) return false;
+  const SkinnyKey key{T, N, K, ldx, ldy};
+  if (auto it = fp8_skinny_faster_.find(key); it != fp8_skinny_faster_.end()) return it->second;
+  if (!may_time(T, beta, stream)) return false;  // decided on a later, timeable call
+  bool faster = true;  // where cuBLASLt cannot run the shape
+  if (K % (4 * kFp8BlockSize) == 0) {
+    std::string why;
+    const auto w8a8 = [&] { return gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, 0.f, stream, why); };
+    if (w8a8()) {
+      const float w8a8_ms = time_runs(w8a8, stream);
+      const float skinny_ms = time_runs(
+          [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream); },
+          stream);
+      faster = skinny_ms < w8a8_ms;
+    }
+  }
+  fp8_skinny_faster_.emplace(key, faster);
+  return faster;
+}
+
 void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
                           int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
                           Fp8Path path) {
@@ -657,6 +691,9 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
   std::string reason;
   if (path == Fp8Path::kKernel) {
     reason = "W8A16 kernel requested";
+  } else if (path == Fp8Path::kAuto && skinny_beats_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
+                                                         stream)) {
+    reason = "T <= 64: the W8A16 skinny kernel timed faster than cuBLASLt W8A8 for this shape";
   } else if (K % (4 * kFp8BlockSize) != 0) {
     reason = "K=" + std::to_string(K) + " is not a multiple of 512 (see fp8_plan_for)";
   }

@@ -108,7 +108,9 @@ class GemmRunner {
 
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
-  // K % 128 == 0) or else the 64×64 tile kernel. kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
+  // K % 128 == 0) or else the 64×64 tile kernel. For T <= 64 kAuto times the skinny kernel against
+  // cuBLASLt W8A8 on the first timeable call of a shape (as gemm() does) and keeps the faster.
+  // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
   // (probed once per shape, the answer cached with the plan); otherwise, and for kKernel, the W8A16
@@ -126,6 +128,12 @@ class GemmRunner {
                 Fp8Path path = Fp8Path::kAuto);
   // Whether the last gemm() call ran the skinny weight-streaming kernel instead of cuBLASLt.
   bool last_gemm_skinny() const { return last_gemm_skinny_; }
+  // Sizes the W8A8 path's activation and output scratch once, for up to max_tokens rows of
+  // K <= max_k and N <= max_n (a model's linears), so that serving never grows it: a growth
+  // synchronises the stream and is refused while a graph is being captured.
+  void reserve_fp8(int64_t max_tokens, int64_t max_k, int64_t max_n, cudaStream_t stream);
+  // Bytes the FP8 scratch holds now.
+  size_t fp8_scratch_bytes() const;
   // The path the last gemm_fp8 call took (kCublasLt or kKernel; kAuto before the first call) and,
   // when it was the kernel under kAuto, why.
   Fp8Path last_fp8_path() const { return last_fp8_path_; }
@@ -171,6 +179,11 @@ class GemmRunner {
                          std::string& reason);
   void ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream);
   std::map<Fp8Key, Plan*> fp8_plans_;
+  // T ≤ 64 FP8 shapes under kAuto: whether the skinny W8A16 kernel timed faster than cuBLASLt W8A8.
+  using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // T, N, K, ldx, ldy
+  std::map<SkinnyKey, bool> fp8_skinny_faster_;
+  bool skinny_beats_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
+                         int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream);
   uint8_t* fp8_x_ = nullptr;  // quantized activations [T_pad, K]
   float* fp8_x_scales_ = nullptr;  // their scales [K/128, T_pad]
   size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128

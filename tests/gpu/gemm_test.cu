@@ -358,6 +358,33 @@ TEST(GpuGemm, Fp8CublasLtPaddedCallReplaysFromAGraph) {
   cudaStreamDestroy(stream);
 }
 
+// kAuto at T <= 64 times the skinny W8A16 kernel against cuBLASLt W8A8 on the first call of a shape
+// and keeps the faster: whichever it reports, the result is that path's math, and the choice sticks.
+TEST(GpuGemm, Fp8AutoKeepsTheFasterPathPerShape) {
+  if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
+  cuda::GemmRunner runner;
+  std::mt19937 rng(25);
+  for (const Shape& s : {Shape{1, 4096, 4096, 4096, 4096}, Shape{8, 12352, 4096, 4096, 12352}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N));
+    const Fp8Weight W(s.N, s.K, rng);
+    const auto x = random_bf16(size_t(s.T * s.ldx), 26);
+    DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy));
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+    const cuda::Fp8Path first = runner.last_fp8_path();
+    ASSERT_TRUE(first == cuda::Fp8Path::kCublasLt || first == cuda::Fp8Path::kKernel);
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+    EXPECT_EQ(runner.last_fp8_path(), first) << "the choice is cached per shape";
+    std::vector<float> want(size_t(s.T * s.ldy));
+    if (first == cuda::Fp8Path::kCublasLt) {
+      cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    } else {
+      cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    }
+    std::printf("  fp8 auto T=%ld N=%ld K=%ld: %s\n", long(s.T), long(s.N), long(s.K), cuda::to_string(first));
+    EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
+  }
+}
+
 TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
   // K = 384: K/128 = 3 is not a multiple of 4, so the checkpoint's scale grid is not cuBLASLt's.
   cuda::GemmRunner runner;

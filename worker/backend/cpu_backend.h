@@ -26,6 +26,10 @@ struct BackendLimits {
   int64_t num_q_heads = 0;  // Hq_r of the full-attention layers
   int64_t head_dim = 0;
   kernels::MoeDims moe;     // num_experts = 0 for dense models
+  // Block-FP8 checkpoints: the largest K and N of the dense linears (0 otherwise), to size the FP8
+  // GEMM scratch once.
+  int64_t fp8_max_k = 0;
+  int64_t fp8_max_n = 0;
 };
 
 // A linear layer's weight [N, K] as the model holds it: in the backend's dtype (w), or as block-FP8

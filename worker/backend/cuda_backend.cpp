@@ -25,6 +25,7 @@ constexpr int64_t kChunkedPrefillMaxSeqs = 64;
 CudaBackend::CudaBackend(const BackendLimits& limits) : limits_(limits) {
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   gemm_ = std::make_unique<kc::GemmRunner>();
+  if (limits.fp8_max_k > 0) gemm_->reserve_fp8(limits.max_tokens, limits.fp8_max_k, limits.fp8_max_n, stream_);
   if (limits.moe.num_experts > 0) moe_ = std::make_unique<kc::MoeRunner>(limits.moe, limits.max_tokens);
   if (limits.gdn.num_v_heads > 0) {
     gdn_prefill_workspace_ = Buffer(kMemory, kc::gated_delta_rule_prefill_workspace_bytes(
@@ -42,7 +43,8 @@ CudaBackend::~CudaBackend() {
 }
 
 size_t CudaBackend::workspace_bytes() const {
-  return gdn_prefill_workspace_.bytes() + gdn_decode_scratch_.bytes() + attention_workspace_.bytes();
+  return gdn_prefill_workspace_.bytes() + gdn_decode_scratch_.bytes() + attention_workspace_.bytes() +
+         gemm_->fp8_scratch_bytes();
 }
 
 void CudaBackend::linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n,

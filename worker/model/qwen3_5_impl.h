@@ -166,6 +166,12 @@ class HybridModel final : public Model {
       limits.moe = kernels::MoeDims{config_.hidden_size, config_.num_experts, config_.num_experts_per_tok,
                                     dims_.moe_intermediate, dims_.shared_intermediate, config_.norm_topk_prob};
     }
+    if (config_.fp8.enabled) {
+      const int64_t D = config_.head_dim;
+      limits.fp8_max_k = std::max({config_.hidden_size, gdn_dims_.value_dim(), dims_.q_heads * D, dims_.intermediate});
+      limits.fp8_max_n = std::max({gdn_dims_.merged_width(), dims_.q_heads * 2 * D, 2 * dims_.intermediate,
+                                   config_.hidden_size});
+    }
     return limits;
   }
 
