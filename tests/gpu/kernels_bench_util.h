@@ -25,40 +25,15 @@ inline void check(cudaError_t err, const char* what) {
   }
 }
 
-// Median time in microseconds of `iters` runs after `warmup` runs; run(i) gets the iteration index
-// so callers can rotate through input copies larger than L2.
-inline double median_us(const std::function<void(int)>& run, int warmup = 5, int iters = 30) {
+// Median over `batches` of the milliseconds one batch of `calls` back-to-back runs takes, after
+// `warmup` runs; run(i) gets a running index so callers can rotate input copies larger than L2.
+inline double median_batch_ms(const std::function<void(int)>& run, int calls, int batches, int warmup) {
   for (int i = 0; i < warmup; ++i) run(i);
   check(cudaDeviceSynchronize(), "warm-up");
   cudaEvent_t start, stop;
   check(cudaEventCreate(&start), "event");
   check(cudaEventCreate(&stop), "event");
-  std::vector<float> ms(static_cast<size_t>(iters));
-  for (int i = 0; i < iters; ++i) {
-    check(cudaEventRecord(start), "record");
-    run(warmup + i);
-    check(cudaEventRecord(stop), "record");
-    check(cudaEventSynchronize(stop), "sync");
-    check(cudaEventElapsedTime(&ms[size_t(i)], start, stop), "elapsed");
-  }
-  check(cudaGetLastError(), "benchmarked kernels");
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return double(ms[ms.size() / 2]) * 1e3;
-}
-
-// Per-call time in microseconds of `calls` calls queued back to back (the host runs ahead of the
-// GPU, as in a forward pass, so launch latency is hidden and each call starts as the previous one
-// ends): the median over `reps` batches after `warmup` calls. run(i) rotates input copies larger
-// than L2 as in median_us.
-inline double queued_us(const std::function<void(int)>& run, int calls = 20, int reps = 7, int warmup = 5) {
-  for (int i = 0; i < warmup; ++i) run(i);
-  check(cudaDeviceSynchronize(), "warm-up");
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "event");
-  check(cudaEventCreate(&stop), "event");
-  std::vector<float> ms(static_cast<size_t>(reps));
+  std::vector<float> ms(static_cast<size_t>(batches));
   int i = warmup;
   for (float& m : ms) {
     check(cudaEventRecord(start), "record");
@@ -71,7 +46,20 @@ inline double queued_us(const std::function<void(int)>& run, int calls = 20, int
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   std::sort(ms.begin(), ms.end());
-  return double(ms[ms.size() / 2]) * 1e3 / calls;
+  return double(ms[ms.size() / 2]);
+}
+
+// Median time in microseconds of one run alone between two events (launch latency included), over
+// `iters` runs after `warmup` runs.
+inline double median_us(const std::function<void(int)>& run, int warmup = 5, int iters = 30) {
+  return median_batch_ms(run, 1, iters, warmup) * 1e3;
+}
+
+// Per-call time in microseconds of `calls` calls queued back to back (the host runs ahead of the
+// GPU, as in a forward pass, so launch latency is hidden and each call starts as the previous one
+// ends): the median over `reps` batches after `warmup` calls.
+inline double queued_us(const std::function<void(int)>& run, int calls = 20, int reps = 7, int warmup = 5) {
+  return median_batch_ms(run, calls, reps, warmup) * 1e3 / calls;
 }
 
 template <typename T>
