@@ -25,6 +25,19 @@ inline void check_launch(const char* op) {
     throw std::runtime_error(std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err));
 }
 
+// Number of SMs of the calling thread's current device; throws std::runtime_error naming `op`.
+inline int current_device_sm_count(const char* op) {
+  int device = 0, sms = 0;
+  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) {
+    throw std::runtime_error(std::string(op) + ": cudaGetDevice: " + cudaGetErrorString(err));
+  }
+  if (const cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      err != cudaSuccess) {
+    throw std::runtime_error(std::string(op) + ": SM count: " + cudaGetErrorString(err));
+  }
+  return sms;
+}
+
 // Lets `Kernel` use `bytes` of dynamic shared memory (beyond the default 48 KB) on the calling
 // thread's current device. The opt-in belongs to the device it is made on, so it is remembered per
 // device: made once per process, launches from a thread later on another GPU failed with "invalid

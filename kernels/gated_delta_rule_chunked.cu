@@ -1,5 +1,5 @@
-// Prefill "v2": the chunked (WY / UT-transform) gated delta rule on tensor cores (TF32 WMMA,
-// fp32 accumulation), chunk 64, dk = dv = 128.
+// Prefill "v3": the chunked (WY / UT-transform) gated delta rule on BF16 tensor cores (WMMA in the
+// preparation, mma.sync m16n8k16 in the scan; fp32 accumulation), chunk 64, dk = dv = 128.
 //
 // With chunk-local cumulative log decay γ_i, A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j (j < i) and
 // T = (I + A)⁻¹ (see cpu::gated_delta_rule_prefill_chunked for the derivation):
@@ -8,10 +8,14 @@
 // with Q_γ = diag(e^γ) Q̂, P_ij = e^{γ_i-γ_j} q̂_i·k̂_j (j <= i), K_d = diag(e^{γ_L-γ}) K̂.
 //
 // Kernel 1 (prepare_chunk_kernel), one block per (chunk, value head), fully parallel: k̂k̂ᵀ and
-// q̂k̂ᵀ on tensor cores, W by forward substitution (one column per thread, in registers), then
-// W_k, W_v, Q_γ, K_d, P and e^{γ_L} to the workspace. Kernel 2 (scan_chunks_kernel), one block per
-// (sequence, value head, 32-row slice of the state), walks the sequence's chunks in order with its
-// state slice in shared memory; state rows are independent, so slices need no communication.
+// q̂k̂ᵀ on tensor cores, T by blocked inversion (16×16 diagonal blocks by substitution, the rest by
+// block products, fp32), W = T·[β e^γ K̂ | β V] on tensor cores; W_k, W_vᵀ, Q_γ, K_d, P (BF16)
+// and e^{γ_L} to the workspace. Kernel 2 (scan_chunks_kernel), one block per (sequence, value
+// head, 32/64/128 state rows), walks the sequence's chunks in order with its state rows in fp32
+// mma accumulators (BF16 operands, fp32 accumulation, as FLA does), double-buffering the chunks'
+// workspace in shared memory. State rows are independent, so blocks need no communication.
+// v2 (session 3) did the same algebra in TF32 with an fp32 workspace and W by per-column forward
+// substitution: 2.7–3.5× slower than FLA, bound by the workspace traffic and the substitution.
 //
 // Chunks are aligned to each sequence's start. Sequence s's chunks use workspace slots
 // first_chunk(s) = cu_seqlens[s] / 64 + s onwards: non-overlapping, at most T/64 + num_seqs in all.
@@ -19,6 +23,7 @@
 
 #include <stdexcept>
 
+#include "kernels/attention_mma.cuh"
 #include "kernels/cuda_utils.cuh"
 #include "kernels/gated_delta_rule.h"
 #include "kernels/gated_delta_rule_detail.cuh"
@@ -31,28 +36,27 @@ namespace {
 namespace wmma = nvcuda::wmma;
 using cuda_utils::as_nv;
 using gdr::kHeadDim;
+using nvbf16 = __nv_bfloat16;
 
 constexpr int kChunk = 64;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kSlice = 32;  // state rows per scan block
-constexpr int kTile = 16;   // WMMA tile edge (m16n16k8 TF32)
-constexpr int kTileK = 8;
-static_assert(kThreads == 2 * kHeadDim, "kernel 1 substitutes one column of [W_k | W_v] per thread");
-// Shared-memory row strides, padded by 4 floats so that the rows of a WMMA fragment fall into
-// different banks (unpadded 128-, 64- and 32-float rows all start in bank 0).
-constexpr int kLd128 = kHeadDim + 4;
-constexpr int kLd64 = kChunk + 4;
-constexpr int kLdSlice = kSlice + 4;
+constexpr int kTile = 16;   // WMMA tile edge (m16n16k16 BF16)
+// Shared-memory row strides, padded by 16 bytes so that the rows of a fragment fall into different
+// banks (unpadded rows of 64 or 128 BF16 / 32 or 64 floats all start in bank 0).
+constexpr int kLdH = kHeadDim + 8;  // BF16 rows of 128
+constexpr int kLdC = kChunk + 8;    // BF16 rows of 64
+constexpr int kLdF64 = kChunk + 4;  // fp32 rows of 64
 
-// Workspace of one (chunk, head), in floats.
+// Workspace of one (chunk, head), in BF16 elements; the chunk decay e^{γ_L} is an fp32 at the end.
 constexpr int64_t kWkOffset = 0;
-constexpr int64_t kWvOffset = kWkOffset + kChunk * kHeadDim;
-constexpr int64_t kQgOffset = kWvOffset + kChunk * kHeadDim;
+constexpr int64_t kWvtOffset = kWkOffset + kChunk * kHeadDim;  // W_vᵀ [dv][token]
+constexpr int64_t kQgOffset = kWvtOffset + kChunk * kHeadDim;
 constexpr int64_t kKdOffset = kQgOffset + kChunk * kHeadDim;
 constexpr int64_t kPOffset = kKdOffset + kChunk * kHeadDim;
 constexpr int64_t kDecayOffset = kPOffset + kChunk * kChunk;
-constexpr int64_t kChunkFloats = kDecayOffset + 8;  // keeps every block 32-byte aligned
+constexpr int64_t kChunkElems = kDecayOffset + 16;  // keeps every block 32-byte aligned
+static_assert(kChunkElems * 2 % 32 == 0 && kDecayOffset % 2 == 0);
 
 __host__ __device__ inline int64_t first_chunk(const int32_t* cu_seqlens, int64_t s) {
   return cu_seqlens[s] / kChunk + s;
@@ -60,41 +64,57 @@ __host__ __device__ inline int64_t first_chunk(const int32_t* cu_seqlens, int64_
 
 int64_t max_chunk_slots(int64_t num_tokens, int64_t num_seqs) { return num_tokens / kChunk + num_seqs; }
 
-using FragA = wmma::fragment<wmma::matrix_a, kTile, kTile, kTileK, wmma::precision::tf32, wmma::row_major>;
-using FragAcol = wmma::fragment<wmma::matrix_a, kTile, kTile, kTileK, wmma::precision::tf32, wmma::col_major>;
-using FragBrow = wmma::fragment<wmma::matrix_b, kTile, kTile, kTileK, wmma::precision::tf32, wmma::row_major>;
-using FragBcol = wmma::fragment<wmma::matrix_b, kTile, kTile, kTileK, wmma::precision::tf32, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, kTile, kTile, kTileK, float>;
+using FragA = wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, nvbf16, wmma::row_major>;
+using FragAcol = wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, nvbf16, wmma::col_major>;
+using FragBrow = wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, nvbf16, wmma::row_major>;
+using FragBcol = wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, nvbf16, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float>;
 
-template <typename Frag>
-__device__ __forceinline__ void load_tf32(Frag& f, const float* p, unsigned ld) {
-  wmma::load_matrix_sync(f, p, ld);
-#pragma unroll
-  for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
-}
-
-// acc += A[m0.., 0..K) · B[0..K), n0..) with A row-major (lda) or col-major (A[m][k] = At[k][m],
-// At row-major with stride lda), and B row-major (ldb) or col-major (B[k][n] = Bt[n][k]). K is a
-// compile-time constant so the loop unrolls and the fragment loads run ahead of the MMAs.
+// acc += A[m0.., k0..k1) · B[k0..k1), n0..) with A row-major (lda) or col-major (A[m][k] = At[k][m],
+// At row-major with stride lda), and B row-major (ldb) or col-major (B[k][n] = Bt[n][k]).
 template <typename AFrag, typename BFrag, int K>
-__device__ __forceinline__ void mma_tile(FragC& acc, const float* A, unsigned lda, const float* B, unsigned ldb, int m0,
-                                         int n0) {
+__device__ __forceinline__ void mma_tile(FragC& acc, const nvbf16* A, unsigned lda, const nvbf16* B, unsigned ldb,
+                                         int m0, int n0, int k_end = K) {
   constexpr bool kAColMajor = std::is_same_v<AFrag, FragAcol>;
   constexpr bool kBColMajor = std::is_same_v<BFrag, FragBcol>;
 #pragma unroll
-  for (int k = 0; k < K; k += kTileK) {
+  for (int k = 0; k < K; k += kTile) {
+    if (k >= k_end) break;
     AFrag a;
     BFrag b;
-    load_tf32(a, kAColMajor ? A + k * lda + m0 : A + m0 * lda + k, lda);
-    load_tf32(b, kBColMajor ? B + n0 * ldb + k : B + k * ldb + n0, ldb);
+    wmma::load_matrix_sync(a, kAColMajor ? A + k * lda + m0 : A + m0 * lda + k, lda);
+    wmma::load_matrix_sync(b, kBColMajor ? B + n0 * ldb + k : B + k * ldb + n0, ldb);
     wmma::mma_sync(acc, a, b, acc);
   }
 }
 
+// A 16×16 fp32 tile staged by one warp at `stage` (row stride ld_stage) as BF16 rows of 16 at
+// dst (row stride ld_dst), rows < valid_rows only; 16 bytes per lane.
+template <typename Dst>
+__device__ __forceinline__ void write_tile_bf16(const float* stage, int ld_stage, Dst* dst, int64_t ld_dst,
+                                                int valid_rows = kTile) {
+  const int lane = threadIdx.x % 32, r = lane / 2, c = (lane % 2) * 8;
+  if (r >= valid_rows) return;
+  float vals[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) vals[j] = stage[r * ld_stage + c + j];
+  cuda_utils::store_vec<8>(dst + r * ld_dst + c, vals);
+}
+
+// The transpose of a 16×16 fp32 tile staged by one warp (row stride 16) as BF16 rows of 16 at dst
+// (row stride ld_dst): dst[c][r] = stage[r][c].
+__device__ __forceinline__ void write_tile_bf16_transposed(const float* stage, nvbf16* dst, int64_t ld_dst) {
+  const int lane = threadIdx.x % 32, c = lane / 2, r0 = (lane % 2) * 8;
+  float vals[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) vals[j] = stage[(r0 + j) * kTile + c];
+  cuda_utils::store_vec<8>(dst + c * ld_dst + r0, vals);
+}
+
 struct ChunkedParams {
-  const __nv_bfloat16* q;
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
+  const nvbf16* q;
+  const nvbf16* k;
+  const nvbf16* v;
   int64_t qkv_stride;
   const float* g;
   const float* beta;
@@ -102,16 +122,18 @@ struct ChunkedParams {
   GdnVarlenBatch batch;
   int64_t num_v_heads;
   int64_t ratio;
-  float* workspace;
-  __nv_bfloat16* out;
+  nvbf16* workspace;
+  nvbf16* out;
 };
 
-// Shared memory of kernel 1, in floats.
+// Shared memory of kernel 1 (two blocks per SM).
 struct PrepareSmem {
-  float kn[kChunk * kLd128];  // k̂, later β e^γ k̂
-  float qn[kChunk * kLd128];  // q̂ (scaled by dk^-0.5)
-  float kk[kChunk * kLd64];   // k̂ k̂ᵀ, then A
-  float qk[kChunk * kLd64];   // q̂ k̂ᵀ
+  nvbf16 qn[kChunk * kLdH];  // q̂ (scaled by dk^-0.5); later T in BF16 (row stride kLdC)
+  nvbf16 kn[kChunk * kLdH];  // k̂; later β e^γ k̂
+  nvbf16 bv[kChunk * kLdH];  // β v
+  float kk[kChunk * kLdF64];  // k̂ k̂ᵀ, then A
+  float tt[kChunk * kLdF64];  // q̂ k̂ᵀ, then T (fp32)
+  float stage[kWarps][kTile * kTile];
   float gamma[kChunk];
   float beta[kChunk];
 };
@@ -129,6 +151,64 @@ __device__ int64_t sequence_of_chunk(const GdnVarlenBatch& batch, int64_t c) {
   return lo;
 }
 
+// γ (inclusive cumulative sum of g over the chunk) and β to shared memory, rows >= L zero. Run by
+// one warp, two rows per lane, the sum by a shuffle scan.
+__device__ __forceinline__ void load_gates(const ChunkedParams& p, int64_t t0, int L, int64_t h, float* gamma,
+                                           float* beta) {
+  const int lane = threadIdx.x % 32, r = 2 * lane;
+  const float g0 = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
+  const float g1 = r + 1 < L ? p.g[(t0 + r + 1) * p.num_v_heads + h] : 0.f;
+  beta[r] = r < L ? p.beta[(t0 + r) * p.num_v_heads + h] : 0.f;
+  beta[r + 1] = r + 1 < L ? p.beta[(t0 + r + 1) * p.num_v_heads + h] : 0.f;
+  float sum = g0 + g1;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const float prev = __shfl_up_sync(0xffffffffu, sum, off);
+    if (lane >= off) sum += prev;
+  }
+  gamma[r] = sum - g1;
+  gamma[r + 1] = sum;
+}
+
+// T = (I + A)⁻¹ for A strictly lower triangular (64×64, fp32, row stride kLdF64) into t, lower
+// block triangle only. Diagonal 16×16 blocks by forward substitution (one column per thread), then
+// T_ij = −T_ii Σ_{j<=k<i} A_ik T_kj over block diagonals d = i − j = 1, 2, 3. x: 768 floats.
+__device__ void invert_unit_lower(const float* a, float* t, float* x) {
+  constexpr int kB = kTile;
+  if (threadIdx.x < kChunk) {
+    const int o = (threadIdx.x / kB) * kB, j = threadIdx.x % kB;
+    float col[kB];
+#pragma unroll
+    for (int r = 0; r < kB; ++r) {
+      float acc = r == j ? 1.f : 0.f;
+#pragma unroll
+      for (int m = 0; m < r; ++m) acc -= a[(o + r) * kLdF64 + o + m] * col[m];
+      col[r] = r < j ? 0.f : acc;
+    }
+#pragma unroll
+    for (int r = 0; r < kB; ++r) t[(o + r) * kLdF64 + o + j] = col[r];
+  }
+  __syncthreads();
+  for (int d = 1; d < kChunk / kB; ++d) {
+    const int blocks = kChunk / kB - d;
+    for (int e = threadIdx.x; e < blocks * kB * kB; e += kThreads) {  // X_ij = Σ_k A_ik T_kj
+      const int j = e / (kB * kB), i = j + d, r = (e / kB) % kB, c = e % kB;
+      float acc = 0.f;
+      for (int m = j * kB; m < i * kB; ++m) acc += a[(i * kB + r) * kLdF64 + m] * t[m * kLdF64 + j * kB + c];
+      x[e] = acc;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < blocks * kB * kB; e += kThreads) {  // T_ij = −T_ii X_ij
+      const int j = e / (kB * kB), i = j + d, r = (e / kB) % kB, c = e % kB;
+      float acc = 0.f;
+#pragma unroll
+      for (int m = 0; m < kB; ++m) acc += t[(i * kB + r) * kLdF64 + i * kB + m] * x[(j * kB + m) * kB + c];
+      t[(i * kB + r) * kLdF64 + j * kB + c] = -acc;
+    }
+    __syncthreads();
+  }
+}
+
 // grid (max chunk slots, Hv).
 __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParams p) {
   extern __shared__ __align__(128) float4 smem_raw[];
@@ -141,10 +221,10 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
   const int L = int(seq_end - t0 < kChunk ? seq_end - t0 : kChunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kh = h / p.ratio;
-  float* ws = p.workspace + (c * p.num_v_heads + h) * kChunkFloats;
+  nvbf16* ws = p.workspace + (c * p.num_v_heads + h) * kChunkElems;
 
-  // 1. Normalised q, k rows (zeros past the chunk's end) and gates. Each warp owns rows
-  //    warp, warp + 8, ...: all its loads are issued before any is used.
+  // 1. Raw q, k rows (zeros past the chunk's end): each warp owns rows warp, warp + 8, ..., all
+  //    loads issued before the gates are summed.
   constexpr int kRowsPerWarp = kChunk / kWarps;
   gdr::Lane4 kraw[kRowsPerWarp], qraw[kRowsPerWarp];
 #pragma unroll
@@ -157,254 +237,296 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
       qraw[i] = gdr::load_lane4(p.q + row);
     }
   }
-  if (threadIdx.x < kChunk) {
-    const int r = threadIdx.x;
-    sm.beta[r] = r < L ? p.beta[(t0 + r) * p.num_v_heads + h] : 0.f;
-    sm.gamma[r] = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
-  }
+  if (warp == 0) load_gates(p, t0, L, h, sm.gamma, sm.beta);
+  __syncthreads();
+  // 2. q̂, k̂, β v to shared memory; Q_γ and K_d straight to the workspace.
+  const float gamma_last = sm.gamma[L - 1];
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     const int r = warp + i * kWarps;
     const gdr::Lane4 kr = gdr::l2_normalized(kraw[i], 1.f);
     const gdr::Lane4 qr = gdr::l2_normalized(qraw[i], rsqrtf(float(kHeadDim)));
+    gdr::Lane4 vr{};
+    if (r < L) vr = gdr::load_lane4(p.v + (t0 + r) * p.qkv_stride + h * kHeadDim);
+    const float q_scale = __expf(sm.gamma[r]), k_scale = r < L ? __expf(gamma_last - sm.gamma[r]) : 0.f;
+    float qg[gdr::kPerLane], kd[gdr::kPerLane], bv[gdr::kPerLane];
 #pragma unroll
     for (int j = 0; j < gdr::kPerLane; ++j) {
-      sm.kn[r * kLd128 + lane * gdr::kPerLane + j] = kr.v[j];
-      sm.qn[r * kLd128 + lane * gdr::kPerLane + j] = qr.v[j];
+      qg[j] = q_scale * qr.v[j];
+      kd[j] = k_scale * kr.v[j];
+      bv[j] = sm.beta[r] * vr.v[j];
     }
+    const int col = lane * gdr::kPerLane;
+    cuda_utils::store_vec<gdr::kPerLane>(sm.qn + r * kLdH + col, qr.v);
+    cuda_utils::store_vec<gdr::kPerLane>(sm.kn + r * kLdH + col, kr.v);
+    cuda_utils::store_vec<gdr::kPerLane>(sm.bv + r * kLdH + col, bv);
+    cuda_utils::store_vec<gdr::kPerLane>(ws + kQgOffset + r * kHeadDim + col, qg);
+    cuda_utils::store_vec<gdr::kPerLane>(ws + kKdOffset + r * kHeadDim + col, kd);
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    float acc = 0.f;
-    for (int r = 0; r < kChunk; ++r) sm.gamma[r] = acc += sm.gamma[r];
-  }
-  // 2. k̂ k̂ᵀ and q̂ k̂ᵀ (64×64 each: 16 tiles, 2 per warp per product).
+  // 3. k̂ k̂ᵀ and q̂ k̂ᵀ (64×64 each: 16 tiles, 2 per warp per product).
   for (int tile = warp; tile < 16; tile += kWarps) {
     const int m0 = (tile / 4) * kTile, n0 = (tile % 4) * kTile;
     FragC acc;
     wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.kn, kLd128, sm.kn, kLd128, m0, n0);
-    wmma::store_matrix_sync(sm.kk + m0 * kLd64 + n0, acc, kLd64, wmma::mem_row_major);
+    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.kn, kLdH, sm.kn, kLdH, m0, n0);
+    wmma::store_matrix_sync(sm.kk + m0 * kLdF64 + n0, acc, kLdF64, wmma::mem_row_major);
     wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.qn, kLd128, sm.kn, kLd128, m0, n0);
-    wmma::store_matrix_sync(sm.qk + m0 * kLd64 + n0, acc, kLd64, wmma::mem_row_major);
+    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.qn, kLdH, sm.kn, kLdH, m0, n0);
+    wmma::store_matrix_sync(sm.tt + m0 * kLdF64 + n0, acc, kLdF64, wmma::mem_row_major);
   }
   __syncthreads();
-  // 3. A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j for j < i, else 0 (in place of k̂k̂ᵀ).
+  // 4. A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j (j < i, else 0) in place of k̂k̂ᵀ; P (BF16) to the
+  //    workspace, 8 columns per thread; k̂ becomes β e^γ k̂ in place.
   for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
     const int r = i / kChunk, col = i % kChunk;
-    float& a = sm.kk[r * kLd64 + col];
+    float& a = sm.kk[r * kLdF64 + col];
     a = col < r ? sm.beta[r] * __expf(sm.gamma[r] - sm.gamma[col]) * a : 0.f;
   }
-  // 4. Q_γ, K_d and the masked decayed q̂k̂ᵀ go to the workspace; k̂ becomes β e^γ k̂ in place.
-  const float gamma_last = sm.gamma[L - 1];
-  for (int i = threadIdx.x; i < kChunk * kHeadDim; i += kThreads) {
-    const int r = i / kHeadDim, c = i % kHeadDim;
-    const float gr = sm.gamma[r];
-    ws[kQgOffset + i] = __expf(gr) * sm.qn[r * kLd128 + c];
-    ws[kKdOffset + i] = r < L ? __expf(gamma_last - gr) * sm.kn[r * kLd128 + c] : 0.f;
-    sm.kn[r * kLd128 + c] *= sm.beta[r] * __expf(gr);
+  for (int i = threadIdx.x * 8; i < kChunk * kChunk; i += kThreads * 8) {
+    const int r = i / kChunk, col0 = i % kChunk;
+    float vals[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int col = col0 + j;
+      vals[j] = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) * sm.tt[r * kLdF64 + col] : 0.f;
+    }
+    cuda_utils::store_vec<8>(ws + kPOffset + i, vals);
   }
+  for (int i = threadIdx.x; i < kChunk * kHeadDim; i += kThreads) {
+    const int r = i / kHeadDim, col = i % kHeadDim;
+    nvbf16& k = sm.kn[r * kLdH + col];
+    k = __float2bfloat16(sm.beta[r] * __expf(sm.gamma[r]) * __bfloat162float(k));
+  }
+  if (threadIdx.x == 0) *reinterpret_cast<float*>(ws + kDecayOffset) = __expf(gamma_last);
+  __syncthreads();
+  // 5. T = (I + A)⁻¹ in place of q̂k̂ᵀ, then as BF16 (zero above the block diagonal) in place of q̂.
+  invert_unit_lower(sm.kk, sm.tt, &sm.stage[0][0]);
+  nvbf16* tb = sm.qn;
   for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
     const int r = i / kChunk, col = i % kChunk;
-    ws[kPOffset + i] = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) * sm.qk[r * kLd64 + col] : 0.f;
+    tb[r * kLdC + col] = __float2bfloat16(col / kTile <= r / kTile ? sm.tt[r * kLdF64 + col] : 0.f);
   }
-  if (threadIdx.x == 0) ws[kDecayOffset] = __expf(gamma_last);
   __syncthreads();
-  // 5. (I + A) W = B by forward substitution, one column of W = [W_k | W_v] per thread, held in
-  //    registers: w_i = b_i − Σ_{j<i} A_ij w_j with B = [β e^γ K̂ | β V]. No synchronisation needed.
-  const int col = threadIdx.x;  // 0..255: columns of W_k, then of W_v
-  float w[kChunk];
-  if (col < kHeadDim) {
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) w[i] = sm.kn[i * kLd128 + col];
-  } else {  // β v, straight from global memory (coalesced across the warp)
-    const __nv_bfloat16* v = p.v + t0 * p.qkv_stride + h * kHeadDim + (col - kHeadDim);
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) w[i] = i < L ? sm.beta[i] * __bfloat162float(v[i * p.qkv_stride]) : 0.f;
+  // 6. [W_k | W_v] = T·[β e^γ K̂ | β V]: 64 tiles, 8 per warp; T's row block i needs k < 16(i+1).
+  for (int tile = warp; tile < 64; tile += kWarps) {
+    const bool is_v = tile >= 32;
+    const int m0 = ((tile % 32) / 8) * kTile, n0 = (tile % 8) * kTile;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.f);
+    mma_tile<FragA, FragBrow, kChunk>(acc, tb, kLdC, is_v ? sm.bv : sm.kn, kLdH, m0, n0, m0 + kTile);
+    wmma::store_matrix_sync(sm.stage[warp], acc, kTile, wmma::mem_row_major);
+    __syncwarp();
+    if (is_v)
+      write_tile_bf16_transposed(sm.stage[warp], ws + kWvtOffset + n0 * kChunk + m0, kChunk);
+    else
+      write_tile_bf16(sm.stage[warp], kTile, ws + kWkOffset + m0 * kHeadDim + n0, kHeadDim);
+    __syncwarp();
   }
-#pragma unroll
-  for (int i = 1; i < kChunk; ++i) {
-    float acc = w[i];
-#pragma unroll
-    for (int j = 0; j < i; ++j) acc -= sm.kk[i * kLd64 + j] * w[j];
-    w[i] = acc;
-  }
-  float* dst = ws + (col < kHeadDim ? kWkOffset + col : kWvOffset + (col - kHeadDim));
-#pragma unroll
-  for (int i = 0; i < kChunk; ++i) dst[i * kHeadDim] = w[i];
 }
 
-// Shared memory of kernel 2, in floats.
-struct ScanSmem {
-  float wk[kChunk * kLd128];
-  float qg[kChunk * kLd128];
-  float kd[kChunk * kLd128];
-  float pm[kChunk * kLd64];
-  float wv[kChunk * kLdSlice];  // W_v columns of this slice
-  float m[kSlice * kLd128];     // state rows of this slice
-  float u[kChunk * kLdSlice];
-  float o[kChunk * kLdSlice];
+// Columns [0, cols) of `rows` global BF16 rows of stride ld_src into shared rows of stride ld_dst,
+// 16 bytes per cp.async, issued by all kBlockThreads threads.
+template <int kBlockThreads>
+__device__ __forceinline__ void copy_rows_async(nvbf16* dst, int ld_dst, const nvbf16* src, int ld_src, int rows,
+                                                int cols) {
+  for (int i = threadIdx.x * 8; i < rows * cols; i += kBlockThreads * 8)
+    mma::cp_async_16(dst + (i / cols) * ld_dst + i % cols, src + (i / cols) * ld_src + i % cols, true);
+}
+
+// Kernel 2 with kScanWarps warps per block, each owning 16 rows (dv) of the state and all 128
+// columns (dk) as mma.m16n8k16 accumulator fragments. Every product of the scan then takes its A
+// operand from registers (the state, or U computed as Uᵀ so that its accumulators are A
+// fragments, as flash attention does with P) and its B operand from the chunk's workspace in
+// shared memory; warps share nothing but that read-only data, so a chunk needs one barrier.
+template <int kScanWarps>
+struct ScanLayout {
+  static constexpr int kThreads = 32 * kScanWarps;
+  static constexpr int kRows = 16 * kScanWarps;  // state rows per block
+  static constexpr int kLdO = kRows + 8;
+  // One chunk's workspace as the scan reads it (B operands, [n][k] or, for K_d, [k][n]).
+  struct ChunkBuffers {
+    nvbf16 wk[kChunk * kLdH];   // W_k [token][dk]
+    nvbf16 qg[kChunk * kLdH];   // Q_γ [token][dk]
+    nvbf16 kd[kChunk * kLdH];   // K_d [token][dk]
+    nvbf16 pm[kChunk * kLdC];   // P [token i][token j]
+    nvbf16 wvt[kRows * kLdC];   // W_vᵀ [dv][token], this block's rows
+  };
+  struct Smem {
+    ChunkBuffers buf[2];  // chunk n+1 lands while chunk n is computed
+    nvbf16 o[kChunk * kLdO];  // output staging [token][dv of this block]
+  };
+
+  static __device__ void load_chunk_async(ChunkBuffers& b, const nvbf16* ws, int row0) {
+    copy_rows_async<kThreads>(b.wk, kLdH, ws + kWkOffset, kHeadDim, kChunk, kHeadDim);
+    copy_rows_async<kThreads>(b.qg, kLdH, ws + kQgOffset, kHeadDim, kChunk, kHeadDim);
+    copy_rows_async<kThreads>(b.kd, kLdH, ws + kKdOffset, kHeadDim, kChunk, kHeadDim);
+    copy_rows_async<kThreads>(b.pm, kLdC, ws + kPOffset, kChunk, kChunk, kChunk);
+    copy_rows_async<kThreads>(b.wvt, kLdC, ws + kWvtOffset + int64_t(row0) * kChunk, kChunk, kRows, kChunk);
+    mma::cp_async_commit();
+  }
 };
 
-// Asynchronous global → shared copies (cp.async, 16 bytes each, L2 only): issued by the whole
-// block, waited for with wait_copies() before a __syncthreads().
-__device__ __forceinline__ void copy_async_16(float* smem, const float* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most `kPending` of this thread's most recent copy groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+// Row of the [n][k] tile a lane points ldmatrix at for the B fragments of n-tiles n0, n0 + 8
+// (mma::b_fragment_chunk's layout on padded rows); its column chunk adds ((lane >> 3) & 1).
+__device__ __forceinline__ int b_row(int lane, int n0) { return n0 + (lane & 7) + ((lane >> 4) << 3); }
+
+// The A fragment (16 × 16, k-step kk) of a 16 × (8·N) accumulator held as N n-tiles, in BF16.
+template <int N>
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const float (&acc)[N][4], int kk) {
+  a[0] = mma::pack_bf16x2(acc[2 * kk][0], acc[2 * kk][1]);
+  a[1] = mma::pack_bf16x2(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = mma::pack_bf16x2(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  a[3] = mma::pack_bf16x2(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
 }
 
-// A dense [rows][cols] block of global floats into shared rows of stride ld.
-__device__ __forceinline__ void copy_block_async(float* dst, int ld, const float* src, int rows, int cols) {
-  for (int i = threadIdx.x * 4; i < rows * cols; i += kThreads * 4)
-    copy_async_16(dst + (i / cols) * ld + i % cols, src + i);
-}
-
-// The W_v columns [row0, row0 + kSlice) of a chunk's workspace.
-__device__ __forceinline__ void copy_wv_slice_async(float* dst, const float* ws, int row0) {
-  for (int i = threadIdx.x * 4; i < kChunk * kSlice; i += kThreads * 4) {
-    copy_async_16(dst + (i / kSlice) * kLdSlice + i % kSlice,
-                  ws + kWvOffset + (i / kSlice) * kHeadDim + row0 + i % kSlice);
-  }
-}
-
-// grid (num_seqs, Hv, 128 / kSlice). Two phases per chunk, each a few independent MMA chains per
-// warp; loads of chunk n+1's workspace overlap chunk n's math: each copy group is refilled as soon
-// as its last reader is done and waited for just before its first reader.
-__global__ void __launch_bounds__(kThreads) scan_chunks_kernel(ChunkedParams p) {
+// grid (num_seqs, Hv, 8 / kScanWarps). Per chunk, per warp (16 state rows M_w):
+//   Uᵀ = W_vᵀ − M_w W_kᵀ and Oᵀ = M_w Q_γᵀ      (k = dk, A = M_w)
+//   Oᵀ += Uᵀ Pᵀ                                  (k = tokens, A = Uᵀ; P is lower triangular)
+//   M_w ← e^{γ_L} M_w + Uᵀ K_d                   (k = tokens, A = Uᵀ)
+template <int kScanWarps>
+__global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(ChunkedParams p) {
+  using S = ScanLayout<kScanWarps>;
   extern __shared__ __align__(128) float4 smem_raw[];
-  ScanSmem& sm = *reinterpret_cast<ScanSmem*>(smem_raw);
+  auto& sm = *reinterpret_cast<typename S::Smem*>(smem_raw);
   const int64_t s = blockIdx.x, h = blockIdx.y;
-  const int row0 = blockIdx.z * kSlice;
-  const int warp = threadIdx.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
+  const int row0 = blockIdx.z * S::kRows, wrow = warp * 16;  // block's and warp's first state row
   const int64_t start = p.batch.cu_seqlens[s], end = p.batch.cu_seqlens[s + 1];
   const bool from_state = p.batch.has_initial_state == nullptr || p.batch.has_initial_state[s] != 0;
-  float* state =
-      p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim + int64_t(row0) * kHeadDim;
-  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads) {
-    sm.m[(i / kHeadDim) * kLd128 + i % kHeadDim] = from_state ? state[i] : 0.f;
-  }
-
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
   const int64_t num_chunks = (end - start + kChunk - 1) / kChunk;
-  auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkFloats; };
-  // Copy group A: W_k, W_v, Q_γ (read in phase 1); group B: P, K_d (read in phase 2).
-  auto copy_group_a = [&](const float* ws) {
-    copy_block_async(sm.wk, kLd128, ws + kWkOffset, kChunk, kHeadDim);
-    copy_wv_slice_async(sm.wv, ws, row0);
-    copy_block_async(sm.qg, kLd128, ws + kQgOffset, kChunk, kHeadDim);
-  };
-  auto copy_group_b = [&](const float* ws) {
-    copy_block_async(sm.pm, kLd64, ws + kPOffset, kChunk, kChunk);
-    copy_block_async(sm.kd, kLd128, ws + kKdOffset, kChunk, kHeadDim);
-  };
-  if (num_chunks > 0) {
-    copy_group_a(chunk_ws(0));
-    commit_copies();
-    copy_group_b(chunk_ws(0));
-    commit_copies();
+  auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkElems; };
+  if (num_chunks > 0) S::load_chunk_async(sm.buf[0], chunk_ws(0), row0);
+
+  // This lane's state elements: rows (g, g + 8) of the warp, columns 8j + c2 + {0, 1}.
+  float* state = p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim +
+                 int64_t(row0 + wrow + g) * kHeadDim + c2;
+  float m[kHeadDim / 8][4];
+#pragma unroll
+  for (int j = 0; j < kHeadDim / 8; ++j) {
+    const float2 lo = from_state ? *reinterpret_cast<const float2*>(state + 8 * j) : float2{0.f, 0.f};
+    const float2 hi = from_state ? *reinterpret_cast<const float2*>(state + 8 * kHeadDim + 8 * j) : float2{0.f, 0.f};
+    m[j][0] = lo.x, m[j][1] = lo.y, m[j][2] = hi.x, m[j][3] = hi.y;
   }
-  // Each warp owns one 16×16 tile of U and O (64 × kSlice) and two of the state slice.
-  static_assert((kChunk / kTile) * (kSlice / kTile) == kWarps, "one U/O tile per warp");
-  static_assert((kSlice / kTile) * (kHeadDim / kTile) == 2 * kWarps, "two state tiles per warp");
-  constexpr int kSliceTiles = kSlice / kTile;
-  const int m0 = (warp / kSliceTiles) * kTile, n0 = (warp % kSliceTiles) * kTile;
-  int sm0[2], sn0[2];
-  for (int t = 0; t < 2; ++t) {
-    const int tile = warp + t * kWarps;
-    sm0[t] = (tile / (kHeadDim / kTile)) * kTile;
-    sn0[t] = (tile % (kHeadDim / kTile)) * kTile;
-  }
+  constexpr int kTokTiles = kChunk / 8;
   for (int64_t n = 0; n < num_chunks; ++n) {
     const int64_t t0 = start + n * kChunk;
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
-    const float* next = n + 1 < num_chunks ? chunk_ws(n + 1) : nullptr;
-    const float decay = chunk_ws(n)[kDecayOffset];
-    wait_copies<1>();  // group A of this chunk (group B may still be landing)
-    __syncthreads();
-    // Phase 1: U = W_v − W_k Mᵀ and the first half of O, Q_γ Mᵀ: two independent MMA chains that
-    // share their B fragments (Mᵀ).
-    FragC acc_o;
-    {
-      FragC acc_u;
-      wmma::load_matrix_sync(acc_u, sm.wv + m0 * kLdSlice + n0, kLdSlice, wmma::mem_row_major);
-      wmma::fill_fragment(acc_o, 0.f);
+    const float decay = *reinterpret_cast<const float*>(chunk_ws(n) + kDecayOffset);
+    const typename S::ChunkBuffers& b = sm.buf[n % 2];
+    mma::cp_async_wait<0>();  // chunk n
+    __syncthreads();          // ... visible to all, and every warp is done with chunk n-1's buffer
+    if (n + 1 < num_chunks) S::load_chunk_async(sm.buf[(n + 1) % 2], chunk_ws(n + 1), row0);
+
+    float u[kTokTiles][4] = {}, o[kTokTiles][4] = {};
 #pragma unroll
-      for (int k = 0; k < kHeadDim; k += kTileK) {
-        FragA wk, qg;
-        FragBcol mt;
-        load_tf32(wk, sm.wk + m0 * kLd128 + k, kLd128);
-        load_tf32(qg, sm.qg + m0 * kLd128 + k, kLd128);
-        load_tf32(mt, sm.m + n0 * kLd128 + k, kLd128);
-        wmma::mma_sync(acc_o, qg, mt, acc_o);
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      uint32_t a[4];
+      a_fragment(a, m, kk);
 #pragma unroll
-        for (int i = 0; i < wk.num_elements; ++i) wk.x[i] = -wk.x[i];
-        wmma::mma_sync(acc_u, wk, mt, acc_u);
-      }
-      wmma::store_matrix_sync(sm.u + m0 * kLdSlice + n0, acc_u, kLdSlice, wmma::mem_row_major);
-    }
-    wait_copies<0>();  // group B of this chunk
-    __syncthreads();
-    if (next != nullptr) copy_group_a(next);
-    commit_copies();
-    // Phase 2: O += P U and M ← e^{γ_L} M + Uᵀ K_d (each warp reads only its own state tiles, and
-    // phase 1's reads of M are done): three independent MMA chains.
-    {
-      FragC acc_m[2];
-      for (int t = 0; t < 2; ++t) {
-        wmma::load_matrix_sync(acc_m[t], sm.m + sm0[t] * kLd128 + sn0[t], kLd128, wmma::mem_row_major);
-#pragma unroll
-        for (int i = 0; i < acc_m[t].num_elements; ++i) acc_m[t].x[i] *= decay;
-      }
-#pragma unroll
-      for (int k = 0; k < kChunk; k += kTileK) {
-        FragA pm;
-        FragBrow u;
-        load_tf32(pm, sm.pm + m0 * kLd64 + k, kLd64);
-        load_tf32(u, sm.u + k * kLdSlice + n0, kLdSlice);
-        wmma::mma_sync(acc_o, pm, u, acc_o);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          FragAcol ut;
-          FragBrow kd;
-          load_tf32(ut, sm.u + k * kLdSlice + sm0[t], kLdSlice);
-          load_tf32(kd, sm.kd + k * kLd128 + sn0[t], kLd128);
-          wmma::mma_sync(acc_m[t], ut, kd, acc_m[t]);
-        }
-      }
-      wmma::store_matrix_sync(sm.o + m0 * kLdSlice + n0, acc_o, kLdSlice, wmma::mem_row_major);
-      for (int t = 0; t < 2; ++t) {
-        wmma::store_matrix_sync(sm.m + sm0[t] * kLd128 + sn0[t], acc_m[t], kLd128, wmma::mem_row_major);
+      for (int np = 0; np < kChunk / 16; ++np) {
+        const int off = b_row(lane, 16 * np) * kLdH + (2 * kk + ((lane >> 3) & 1)) * 8;
+        uint32_t bw[4], bq[4];
+        mma::ldmatrix_x4(bw, b.wk + off);
+        mma::ldmatrix_x4(bq, b.qg + off);
+        mma::mma_bf16(u[2 * np], a, bw[0], bw[1]);
+        mma::mma_bf16(u[2 * np + 1], a, bw[2], bw[3]);
+        mma::mma_bf16(o[2 * np], a, bq[0], bq[1]);
+        mma::mma_bf16(o[2 * np + 1], a, bq[2], bq[3]);
       }
     }
-    __syncthreads();
-    if (next != nullptr) copy_group_b(next);
-    commit_copies();
-    // Output rows of this chunk: 8 values (16 bytes of BF16) per thread.
-    for (int i = threadIdx.x * 8; i < L * kSlice; i += kThreads * 8) {
-      const int r = i / kSlice, col = i % kSlice;
-      float vals[8];
+    // U = W_vᵀ − M_w W_kᵀ; tokens past the chunk's end have zero W_v and W_k rows, so zero U.
 #pragma unroll
-      for (int j = 0; j < 8; ++j) vals[j] = sm.o[r * kLdSlice + col + j];
-      cuda_utils::store_vec<8>(p.out + ((t0 + r) * p.num_v_heads + h) * kHeadDim + row0 + col, vals);
+    for (int j = 0; j < kTokTiles; ++j) {
+      const nvbf16* w = b.wvt + (wrow + g) * kLdC + 8 * j + c2;
+      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(w));
+      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(w + 8 * kLdC));
+      u[j][0] = lo.x - u[j][0], u[j][1] = lo.y - u[j][1], u[j][2] = hi.x - u[j][2], u[j][3] = hi.y - u[j][3];
     }
+    uint32_t ua[kChunk / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kChunk / 16; ++kk) a_fragment(ua[kk], u, kk);
+    // Oᵀ += Uᵀ Pᵀ: token block kk of U meets output tokens np only where P is non-zero (np >= kk).
+#pragma unroll
+    for (int kk = 0; kk < kChunk / 16; ++kk) {
+#pragma unroll
+      for (int np = kk; np < kChunk / 16; ++np) {
+        uint32_t bp[4];
+        mma::ldmatrix_x4(bp, b.pm + b_row(lane, 16 * np) * kLdC + (2 * kk + ((lane >> 3) & 1)) * 8);
+        mma::mma_bf16(o[2 * np], ua[kk], bp[0], bp[1]);
+        mma::mma_bf16(o[2 * np + 1], ua[kk], bp[2], bp[3]);
+      }
+    }
+    // M_w ← e^{γ_L} M_w + Uᵀ K_d (K_d is [k][n]: transposed ldmatrix).
+#pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) m[j][e] *= decay;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kChunk / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kHeadDim / 16; ++np) {
+        uint32_t bk[4];
+        mma::ldmatrix_x4_trans(bk, b.kd + (16 * kk + (lane & 15)) * kLdH + (2 * np + (lane >> 4)) * 8);
+        mma::mma_bf16(m[2 * np], ua[kk], bk[0], bk[1]);
+        mma::mma_bf16(m[2 * np + 1], ua[kk], bk[2], bk[3]);
+      }
+    }
+    // Oᵀ (16 dv × 64 tokens) through this warp's columns of the staging tile to the output rows.
+    nvbf16* os = sm.o + wrow + g;
+#pragma unroll
+    for (int j = 0; j < kTokTiles; ++j) {
+      const int t = 8 * j + c2;
+      os[t * S::kLdO] = __float2bfloat16(o[j][0]);
+      os[(t + 1) * S::kLdO] = __float2bfloat16(o[j][1]);
+      os[t * S::kLdO + 8] = __float2bfloat16(o[j][2]);
+      os[(t + 1) * S::kLdO + 8] = __float2bfloat16(o[j][3]);
+    }
+    __syncwarp();
+    for (int i = lane; i < 2 * kChunk; i += 32) {
+      const int t = i / 2, col = wrow + (i % 2) * 8;
+      if (t < L) {
+        *reinterpret_cast<uint4*>(p.out + ((t0 + t) * p.num_v_heads + h) * kHeadDim + row0 + col) =
+            *reinterpret_cast<const uint4*>(sm.o + t * S::kLdO + col);
+      }
+    }
+    __syncwarp();
   }
-  wait_copies<0>();
-  __syncthreads();
-  for (int i = threadIdx.x; i < kSlice * kHeadDim; i += kThreads)
-    state[i] = sm.m[(i / kHeadDim) * kLd128 + i % kHeadDim];
+#pragma unroll
+  for (int j = 0; j < kHeadDim / 8; ++j) {
+    *reinterpret_cast<float2*>(state + 8 * j) = float2{m[j][0], m[j][1]};
+    *reinterpret_cast<float2*>(state + 8 * kHeadDim + 8 * j) = float2{m[j][2], m[j][3]};
+  }
+}
+
+template <int kScanWarps>
+void launch_scan_warps(const ChunkedParams& p, cudaStream_t stream) {
+  using S = ScanLayout<kScanWarps>;
+  cuda_utils::allow_shared_memory<scan_chunks_kernel<kScanWarps>>(sizeof(typename S::Smem),
+                                                                  "gated_delta_rule_prefill_chunked");
+  const dim3 grid(unsigned(p.batch.num_seqs), unsigned(p.num_v_heads), 8 / kScanWarps);
+  scan_chunks_kernel<kScanWarps><<<grid, S::kThreads, sizeof(typename S::Smem), stream>>>(p);
+  cuda_utils::check_launch("gated_delta_rule_prefill_chunked (scan)");
+}
+
+// The scan runs one block per SM (its chunk buffers fill shared memory): as few warps per block
+// as keep one sequence's blocks within the SMs, so that more SMs share the sequential work.
+void launch_scan(const ChunkedParams& p, cudaStream_t stream) {
+  const int64_t sms = cuda_utils::current_device_sm_count("gated_delta_rule_prefill_chunked");
+  if (p.num_v_heads * 4 <= sms)
+    launch_scan_warps<2>(p, stream);
+  else if (p.num_v_heads * 2 <= sms)
+    launch_scan_warps<4>(p, stream);
+  else
+    launch_scan_warps<8>(p, stream);
 }
 
 }  // namespace
 
 size_t gated_delta_rule_prefill_workspace_bytes(int64_t num_tokens, int64_t num_seqs, const GdnDims& dims) {
-  return size_t(max_chunk_slots(num_tokens, num_seqs)) * size_t(dims.num_v_heads) * kChunkFloats * sizeof(float);
+  return size_t(max_chunk_slots(num_tokens, num_seqs)) * size_t(dims.num_v_heads) * kChunkElems * sizeof(nvbf16);
 }
 
 void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
@@ -433,7 +555,7 @@ void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* 
                         batch,
                         dims.num_v_heads,
                         dims.ratio(),
-                        static_cast<float*>(workspace),
+                        static_cast<nvbf16*>(workspace),
                         as_nv(out)};
   if (batch.num_tokens > 0) {
     cuda_utils::allow_shared_memory<prepare_chunk_kernel>(sizeof(PrepareSmem), "gated_delta_rule_prefill_chunked");
@@ -441,10 +563,7 @@ void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* 
     prepare_chunk_kernel<<<grid, kThreads, sizeof(PrepareSmem), stream>>>(p);
     cuda_utils::check_launch("gated_delta_rule_prefill_chunked (prepare)");
   }
-  cuda_utils::allow_shared_memory<scan_chunks_kernel>(sizeof(ScanSmem), "gated_delta_rule_prefill_chunked");
-  const dim3 grid(unsigned(batch.num_seqs), unsigned(dims.num_v_heads), kHeadDim / kSlice);
-  scan_chunks_kernel<<<grid, kThreads, sizeof(ScanSmem), stream>>>(p);
-  cuda_utils::check_launch("gated_delta_rule_prefill_chunked (scan)");
+  launch_scan(p, stream);
 }
 
 void gated_delta_rule_prefill(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,

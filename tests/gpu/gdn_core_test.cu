@@ -162,7 +162,10 @@ void check_prefill(const GdnDims& d, const std::vector<int32_t>& lengths, Prefil
   ASSERT_CUDA(cudaGetLastError());
   ASSERT_CUDA(cudaDeviceSynchronize());
   EXPECT_EQ(gpu_test::compare(gpu_test::to_float(d_out.download()), out_ref, 2e-2f, 2e-2f), "");
-  EXPECT_EQ(gpu_test::compare(d_state.download(), state_ref, 2e-3f, 2e-3f), "");
+  // The chunked form multiplies BF16 operands (the state, U, W, as FLA does) with fp32 accumulation:
+  // its final state is a few BF16 roundings (2^-9 each) from the fp32 recurrence.
+  const float state_tol = algo == Prefill::kChunked ? 5e-3f : 2e-3f;
+  EXPECT_EQ(gpu_test::compare(d_state.download(), state_ref, state_tol, state_tol), "");
 }
 
 TEST(GatedDeltaRuleGpu, RecurrentPrefillVarlenPublishedShapes) {
