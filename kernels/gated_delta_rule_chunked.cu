@@ -11,7 +11,7 @@
 // q̂k̂ᵀ on tensor cores, T by blocked inversion (16×16 diagonal blocks by substitution, the rest by
 // block products, fp32), W = T·[β e^γ K̂ | β V] on tensor cores; W_k, W_vᵀ, Q_γ, K_d, P (BF16)
 // and e^{γ_L} to the workspace. Kernel 2 (scan_chunks_kernel), one block per (sequence, value
-// head, 32/64/128 state rows), walks the sequence's chunks in order with its state rows in fp32
+// head, 64 or 128 state rows), walks the sequence's chunks in order with its state rows in fp32
 // mma accumulators (BF16 operands, fp32 accumulation, as FLA does), double-buffering the chunks'
 // workspace in shared memory. State rows are independent, so blocks need no communication.
 // v2 (session 3) did the same algebra in TF32 with an fp32 workspace and W by per-column forward
@@ -129,13 +129,14 @@ struct ChunkedParams {
 // Shared memory of kernel 1 (two blocks per SM).
 struct PrepareSmem {
   nvbf16 qn[kChunk * kLdH];  // q̂ (scaled by dk^-0.5); later T in BF16 (row stride kLdC)
-  nvbf16 kn[kChunk * kLdH];  // k̂; later β e^γ k̂
+  nvbf16 kn[kChunk * kLdH];  // k̂
   nvbf16 bv[kChunk * kLdH];  // β v
-  float kk[kChunk * kLdF64];  // k̂ k̂ᵀ, then A
+  float kk[kChunk * kLdF64];  // k̂ k̂ᵀ, then A, then T in BF16 (row stride kLdC)
   float tt[kChunk * kLdF64];  // q̂ k̂ᵀ, then T (fp32)
   float stage[kWarps][kTile * kTile];
   float gamma[kChunk];
   float beta[kChunk];
+  float k_scale[kChunk];  // β e^γ
 };
 
 // Largest s with first_chunk(s) <= c (first_chunk is increasing in s).
@@ -151,10 +152,10 @@ __device__ int64_t sequence_of_chunk(const GdnVarlenBatch& batch, int64_t c) {
   return lo;
 }
 
-// γ (inclusive cumulative sum of g over the chunk) and β to shared memory, rows >= L zero. Run by
+// γ (inclusive cumulative sum of g over the chunk), β and β e^γ to shared memory, rows >= L zero. Run by
 // one warp, two rows per lane, the sum by a shuffle scan.
 __device__ __forceinline__ void load_gates(const ChunkedParams& p, int64_t t0, int L, int64_t h, float* gamma,
-                                           float* beta) {
+                                           float* beta, float* k_scale) {
   const int lane = threadIdx.x % 32, r = 2 * lane;
   const float g0 = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
   const float g1 = r + 1 < L ? p.g[(t0 + r + 1) * p.num_v_heads + h] : 0.f;
@@ -168,6 +169,8 @@ __device__ __forceinline__ void load_gates(const ChunkedParams& p, int64_t t0, i
   }
   gamma[r] = sum - g1;
   gamma[r + 1] = sum;
+  k_scale[r] = beta[r] * __expf(sum - g1);
+  k_scale[r + 1] = beta[r + 1] * __expf(sum);
 }
 
 // T = (I + A)⁻¹ for A strictly lower triangular (64×64, fp32, row stride kLdF64) into t, lower
@@ -189,11 +192,13 @@ __device__ void invert_unit_lower(const float* a, float* t, float* x) {
     for (int r = 0; r < kB; ++r) t[(o + r) * kLdF64 + o + j] = col[r];
   }
   __syncthreads();
+#pragma unroll
   for (int d = 1; d < kChunk / kB; ++d) {
     const int blocks = kChunk / kB - d;
     for (int e = threadIdx.x; e < blocks * kB * kB; e += kThreads) {  // X_ij = Σ_k A_ik T_kj
       const int j = e / (kB * kB), i = j + d, r = (e / kB) % kB, c = e % kB;
       float acc = 0.f;
+#pragma unroll
       for (int m = j * kB; m < i * kB; ++m) acc += a[(i * kB + r) * kLdF64 + m] * t[m * kLdF64 + j * kB + c];
       x[e] = acc;
     }
@@ -237,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
       qraw[i] = gdr::load_lane4(p.q + row);
     }
   }
-  if (warp == 0) load_gates(p, t0, L, h, sm.gamma, sm.beta);
+  if (warp == 0) load_gates(p, t0, L, h, sm.gamma, sm.beta, sm.k_scale);
   __syncthreads();
   // 2. q̂, k̂, β v to shared memory; Q_γ and K_d straight to the workspace.
   const float gamma_last = sm.gamma[L - 1];
@@ -276,45 +281,43 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     wmma::store_matrix_sync(sm.tt + m0 * kLdF64 + n0, acc, kLdF64, wmma::mem_row_major);
   }
   __syncthreads();
-  // 4. A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j (j < i, else 0) in place of k̂k̂ᵀ; P (BF16) to the
-  //    workspace, 8 columns per thread; k̂ becomes β e^γ k̂ in place.
-  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
-    const int r = i / kChunk, col = i % kChunk;
-    float& a = sm.kk[r * kLdF64 + col];
-    a = col < r ? sm.beta[r] * __expf(sm.gamma[r] - sm.gamma[col]) * a : 0.f;
-  }
+  // 4. One pass over the lower triangle, 8 columns per thread: A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j
+  //    (j < i, else 0) in place of k̂k̂ᵀ, and P (BF16) to the workspace.
   for (int i = threadIdx.x * 8; i < kChunk * kChunk; i += kThreads * 8) {
     const int r = i / kChunk, col0 = i % kChunk;
-    float vals[8];
+    float p_vals[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int col = col0 + j;
-      vals[j] = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) * sm.tt[r * kLdF64 + col] : 0.f;
+      const float decay = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) : 0.f;
+      float& a = sm.kk[r * kLdF64 + col];
+      a = col < r ? sm.beta[r] * decay * a : 0.f;
+      p_vals[j] = decay * sm.tt[r * kLdF64 + col];
     }
-    cuda_utils::store_vec<8>(ws + kPOffset + i, vals);
-  }
-  for (int i = threadIdx.x; i < kChunk * kHeadDim; i += kThreads) {
-    const int r = i / kHeadDim, col = i % kHeadDim;
-    nvbf16& k = sm.kn[r * kLdH + col];
-    k = __float2bfloat16(sm.beta[r] * __expf(sm.gamma[r]) * __bfloat162float(k));
+    cuda_utils::store_vec<8>(ws + kPOffset + i, p_vals);
   }
   if (threadIdx.x == 0) *reinterpret_cast<float*>(ws + kDecayOffset) = __expf(gamma_last);
   __syncthreads();
-  // 5. T = (I + A)⁻¹ in place of q̂k̂ᵀ, then as BF16 (zero above the block diagonal) in place of q̂.
+  // 5. T = (I + A)⁻¹ in place of q̂k̂ᵀ, then in BF16 (zero above the block diagonal) as T for W_v (in
+  //    place of A) and as T diag(β e^γ) for W_k (in place of q̂).
   invert_unit_lower(sm.kk, sm.tt, &sm.stage[0][0]);
-  nvbf16* tb = sm.qn;
+  nvbf16* tv = reinterpret_cast<nvbf16*>(sm.kk);
+  nvbf16* tk = sm.qn;
   for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
     const int r = i / kChunk, col = i % kChunk;
-    tb[r * kLdC + col] = __float2bfloat16(col / kTile <= r / kTile ? sm.tt[r * kLdF64 + col] : 0.f);
+    const float t = col / kTile <= r / kTile ? sm.tt[r * kLdF64 + col] : 0.f;
+    tv[r * kLdC + col] = __float2bfloat16(t);
+    tk[r * kLdC + col] = __float2bfloat16(t * sm.k_scale[col]);
   }
   __syncthreads();
-  // 6. [W_k | W_v] = T·[β e^γ K̂ | β V]: 64 tiles, 8 per warp; T's row block i needs k < 16(i+1).
+  // 6. [W_k | W_v] = [T diag(β e^γ)·K̂ | T·β V]: 64 tiles, 8 per warp; T's row block i needs
+  //    k < 16(i+1).
   for (int tile = warp; tile < 64; tile += kWarps) {
     const bool is_v = tile >= 32;
     const int m0 = ((tile % 32) / 8) * kTile, n0 = (tile % 8) * kTile;
     FragC acc;
     wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBrow, kChunk>(acc, tb, kLdC, is_v ? sm.bv : sm.kn, kLdH, m0, n0, m0 + kTile);
+    mma_tile<FragA, FragBrow, kChunk>(acc, is_v ? tv : tk, kLdC, is_v ? sm.bv : sm.kn, kLdH, m0, n0, m0 + kTile);
     wmma::store_matrix_sync(sm.stage[warp], acc, kTile, wmma::mem_row_major);
     __syncwarp();
     if (is_v)
@@ -511,13 +514,13 @@ void launch_scan_warps(const ChunkedParams& p, cudaStream_t stream) {
   cuda_utils::check_launch("gated_delta_rule_prefill_chunked (scan)");
 }
 
-// The scan runs one block per SM (its chunk buffers fill shared memory): as few warps per block
-// as keep one sequence's blocks within the SMs, so that more SMs share the sequential work.
+// The scan runs one block per SM (its chunk buffers fill shared memory). Blocks of 4 warps (two per
+// head) while the batch's blocks fit on the SMs, else of 8 (one per head: half the chunk-buffer
+// traffic). gdn_prefill_bench, 1x H100, 64k tokens: one sequence Hk16 Hv32 6.53 ms with 4 warps,
+// 6.80 with 2, 8.08 with 8; as 64 sequences of 1k, 5.26 ms with 8, 5.97 with 4.
 void launch_scan(const ChunkedParams& p, cudaStream_t stream) {
   const int64_t sms = cuda_utils::current_device_sm_count("gated_delta_rule_prefill_chunked");
-  if (p.num_v_heads * 4 <= sms)
-    launch_scan_warps<2>(p, stream);
-  else if (p.num_v_heads * 2 <= sms)
+  if (p.batch.num_seqs * p.num_v_heads * 2 <= sms)
     launch_scan_warps<4>(p, stream);
   else
     launch_scan_warps<8>(p, stream);
