@@ -47,6 +47,7 @@ constexpr int kTile = 16;   // WMMA tile edge (m16n16k16 BF16)
 constexpr int kLdH = kHeadDim + 8;  // BF16 rows of 128
 constexpr int kLdC = kChunk + 8;    // BF16 rows of 64
 constexpr int kLdF64 = kChunk + 4;  // fp32 rows of 64
+constexpr int kLdStage = kTile + 4;  // fp32 rows of a warp's 16×16 staging tile
 
 // Workspace of one (chunk, head), in BF16 elements; the chunk decay e^{γ_L} is an fp32 at the end.
 constexpr int64_t kWkOffset = 0;
@@ -101,13 +102,13 @@ __device__ __forceinline__ void write_tile_bf16(const float* stage, int ld_stage
   cuda_utils::store_vec<8>(dst + r * ld_dst + c, vals);
 }
 
-// The transpose of a 16×16 fp32 tile staged by one warp (row stride 16) as BF16 rows of 16 at dst
+// The transpose of a 16×16 fp32 tile staged by one warp (row stride kLdStage) as BF16 rows of 16 at dst
 // (row stride ld_dst): dst[c][r] = stage[r][c].
 __device__ __forceinline__ void write_tile_bf16_transposed(const float* stage, nvbf16* dst, int64_t ld_dst) {
   const int lane = threadIdx.x % 32, c = lane / 2, r0 = (lane % 2) * 8;
   float vals[8];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) vals[j] = stage[(r0 + j) * kTile + c];
+  for (int j = 0; j < 8; ++j) vals[j] = stage[(r0 + j) * kLdStage + c];
   cuda_utils::store_vec<8>(dst + c * ld_dst + r0, vals);
 }
 
@@ -133,7 +134,7 @@ struct PrepareSmem {
   nvbf16 bv[kChunk * kLdH];  // β v
   float kk[kChunk * kLdF64];  // k̂ k̂ᵀ, then A, then T in BF16 (row stride kLdC)
   float tt[kChunk * kLdF64];  // q̂ k̂ᵀ, then T (fp32)
-  float stage[kWarps][kTile * kTile];
+  float stage[kWarps][kTile * kLdStage];  // per warp 16×16, row stride kLdStage
   float gamma[kChunk];
   float beta[kChunk];
   float k_scale[kChunk];  // β e^γ
@@ -228,18 +229,21 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
   const int64_t kh = h / p.ratio;
   nvbf16* ws = p.workspace + (c * p.num_v_heads + h) * kChunkElems;
 
-  // 1. Raw q, k rows (zeros past the chunk's end): each warp owns rows warp, warp + 8, ..., all
+  // 1. Raw q, k, v rows (zeros past the chunk's end): each warp owns rows warp, warp + 8, ..., all
   //    loads issued before the gates are summed.
   constexpr int kRowsPerWarp = kChunk / kWarps;
   gdr::Lane4 kraw[kRowsPerWarp], qraw[kRowsPerWarp];
+  uint2 vraw[kRowsPerWarp];  // 4 BF16 values, converted when used
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     const int r = warp + i * kWarps;
     kraw[i] = qraw[i] = gdr::Lane4{};
+    vraw[i] = uint2{0u, 0u};
     if (r < L) {
       const int64_t row = (t0 + r) * p.qkv_stride + kh * kHeadDim;
       kraw[i] = gdr::load_lane4(p.k + row);
       qraw[i] = gdr::load_lane4(p.q + row);
+      vraw[i] = *reinterpret_cast<const uint2*>(p.v + (t0 + r) * p.qkv_stride + h * kHeadDim + lane * gdr::kPerLane);
     }
   }
   if (warp == 0) load_gates(p, t0, L, h, sm.gamma, sm.beta, sm.k_scale);
@@ -251,15 +255,16 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     const int r = warp + i * kWarps;
     const gdr::Lane4 kr = gdr::l2_normalized(kraw[i], 1.f);
     const gdr::Lane4 qr = gdr::l2_normalized(qraw[i], rsqrtf(float(kHeadDim)));
-    gdr::Lane4 vr{};
-    if (r < L) vr = gdr::load_lane4(p.v + (t0 + r) * p.qkv_stride + h * kHeadDim);
+    const float2 v01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&vraw[i].x));
+    const float2 v23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&vraw[i].y));
+    const float vr[gdr::kPerLane] = {v01.x, v01.y, v23.x, v23.y};
     const float q_scale = __expf(sm.gamma[r]), k_scale = r < L ? __expf(gamma_last - sm.gamma[r]) : 0.f;
     float qg[gdr::kPerLane], kd[gdr::kPerLane], bv[gdr::kPerLane];
 #pragma unroll
     for (int j = 0; j < gdr::kPerLane; ++j) {
       qg[j] = q_scale * qr.v[j];
       kd[j] = k_scale * kr.v[j];
-      bv[j] = sm.beta[r] * vr.v[j];
+      bv[j] = sm.beta[r] * vr[j];
     }
     const int col = lane * gdr::kPerLane;
     cuda_utils::store_vec<gdr::kPerLane>(sm.qn + r * kLdH + col, qr.v);
@@ -281,20 +286,14 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     wmma::store_matrix_sync(sm.tt + m0 * kLdF64 + n0, acc, kLdF64, wmma::mem_row_major);
   }
   __syncthreads();
-  // 4. One pass over the lower triangle, 8 columns per thread: A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j
+  // 4. One pass, a warp per 32 columns of a row (conflict-free): A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j
   //    (j < i, else 0) in place of k̂k̂ᵀ, and P (BF16) to the workspace.
-  for (int i = threadIdx.x * 8; i < kChunk * kChunk; i += kThreads * 8) {
-    const int r = i / kChunk, col0 = i % kChunk;
-    float p_vals[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int col = col0 + j;
-      const float decay = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) : 0.f;
-      float& a = sm.kk[r * kLdF64 + col];
-      a = col < r ? sm.beta[r] * decay * a : 0.f;
-      p_vals[j] = decay * sm.tt[r * kLdF64 + col];
-    }
-    cuda_utils::store_vec<8>(ws + kPOffset + i, p_vals);
+  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
+    const int r = i / kChunk, col = i % kChunk;
+    const float decay = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) : 0.f;
+    float& a = sm.kk[r * kLdF64 + col];
+    a = col < r ? sm.beta[r] * decay * a : 0.f;
+    ws[kPOffset + i] = __float2bfloat16(decay * sm.tt[r * kLdF64 + col]);
   }
   if (threadIdx.x == 0) *reinterpret_cast<float*>(ws + kDecayOffset) = __expf(gamma_last);
   __syncthreads();
@@ -318,12 +317,12 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     FragC acc;
     wmma::fill_fragment(acc, 0.f);
     mma_tile<FragA, FragBrow, kChunk>(acc, is_v ? tv : tk, kLdC, is_v ? sm.bv : sm.kn, kLdH, m0, n0, m0 + kTile);
-    wmma::store_matrix_sync(sm.stage[warp], acc, kTile, wmma::mem_row_major);
+    wmma::store_matrix_sync(sm.stage[warp], acc, kLdStage, wmma::mem_row_major);
     __syncwarp();
     if (is_v)
       write_tile_bf16_transposed(sm.stage[warp], ws + kWvtOffset + n0 * kChunk + m0, kChunk);
     else
-      write_tile_bf16(sm.stage[warp], kTile, ws + kWkOffset + m0 * kHeadDim + n0, kHeadDim);
+      write_tile_bf16(sm.stage[warp], kLdStage, ws + kWkOffset + m0 * kHeadDim + n0, kHeadDim);
     __syncwarp();
   }
 }
