@@ -41,12 +41,12 @@ using nvbf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;   // WMMA tile edge (m16n16k16 BF16)
+constexpr int kTile = 16;  // WMMA tile edge (m16n16k16 BF16)
 // Shared-memory row strides, padded by 16 bytes so that the rows of a fragment fall into different
 // banks (unpadded rows of 64 or 128 BF16 / 32 or 64 floats all start in bank 0).
-constexpr int kLdH = kHeadDim + 8;  // BF16 rows of 128
-constexpr int kLdC = kChunk + 8;    // BF16 rows of 64
-constexpr int kLdF64 = kChunk + 4;  // fp32 rows of 64
+constexpr int kLdH = kHeadDim + 8;   // BF16 rows of 128
+constexpr int kLdC = kChunk + 8;     // BF16 rows of 64
+constexpr int kLdF64 = kChunk + 4;   // fp32 rows of 64
 constexpr int kLdStage = kTile + 4;  // fp32 rows of a warp's 16×16 staging tile
 
 // Workspace of one (chunk, head), in BF16 elements; the chunk decay e^{γ_L} is an fp32 at the end.
@@ -129,11 +129,11 @@ struct ChunkedParams {
 
 // Shared memory of kernel 1 (two blocks per SM).
 struct PrepareSmem {
-  nvbf16 qn[kChunk * kLdH];  // q̂ (scaled by dk^-0.5); later T in BF16 (row stride kLdC)
-  nvbf16 kn[kChunk * kLdH];  // k̂
-  nvbf16 bv[kChunk * kLdH];  // β v
-  float kk[kChunk * kLdF64];  // k̂ k̂ᵀ, then A, then T in BF16 (row stride kLdC)
-  float tt[kChunk * kLdF64];  // q̂ k̂ᵀ, then T (fp32)
+  nvbf16 qn[kChunk * kLdH];               // q̂ (scaled by dk^-0.5); later T in BF16 (row stride kLdC)
+  nvbf16 kn[kChunk * kLdH];               // k̂
+  nvbf16 bv[kChunk * kLdH];               // β v
+  float kk[kChunk * kLdF64];              // k̂ k̂ᵀ, then A, then T in BF16 (row stride kLdC)
+  float tt[kChunk * kLdF64];              // q̂ k̂ᵀ, then T (fp32)
   float stage[kWarps][kTile * kLdStage];  // per warp 16×16, row stride kLdStage
   float gamma[kChunk];
   float beta[kChunk];
@@ -177,7 +177,7 @@ __device__ __forceinline__ void load_gates(const ChunkedParams& p, int64_t t0, i
 // T = (I + A)⁻¹ for A strictly lower triangular (64×64, fp32, row stride kLdF64) into t, lower
 // block triangle only. Diagonal 16×16 blocks by forward substitution (one column per thread), then
 // T_ij = −T_ii Σ_{j<=k<i} A_ik T_kj over block diagonals d = i − j = 1, 2, 3. x: 768 floats.
-__device__ void invert_unit_lower(const float* a, float* t, float* x) {
+__device__ __forceinline__ void invert_unit_lower(const float* a, float* t, float* x) {
   constexpr int kB = kTile;
   if (threadIdx.x < kChunk) {
     const int o = (threadIdx.x / kB) * kB, j = threadIdx.x % kB;
@@ -327,13 +327,19 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
   }
 }
 
-// Columns [0, cols) of `rows` global BF16 rows of stride ld_src into shared rows of stride ld_dst,
-// 16 bytes per cp.async, issued by all kBlockThreads threads.
-template <int kBlockThreads>
-__device__ __forceinline__ void copy_rows_async(nvbf16* dst, int ld_dst, const nvbf16* src, int ld_src, int rows,
-                                                int cols) {
-  for (int i = threadIdx.x * 8; i < rows * cols; i += kBlockThreads * 8)
-    mma::cp_async_16(dst + (i / cols) * ld_dst + i % cols, src + (i / cols) * ld_src + i % cols, true);
+// A [kRowsN][kCols] block of global BF16 rows (stride kLdSrc) into shared rows of stride kLdDst,
+// 16 bytes per cp.async, issued by all kBlockThreads threads; every offset is a per-thread base
+// plus a compile-time step.
+template <int kBlockThreads, int kRowsN, int kCols, int kLdDst, int kLdSrc>
+__device__ __forceinline__ void copy_rows_async(nvbf16* dst, const nvbf16* src) {
+  constexpr int kPerThread = kRowsN * kCols / (8 * kBlockThreads);
+  static_assert(kPerThread * 8 * kBlockThreads == kRowsN * kCols && (8 * kBlockThreads) % kCols == 0);
+  constexpr int kRowStep = 8 * kBlockThreads / kCols;
+  const int row = threadIdx.x * 8 / kCols, col = threadIdx.x * 8 % kCols;
+  dst += row * kLdDst + col;
+  src += row * kLdSrc + col;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) mma::cp_async_16(dst + k * kRowStep * kLdDst, src + k * kRowStep * kLdSrc, true);
 }
 
 // Kernel 2 with kScanWarps warps per block, each owning 16 rows (dv) of the state and all 128
@@ -348,23 +354,23 @@ struct ScanLayout {
   static constexpr int kLdO = kRows + 8;
   // One chunk's workspace as the scan reads it (B operands, [n][k] or, for K_d, [k][n]).
   struct ChunkBuffers {
-    nvbf16 wk[kChunk * kLdH];   // W_k [token][dk]
-    nvbf16 qg[kChunk * kLdH];   // Q_γ [token][dk]
-    nvbf16 kd[kChunk * kLdH];   // K_d [token][dk]
-    nvbf16 pm[kChunk * kLdC];   // P [token i][token j]
-    nvbf16 wvt[kRows * kLdC];   // W_vᵀ [dv][token], this block's rows
+    nvbf16 wk[kChunk * kLdH];  // W_k [token][dk]
+    nvbf16 qg[kChunk * kLdH];  // Q_γ [token][dk]
+    nvbf16 kd[kChunk * kLdH];  // K_d [token][dk]
+    nvbf16 pm[kChunk * kLdC];  // P [token i][token j]
+    nvbf16 wvt[kRows * kLdC];  // W_vᵀ [dv][token], this block's rows
   };
   struct Smem {
-    ChunkBuffers buf[2];  // chunk n+1 lands while chunk n is computed
+    ChunkBuffers buf[2];      // chunk n+1 lands while chunk n is computed
     nvbf16 o[kChunk * kLdO];  // output staging [token][dv of this block]
   };
 
   static __device__ void load_chunk_async(ChunkBuffers& b, const nvbf16* ws, int row0) {
-    copy_rows_async<kThreads>(b.wk, kLdH, ws + kWkOffset, kHeadDim, kChunk, kHeadDim);
-    copy_rows_async<kThreads>(b.qg, kLdH, ws + kQgOffset, kHeadDim, kChunk, kHeadDim);
-    copy_rows_async<kThreads>(b.kd, kLdH, ws + kKdOffset, kHeadDim, kChunk, kHeadDim);
-    copy_rows_async<kThreads>(b.pm, kLdC, ws + kPOffset, kChunk, kChunk, kChunk);
-    copy_rows_async<kThreads>(b.wvt, kLdC, ws + kWvtOffset + int64_t(row0) * kChunk, kChunk, kRows, kChunk);
+    copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.wk, ws + kWkOffset);
+    copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.qg, ws + kQgOffset);
+    copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.kd, ws + kKdOffset);
+    copy_rows_async<kThreads, kChunk, kChunk, kLdC, kChunk>(b.pm, ws + kPOffset);
+    copy_rows_async<kThreads, kRows, kChunk, kLdC, kChunk>(b.wvt, ws + kWvtOffset + int64_t(row0) * kChunk);
     mma::cp_async_commit();
   }
 };
@@ -412,6 +418,10 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
     m[j][0] = lo.x, m[j][1] = lo.y, m[j][2] = hi.x, m[j][3] = hi.y;
   }
   constexpr int kTokTiles = kChunk / 8;
+  // Per-lane byte offsets of the ldmatrix rows (b_row for [n][k] tiles; 16 k-rows for K_d).
+  const uint32_t lane_h = uint32_t(b_row(lane, 0) * kLdH + ((lane >> 3) & 1) * 8) * 2;
+  const uint32_t lane_c = uint32_t(b_row(lane, 0) * kLdC + ((lane >> 3) & 1) * 8) * 2;
+  const uint32_t lane_kd = uint32_t((lane & 15) * kLdH + (lane >> 4) * 8) * 2;
   for (int64_t n = 0; n < num_chunks; ++n) {
     const int64_t t0 = start + n * kChunk;
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
@@ -420,6 +430,8 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
     mma::cp_async_wait<0>();  // chunk n
     __syncthreads();          // ... visible to all, and every warp is done with chunk n-1's buffer
     if (n + 1 < num_chunks) S::load_chunk_async(sm.buf[(n + 1) % 2], chunk_ws(n + 1), row0);
+    const uint32_t wk = mma::smem_address(b.wk) + lane_h, qg = mma::smem_address(b.qg) + lane_h;
+    const uint32_t pm = mma::smem_address(b.pm) + lane_c, kd = mma::smem_address(b.kd) + lane_kd;
 
     float u[kTokTiles][4] = {}, o[kTokTiles][4] = {};
 #pragma unroll
@@ -428,10 +440,10 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
       a_fragment(a, m, kk);
 #pragma unroll
       for (int np = 0; np < kChunk / 16; ++np) {
-        const int off = b_row(lane, 16 * np) * kLdH + (2 * kk + ((lane >> 3) & 1)) * 8;
+        const uint32_t off = (16 * np * kLdH + 16 * kk) * 2;
         uint32_t bw[4], bq[4];
-        mma::ldmatrix_x4(bw, b.wk + off);
-        mma::ldmatrix_x4(bq, b.qg + off);
+        mma::ldmatrix_x4(bw, wk + off);
+        mma::ldmatrix_x4(bq, qg + off);
         mma::mma_bf16(u[2 * np], a, bw[0], bw[1]);
         mma::mma_bf16(u[2 * np + 1], a, bw[2], bw[3]);
         mma::mma_bf16(o[2 * np], a, bq[0], bq[1]);
@@ -449,13 +461,13 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
     uint32_t ua[kChunk / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kChunk / 16; ++kk) a_fragment(ua[kk], u, kk);
-    // Oᵀ += Uᵀ Pᵀ: token block kk of U meets output tokens np only where P is non-zero (np >= kk).
+      // Oᵀ += Uᵀ Pᵀ: token block kk of U meets output tokens np only where P is non-zero (np >= kk).
 #pragma unroll
     for (int kk = 0; kk < kChunk / 16; ++kk) {
 #pragma unroll
       for (int np = kk; np < kChunk / 16; ++np) {
         uint32_t bp[4];
-        mma::ldmatrix_x4(bp, b.pm + b_row(lane, 16 * np) * kLdC + (2 * kk + ((lane >> 3) & 1)) * 8);
+        mma::ldmatrix_x4(bp, pm + (16 * np * kLdC + 16 * kk) * 2);
         mma::mma_bf16(o[2 * np], ua[kk], bp[0], bp[1]);
         mma::mma_bf16(o[2 * np + 1], ua[kk], bp[2], bp[3]);
       }
@@ -471,7 +483,7 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
 #pragma unroll
       for (int np = 0; np < kHeadDim / 16; ++np) {
         uint32_t bk[4];
-        mma::ldmatrix_x4_trans(bk, b.kd + (16 * kk + (lane & 15)) * kLdH + (2 * np + (lane >> 4)) * 8);
+        mma::ldmatrix_x4_trans(bk, kd + (16 * kk * kLdH + 16 * np) * 2);
         mma::mma_bf16(m[2 * np], ua[kk], bk[0], bk[1]);
         mma::mma_bf16(m[2 * np + 1], ua[kk], bk[2], bk[3]);
       }
