@@ -1,5 +1,5 @@
-// Prefill "v3": the chunked (WY / UT-transform) gated delta rule on BF16 tensor cores (WMMA in the
-// preparation, mma.sync m16n8k16 in the scan; fp32 accumulation), chunk 64, dk = dv = 128.
+// Prefill "v3": the chunked (WY / UT-transform) gated delta rule on BF16 tensor cores (mma.sync
+// m16n8k16, fp32 accumulation), chunk 64, dk = dv = 128.
 //
 // With chunk-local cumulative log decay γ_i, A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j (j < i) and
 // T = (I + A)⁻¹ (see cpu::gated_delta_rule_prefill_chunked for the derivation):
@@ -8,19 +8,16 @@
 // with Q_γ = diag(e^γ) Q̂, P_ij = e^{γ_i-γ_j} q̂_i·k̂_j (j <= i), K_d = diag(e^{γ_L-γ}) K̂.
 //
 // Kernel 1 (prepare_chunk_kernel), one block per (chunk, value head), fully parallel: k̂k̂ᵀ and
-// q̂k̂ᵀ on tensor cores, T by blocked inversion (16×16 diagonal blocks by substitution, the rest by
-// block products, fp32), W = T·[β e^γ K̂ | β V] on tensor cores; W_k, W_vᵀ, Q_γ, K_d, P (BF16)
-// and e^{γ_L} to the workspace. Kernel 2 (scan_chunks_kernel), one block per (sequence, value
-// head, 64 or 128 state rows), walks the sequence's chunks in order with its state rows in fp32
-// mma accumulators (BF16 operands, fp32 accumulation, as FLA does), double-buffering the chunks'
-// workspace in shared memory. State rows are independent, so blocks need no communication.
-// v2 (session 3) did the same algebra in TF32 with an fp32 workspace and W by per-column forward
+// q̂k̂ᵀ on tensor cores (mma.sync, as everywhere here), T by blocked inversion (16×16 diagonal blocks by substitution,
+// the rest by block products, fp32), W = T·[β e^γ K̂ | β V] on tensor cores; W_k, W_vᵀ, Q_γ, K_d, P (BF16) and e^{γ_L}
+// to the workspace. Kernel 2 (scan_chunks_kernel), one block per (sequence, value head, 64 or 128 state rows), walks
+// the sequence's chunks in order with its state rows in fp32 mma accumulators (BF16 operands, fp32 accumulation, as FLA
+// does), double-buffering the chunks' workspace in shared memory. State rows are independent, so blocks need no
+// communication. v2 (session 3) did the same algebra in TF32 with an fp32 workspace and W by per-column forward
 // substitution: 2.7–3.5× slower than FLA, bound by the workspace traffic and the substitution.
 //
 // Chunks are aligned to each sequence's start. Sequence s's chunks use workspace slots
 // first_chunk(s) = cu_seqlens[s] / 64 + s onwards: non-overlapping, at most T/64 + num_seqs in all.
-#include <mma.h>
-
 #include <stdexcept>
 
 #include "kernels/attention_mma.cuh"
@@ -33,7 +30,6 @@ namespace ds::kernels::cuda {
 
 namespace {
 
-namespace wmma = nvcuda::wmma;
 using cuda_utils::as_nv;
 using gdr::kHeadDim;
 using nvbf16 = __nv_bfloat16;
@@ -41,13 +37,12 @@ using nvbf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTile = 16;  // WMMA tile edge (m16n16k16 BF16)
+constexpr int kTile = 16;  // MMA tile edge
 // Shared-memory row strides, padded by 16 bytes so that the rows of a fragment fall into different
 // banks (unpadded rows of 64 or 128 BF16 / 32 or 64 floats all start in bank 0).
-constexpr int kLdH = kHeadDim + 8;   // BF16 rows of 128
-constexpr int kLdC = kChunk + 8;     // BF16 rows of 64
-constexpr int kLdF64 = kChunk + 4;   // fp32 rows of 64
-constexpr int kLdStage = kTile + 4;  // fp32 rows of a warp's 16×16 staging tile
+constexpr int kLdH = kHeadDim + 8;  // BF16 rows of 128
+constexpr int kLdC = kChunk + 8;    // BF16 rows of 64
+constexpr int kLdF64 = kChunk + 4;  // fp32 rows of 64
 
 // Workspace of one (chunk, head), in BF16 elements; the chunk decay e^{γ_L} is an fp32 at the end.
 constexpr int64_t kWkOffset = 0;
@@ -65,51 +60,42 @@ __host__ __device__ inline int64_t first_chunk(const int32_t* cu_seqlens, int64_
 
 int64_t max_chunk_slots(int64_t num_tokens, int64_t num_seqs) { return num_tokens / kChunk + num_seqs; }
 
-using FragA = wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, nvbf16, wmma::row_major>;
-using FragAcol = wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, nvbf16, wmma::col_major>;
-using FragBrow = wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, nvbf16, wmma::row_major>;
-using FragBcol = wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, nvbf16, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float>;
+// Row of the [n][k] tile a lane points ldmatrix at for the B fragments of n-tiles n0, n0 + 8
+// (mma::b_fragment_chunk's layout on padded rows); its column chunk adds ((lane >> 3) & 1). The
+// same rows, transposed, give A fragments from a [k][m] tile.
+__device__ __forceinline__ int b_row(int lane, int n0) { return n0 + (lane & 7) + ((lane >> 4) << 3); }
 
-// acc += A[m0.., k0..k1) · B[k0..k1), n0..) with A row-major (lda) or col-major (A[m][k] = At[k][m],
-// At row-major with stride lda), and B row-major (ldb) or col-major (B[k][n] = Bt[n][k]).
-template <typename AFrag, typename BFrag, int K>
-__device__ __forceinline__ void mma_tile(FragC& acc, const nvbf16* A, unsigned lda, const nvbf16* B, unsigned ldb,
-                                         int m0, int n0, int k_end = K) {
-  constexpr bool kAColMajor = std::is_same_v<AFrag, FragAcol>;
-  constexpr bool kBColMajor = std::is_same_v<BFrag, FragBcol>;
+// Byte offset of a lane's ldmatrix row for an A fragment (rows m0.., k-chunk 0) of a [m][k] tile of
+// row stride ld; k-step kk adds 32·kk bytes.
+__device__ __forceinline__ uint32_t a_offset(int lane, int m0, int ld) {
+  return uint32_t((m0 + (lane & 15)) * ld + (lane >> 4) * 8) * 2;
+}
+
+// The A fragment (16 × 16, k-step kk) of a 16 × (8·N) accumulator held as N n-tiles, in BF16.
+template <int N>
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const float (&acc)[N][4], int kk) {
+  a[0] = mma::pack_bf16x2(acc[2 * kk][0], acc[2 * kk][1]);
+  a[1] = mma::pack_bf16x2(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = mma::pack_bf16x2(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  a[3] = mma::pack_bf16x2(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+// A 16 × (8·N) accumulator (rows row0 + g, + 8; columns col0 + 8j + c2, + 1) to a row-major tile.
+template <int N, typename T>
+__device__ __forceinline__ void store_accumulator(T* dst, int64_t ld, const float (&acc)[N][4], int row0, int col0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
 #pragma unroll
-  for (int k = 0; k < K; k += kTile) {
-    if (k >= k_end) break;
-    AFrag a;
-    BFrag b;
-    wmma::load_matrix_sync(a, kAColMajor ? A + k * lda + m0 : A + m0 * lda + k, lda);
-    wmma::load_matrix_sync(b, kBColMajor ? B + n0 * ldb + k : B + k * ldb + n0, ldb);
-    wmma::mma_sync(acc, a, b, acc);
+  for (int j = 0; j < N; ++j) {
+    T* lo = dst + (row0 + g) * ld + col0 + 8 * j + c2;
+    T* hi = lo + 8 * ld;
+    if constexpr (std::is_same_v<T, float>) {
+      *reinterpret_cast<float2*>(lo) = float2{acc[j][0], acc[j][1]};
+      *reinterpret_cast<float2*>(hi) = float2{acc[j][2], acc[j][3]};
+    } else {
+      *reinterpret_cast<uint32_t*>(lo) = mma::pack_bf16x2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<uint32_t*>(hi) = mma::pack_bf16x2(acc[j][2], acc[j][3]);
+    }
   }
-}
-
-// A 16×16 fp32 tile staged by one warp at `stage` (row stride ld_stage) as BF16 rows of 16 at
-// dst (row stride ld_dst), rows < valid_rows only; 16 bytes per lane.
-template <typename Dst>
-__device__ __forceinline__ void write_tile_bf16(const float* stage, int ld_stage, Dst* dst, int64_t ld_dst,
-                                                int valid_rows = kTile) {
-  const int lane = threadIdx.x % 32, r = lane / 2, c = (lane % 2) * 8;
-  if (r >= valid_rows) return;
-  float vals[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) vals[j] = stage[r * ld_stage + c + j];
-  cuda_utils::store_vec<8>(dst + r * ld_dst + c, vals);
-}
-
-// The transpose of a 16×16 fp32 tile staged by one warp (row stride kLdStage) as BF16 rows of 16 at dst
-// (row stride ld_dst): dst[c][r] = stage[r][c].
-__device__ __forceinline__ void write_tile_bf16_transposed(const float* stage, nvbf16* dst, int64_t ld_dst) {
-  const int lane = threadIdx.x % 32, c = lane / 2, r0 = (lane % 2) * 8;
-  float vals[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) vals[j] = stage[(r0 + j) * kLdStage + c];
-  cuda_utils::store_vec<8>(dst + c * ld_dst + r0, vals);
 }
 
 struct ChunkedParams {
@@ -129,12 +115,12 @@ struct ChunkedParams {
 
 // Shared memory of kernel 1 (two blocks per SM).
 struct PrepareSmem {
-  nvbf16 qn[kChunk * kLdH];               // q̂ (scaled by dk^-0.5); later T in BF16 (row stride kLdC)
-  nvbf16 kn[kChunk * kLdH];               // k̂
-  nvbf16 bv[kChunk * kLdH];               // β v
-  float kk[kChunk * kLdF64];              // k̂ k̂ᵀ, then A, then T in BF16 (row stride kLdC)
-  float tt[kChunk * kLdF64];              // q̂ k̂ᵀ, then T (fp32)
-  float stage[kWarps][kTile * kLdStage];  // per warp 16×16, row stride kLdStage
+  nvbf16 qn[kChunk * kLdH];              // q̂ (scaled by dk^-0.5); later T diag(β e^γ) in BF16 (row stride kLdC)
+  nvbf16 kn[kChunk * kLdH];              // k̂
+  nvbf16 bv[kChunk * kLdH];              // β v
+  float kk[kChunk * kLdF64];             // k̂ k̂ᵀ, then A, then T in BF16 (row stride kLdC)
+  float tt[kChunk * kLdF64];             // q̂ k̂ᵀ, then T (fp32)
+  float inv_scratch[3 * kTile * kTile];  // the inversion's block products
   float gamma[kChunk];
   float beta[kChunk];
   float k_scale[kChunk];  // β e^γ
@@ -274,16 +260,28 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     cuda_utils::store_vec<gdr::kPerLane>(ws + kKdOffset + r * kHeadDim + col, kd);
   }
   __syncthreads();
-  // 3. k̂ k̂ᵀ and q̂ k̂ᵀ (64×64 each: 16 tiles, 2 per warp per product).
-  for (int tile = warp; tile < 16; tile += kWarps) {
-    const int m0 = (tile / 4) * kTile, n0 = (tile % 4) * kTile;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.kn, kLdH, sm.kn, kLdH, m0, n0);
-    wmma::store_matrix_sync(sm.kk + m0 * kLdF64 + n0, acc, kLdF64, wmma::mem_row_major);
-    wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBcol, kHeadDim>(acc, sm.qn, kLdH, sm.kn, kLdH, m0, n0);
-    wmma::store_matrix_sync(sm.tt + m0 * kLdF64 + n0, acc, kLdF64, wmma::mem_row_major);
+  // 3. k̂ k̂ᵀ and q̂ k̂ᵀ (fp32): warp w computes rows 16(w/2).. and columns 32(w%2).. of both.
+  {
+    const int m0 = (warp / 2) * 16, n0 = (warp % 2) * 32;
+    const uint32_t kn = mma::smem_address(sm.kn), qn = mma::smem_address(sm.qn);
+    const uint32_t a_off = a_offset(lane, m0, kLdH);
+    const uint32_t b_off = uint32_t(b_row(lane, n0) * kLdH + ((lane >> 3) & 1) * 8) * 2;
+    float kk_acc[4][4] = {}, qk_acc[4][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      uint32_t ak[4], aq[4], b[2][4];
+      mma::ldmatrix_x4(ak, kn + a_off + 32 * kk);
+      mma::ldmatrix_x4(aq, qn + a_off + 32 * kk);
+#pragma unroll
+      for (int np = 0; np < 2; ++np) mma::ldmatrix_x4(b[np], kn + b_off + (16 * np * kLdH + 16 * kk) * 2);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        mma::mma_bf16(kk_acc[j], ak, b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
+        mma::mma_bf16(qk_acc[j], aq, b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
+      }
+    }
+    store_accumulator(sm.kk, kLdF64, kk_acc, m0, n0);
+    store_accumulator(sm.tt, kLdF64, qk_acc, m0, n0);
   }
   __syncthreads();
   // 4. One pass, a warp per 32 columns of a row (conflict-free): A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j
@@ -299,7 +297,7 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
   __syncthreads();
   // 5. T = (I + A)⁻¹ in place of q̂k̂ᵀ, then in BF16 (zero above the block diagonal) as T for W_v (in
   //    place of A) and as T diag(β e^γ) for W_k (in place of q̂).
-  invert_unit_lower(sm.kk, sm.tt, &sm.stage[0][0]);
+  invert_unit_lower(sm.kk, sm.tt, sm.inv_scratch);
   nvbf16* tv = reinterpret_cast<nvbf16*>(sm.kk);
   nvbf16* tk = sm.qn;
   for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
@@ -309,21 +307,48 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     tk[r * kLdC + col] = __float2bfloat16(t * sm.k_scale[col]);
   }
   __syncthreads();
-  // 6. [W_k | W_v] = [T diag(β e^γ)·K̂ | T·β V]: 64 tiles, 8 per warp; T's row block i needs
-  //    k < 16(i+1).
-  for (int tile = warp; tile < 64; tile += kWarps) {
-    const bool is_v = tile >= 32;
-    const int m0 = ((tile % 32) / 8) * kTile, n0 = (tile % 8) * kTile;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.f);
-    mma_tile<FragA, FragBrow, kChunk>(acc, is_v ? tv : tk, kLdC, is_v ? sm.bv : sm.kn, kLdH, m0, n0, m0 + kTile);
-    wmma::store_matrix_sync(sm.stage[warp], acc, kLdStage, wmma::mem_row_major);
-    __syncwarp();
-    if (is_v)
-      write_tile_bf16_transposed(sm.stage[warp], ws + kWvtOffset + n0 * kChunk + m0, kChunk);
-    else
-      write_tile_bf16(sm.stage[warp], kLdStage, ws + kWkOffset + m0 * kHeadDim + n0, kHeadDim);
-    __syncwarp();
+  // 6. W_k = T diag(β e^γ)·K̂: warp w computes tokens 16(w/2).. (T's row block i needs k-steps
+  //    <= i) and dk columns 64(w%2)..; K̂ is [k][n]: transposed ldmatrix.
+  {
+    const int m0 = (warp / 2) * 16, n0 = (warp % 2) * 64;
+    const uint32_t a = mma::smem_address(tk) + a_offset(lane, m0, kLdC);
+    const uint32_t b = mma::smem_address(sm.kn) + uint32_t((lane & 15) * kLdH + n0 + (lane >> 4) * 8) * 2;
+    float acc[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kChunk / 16; ++kk) {
+      if (16 * kk > m0) break;
+      uint32_t af[4];
+      mma::ldmatrix_x4(af, a + 32 * kk);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bf[4];
+        mma::ldmatrix_x4_trans(bf, b + (16 * kk * kLdH + 16 * np) * 2);
+        mma::mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+        mma::mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+    store_accumulator(ws + kWkOffset, kHeadDim, acc, m0, n0);
+  }
+  // 7. W_vᵀ = (β V)ᵀ Tᵀ: warp w computes dv rows 16w.. for all tokens; (β V)ᵀ comes from [token][dv]
+  //    by transposed ldmatrix, Tᵀ from T's rows; token block np needs k-steps <= np.
+  {
+    const int m0 = warp * 16;
+    const uint32_t a = mma::smem_address(sm.bv) + uint32_t(b_row(lane, 0) * kLdH + m0 + ((lane >> 3) & 1) * 8) * 2;
+    const uint32_t b = mma::smem_address(tv) + uint32_t(b_row(lane, 0) * kLdC + ((lane >> 3) & 1) * 8) * 2;
+    float acc[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kChunk / 16; ++kk) {
+      uint32_t af[4];
+      mma::ldmatrix_x4_trans(af, a + 16 * kk * kLdH * 2);
+#pragma unroll
+      for (int np = kk; np < kChunk / 16; ++np) {
+        uint32_t bf[4];
+        mma::ldmatrix_x4(bf, b + (16 * np * kLdC + 16 * kk) * 2);
+        mma::mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+        mma::mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+    store_accumulator(ws + kWvtOffset, kChunk, acc, m0, 0);
   }
 }
 
@@ -360,12 +385,20 @@ struct ScanLayout {
     nvbf16 pm[kChunk * kLdC];  // P [token i][token j]
     nvbf16 wvt[kRows * kLdC];  // W_vᵀ [dv][token], this block's rows
   };
+  // Chunks n+1 .. n+kStages-1 land while chunk n is computed (as many as fit in shared memory).
+  static constexpr int kStages = kScanWarps <= 4 ? 3 : 2;
   struct Smem {
-    ChunkBuffers buf[2];      // chunk n+1 lands while chunk n is computed
+    ChunkBuffers buf[kStages];
     nvbf16 o[kChunk * kLdO];  // output staging [token][dv of this block]
   };
 
-  static __device__ void load_chunk_async(ChunkBuffers& b, const nvbf16* ws, int row0) {
+  // Issues chunk n's copies (if it exists) as one cp.async group: every call commits a group, so
+  // that waiting for "all but the kStages - 2 newest" always means chunk n - kStages + 2 is in.
+  static __device__ void load_chunk_async(ChunkBuffers& b, const nvbf16* ws, int row0, bool exists) {
+    if (!exists) {
+      mma::cp_async_commit();
+      return;
+    }
     copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.wk, ws + kWkOffset);
     copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.qg, ws + kQgOffset);
     copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.kd, ws + kKdOffset);
@@ -374,19 +407,6 @@ struct ScanLayout {
     mma::cp_async_commit();
   }
 };
-
-// Row of the [n][k] tile a lane points ldmatrix at for the B fragments of n-tiles n0, n0 + 8
-// (mma::b_fragment_chunk's layout on padded rows); its column chunk adds ((lane >> 3) & 1).
-__device__ __forceinline__ int b_row(int lane, int n0) { return n0 + (lane & 7) + ((lane >> 4) << 3); }
-
-// The A fragment (16 × 16, k-step kk) of a 16 × (8·N) accumulator held as N n-tiles, in BF16.
-template <int N>
-__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const float (&acc)[N][4], int kk) {
-  a[0] = mma::pack_bf16x2(acc[2 * kk][0], acc[2 * kk][1]);
-  a[1] = mma::pack_bf16x2(acc[2 * kk][2], acc[2 * kk][3]);
-  a[2] = mma::pack_bf16x2(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
-  a[3] = mma::pack_bf16x2(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
-}
 
 // grid (num_seqs, Hv, 8 / kScanWarps). Per chunk, per warp (16 state rows M_w):
 //   Uᵀ = W_vᵀ − M_w W_kᵀ and Oᵀ = M_w Q_γᵀ      (k = dk, A = M_w)
@@ -405,7 +425,7 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
   const int64_t num_chunks = (end - start + kChunk - 1) / kChunk;
   auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkElems; };
-  if (num_chunks > 0) S::load_chunk_async(sm.buf[0], chunk_ws(0), row0);
+  for (int i = 0; i + 1 < S::kStages; ++i) S::load_chunk_async(sm.buf[i], chunk_ws(i), row0, i < num_chunks);
 
   // This lane's state elements: rows (g, g + 8) of the warp, columns 8j + c2 + {0, 1}.
   float* state = p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim +
@@ -426,10 +446,11 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
     const int64_t t0 = start + n * kChunk;
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
     const float decay = *reinterpret_cast<const float*>(chunk_ws(n) + kDecayOffset);
-    const typename S::ChunkBuffers& b = sm.buf[n % 2];
-    mma::cp_async_wait<0>();  // chunk n
-    __syncthreads();          // ... visible to all, and every warp is done with chunk n-1's buffer
-    if (n + 1 < num_chunks) S::load_chunk_async(sm.buf[(n + 1) % 2], chunk_ws(n + 1), row0);
+    const typename S::ChunkBuffers& b = sm.buf[n % S::kStages];
+    mma::cp_async_wait<S::kStages - 2>();  // chunk n
+    __syncthreads();                       // ... visible to all, and every warp is done with chunk n-1's buffer
+    const int64_t ahead = n + S::kStages - 1;
+    S::load_chunk_async(sm.buf[ahead % S::kStages], chunk_ws(ahead), row0, ahead < num_chunks);
     const uint32_t wk = mma::smem_address(b.wk) + lane_h, qg = mma::smem_address(b.qg) + lane_h;
     const uint32_t pm = mma::smem_address(b.pm) + lane_c, kd = mma::smem_address(b.kd) + lane_kd;
 
