@@ -181,21 +181,31 @@ __device__ __forceinline__ void invert_unit_lower(const float* a, float* t, floa
   __syncthreads();
 #pragma unroll
   for (int d = 1; d < kChunk / kB; ++d) {
+    // One thread per 4 columns of a row of each block (i = j + d, j): at most 192 threads.
     const int blocks = kChunk / kB - d;
-    for (int e = threadIdx.x; e < blocks * kB * kB; e += kThreads) {  // X_ij = Σ_k A_ik T_kj
-      const int j = e / (kB * kB), i = j + d, r = (e / kB) % kB, c = e % kB;
-      float acc = 0.f;
+    const int e = threadIdx.x, j = e / (kB * 4), i = j + d, r = (e / 4) % kB, c = (e % 4) * 4;
+    static_assert(3 * kB * 4 <= kThreads, "one pass per block diagonal");
+    if (e < blocks * kB * 4) {  // X_ij = Σ_k A_ik T_kj
+      float4 acc{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int m = j * kB; m < i * kB; ++m) acc += a[(i * kB + r) * kLdF64 + m] * t[m * kLdF64 + j * kB + c];
-      x[e] = acc;
+      for (int mm = 0; mm < d * kB; ++mm) {
+        const int m = j * kB + mm;
+        const float am = a[(i * kB + r) * kLdF64 + m];
+        const float4 tm = *reinterpret_cast<const float4*>(t + m * kLdF64 + j * kB + c);
+        acc.x += am * tm.x, acc.y += am * tm.y, acc.z += am * tm.z, acc.w += am * tm.w;
+      }
+      *reinterpret_cast<float4*>(x + (j * kB + r) * kB + c) = acc;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < blocks * kB * kB; e += kThreads) {  // T_ij = −T_ii X_ij
-      const int j = e / (kB * kB), i = j + d, r = (e / kB) % kB, c = e % kB;
-      float acc = 0.f;
+    if (e < blocks * kB * 4) {  // T_ij = −T_ii X_ij
+      float4 acc{0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int m = 0; m < kB; ++m) acc += t[(i * kB + r) * kLdF64 + i * kB + m] * x[(j * kB + m) * kB + c];
-      t[(i * kB + r) * kLdF64 + j * kB + c] = -acc;
+      for (int m = 0; m < kB; ++m) {
+        const float tm = t[(i * kB + r) * kLdF64 + i * kB + m];
+        const float4 xm = *reinterpret_cast<const float4*>(x + (j * kB + m) * kB + c);
+        acc.x += tm * xm.x, acc.y += tm * xm.y, acc.z += tm * xm.z, acc.w += tm * xm.w;
+      }
+      *reinterpret_cast<float4*>(t + (i * kB + r) * kLdF64 + j * kB + c) = float4{-acc.x, -acc.y, -acc.z, -acc.w};
     }
     __syncthreads();
   }
@@ -284,14 +294,17 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
     store_accumulator(sm.tt, kLdF64, qk_acc, m0, n0);
   }
   __syncthreads();
-  // 4. One pass, a warp per 32 columns of a row (conflict-free): A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j
+  // 4. One pass, a warp per row, two columns per thread: A_ij = β_i e^{γ_i-γ_j} k̂_i·k̂_j
   //    (j < i, else 0) in place of k̂k̂ᵀ, and P (BF16) to the workspace.
-  for (int i = threadIdx.x; i < kChunk * kChunk; i += kThreads) {
+  for (int i = 2 * threadIdx.x; i < kChunk * kChunk; i += 2 * kThreads) {
     const int r = i / kChunk, col = i % kChunk;
-    const float decay = col <= r ? __expf(sm.gamma[r] - sm.gamma[col]) : 0.f;
-    float& a = sm.kk[r * kLdF64 + col];
-    a = col < r ? sm.beta[r] * decay * a : 0.f;
-    ws[kPOffset + i] = __float2bfloat16(decay * sm.tt[r * kLdF64 + col]);
+    const float2 gc = *reinterpret_cast<const float2*>(sm.gamma + col);
+    const float d0 = col <= r ? __expf(sm.gamma[r] - gc.x) : 0.f;
+    const float d1 = col + 1 <= r ? __expf(sm.gamma[r] - gc.y) : 0.f;
+    float2& a = *reinterpret_cast<float2*>(sm.kk + r * kLdF64 + col);
+    a = float2{col < r ? sm.beta[r] * d0 * a.x : 0.f, col + 1 < r ? sm.beta[r] * d1 * a.y : 0.f};
+    const float2 qk = *reinterpret_cast<const float2*>(sm.tt + r * kLdF64 + col);
+    *reinterpret_cast<uint32_t*>(ws + kPOffset + i) = mma::pack_bf16x2(d0 * qk.x, d1 * qk.y);
   }
   if (threadIdx.x == 0) *reinterpret_cast<float*>(ws + kDecayOffset) = __expf(gamma_last);
   __syncthreads();
@@ -353,29 +366,30 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
 }
 
 // A [kRowsN][kCols] block of global BF16 rows (stride kLdSrc) into shared rows of stride kLdDst,
-// 16 bytes per cp.async, issued by all kBlockThreads threads; every offset is a per-thread base
-// plus a compile-time step.
-template <int kBlockThreads, int kRowsN, int kCols, int kLdDst, int kLdSrc>
-__device__ __forceinline__ void copy_rows_async(nvbf16* dst, const nvbf16* src) {
-  constexpr int kPerThread = kRowsN * kCols / (8 * kBlockThreads);
-  static_assert(kPerThread * 8 * kBlockThreads == kRowsN * kCols && (8 * kBlockThreads) % kCols == 0);
-  constexpr int kRowStep = 8 * kBlockThreads / kCols;
-  const int row = threadIdx.x * 8 / kCols, col = threadIdx.x * 8 % kCols;
+// 16 bytes per cp.async, issued by the 32 lanes of one warp; every offset is a per-lane base plus a
+// compile-time step.
+template <int kRowsN, int kCols, int kLdDst, int kLdSrc>
+__device__ __forceinline__ void copy_rows_async(nvbf16* dst, const nvbf16* src, int lane) {
+  constexpr int kPerLane = kRowsN * kCols / (8 * 32);
+  static_assert(kPerLane * 8 * 32 == kRowsN * kCols && (8 * 32) % kCols == 0);
+  constexpr int kRowStep = 8 * 32 / kCols;
+  const int row = lane * 8 / kCols, col = lane * 8 % kCols;
   dst += row * kLdDst + col;
   src += row * kLdSrc + col;
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k) mma::cp_async_16(dst + k * kRowStep * kLdDst, src + k * kRowStep * kLdSrc, true);
+  for (int k = 0; k < kPerLane; ++k) mma::cp_async_16(dst + k * kRowStep * kLdDst, src + k * kRowStep * kLdSrc, true);
 }
 
 // Kernel 2 with kScanWarps warps per block, each owning 16 rows (dv) of the state and all 128
 // columns (dk) as mma.m16n8k16 accumulator fragments. Every product of the scan then takes its A
 // operand from registers (the state, or U computed as Uᵀ so that its accumulators are A
 // fragments, as flash attention does with P) and its B operand from the chunk's workspace in
-// shared memory; warps share nothing but that read-only data, so a chunk needs one barrier.
+// shared memory; warps share nothing but that read-only data, so a chunk needs one barrier. One
+// more warp issues the chunks' copies: the LSU queue stalls whichever warp issues them.
 template <int kScanWarps>
 struct ScanLayout {
-  static constexpr int kThreads = 32 * kScanWarps;
-  static constexpr int kRows = 16 * kScanWarps;  // state rows per block
+  static constexpr int kThreads = 32 * (kScanWarps + 1);  // the last warp copies the chunks in
+  static constexpr int kRows = 16 * kScanWarps;           // state rows per block
   static constexpr int kLdO = kRows + 8;
   // One chunk's workspace as the scan reads it (B operands, [n][k] or, for K_d, [k][n]).
   struct ChunkBuffers {
@@ -394,16 +408,16 @@ struct ScanLayout {
 
   // Issues chunk n's copies (if it exists) as one cp.async group: every call commits a group, so
   // that waiting for "all but the kStages - 2 newest" always means chunk n - kStages + 2 is in.
-  static __device__ void load_chunk_async(ChunkBuffers& b, const nvbf16* ws, int row0, bool exists) {
+  static __device__ void load_chunk_async(ChunkBuffers& b, const nvbf16* ws, int row0, bool exists, int lane) {
     if (!exists) {
       mma::cp_async_commit();
       return;
     }
-    copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.wk, ws + kWkOffset);
-    copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.qg, ws + kQgOffset);
-    copy_rows_async<kThreads, kChunk, kHeadDim, kLdH, kHeadDim>(b.kd, ws + kKdOffset);
-    copy_rows_async<kThreads, kChunk, kChunk, kLdC, kChunk>(b.pm, ws + kPOffset);
-    copy_rows_async<kThreads, kRows, kChunk, kLdC, kChunk>(b.wvt, ws + kWvtOffset + int64_t(row0) * kChunk);
+    copy_rows_async<kChunk, kHeadDim, kLdH, kHeadDim>(b.wk, ws + kWkOffset, lane);
+    copy_rows_async<kChunk, kHeadDim, kLdH, kHeadDim>(b.qg, ws + kQgOffset, lane);
+    copy_rows_async<kChunk, kHeadDim, kLdH, kHeadDim>(b.kd, ws + kKdOffset, lane);
+    copy_rows_async<kChunk, kChunk, kLdC, kChunk>(b.pm, ws + kPOffset, lane);
+    copy_rows_async<kRows, kChunk, kLdC, kChunk>(b.wvt, ws + kWvtOffset + int64_t(row0) * kChunk, lane);
     mma::cp_async_commit();
   }
 };
@@ -413,7 +427,7 @@ struct ScanLayout {
 //   Oᵀ += Uᵀ Pᵀ                                  (k = tokens, A = Uᵀ; P is lower triangular)
 //   M_w ← e^{γ_L} M_w + Uᵀ K_d                   (k = tokens, A = Uᵀ)
 template <int kScanWarps>
-__global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(ChunkedParams p) {
+__global__ void __launch_bounds__(32 * (kScanWarps + 1), 1) scan_chunks_kernel(ChunkedParams p) {
   using S = ScanLayout<kScanWarps>;
   extern __shared__ __align__(128) float4 smem_raw[];
   auto& sm = *reinterpret_cast<typename S::Smem*>(smem_raw);
@@ -425,7 +439,16 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
   const int64_t chunk0 = first_chunk(p.batch.cu_seqlens, s);
   const int64_t num_chunks = (end - start + kChunk - 1) / kChunk;
   auto chunk_ws = [&](int64_t n) { return p.workspace + ((chunk0 + n) * p.num_v_heads + h) * kChunkElems; };
-  for (int i = 0; i + 1 < S::kStages; ++i) S::load_chunk_async(sm.buf[i], chunk_ws(i), row0, i < num_chunks);
+  if (warp == kScanWarps) {  // the copy warp: chunk n + kStages - 1 goes in while chunk n is computed
+    for (int i = 0; i + 1 < S::kStages; ++i) S::load_chunk_async(sm.buf[i], chunk_ws(i), row0, i < num_chunks, lane);
+    for (int64_t n = 0; n < num_chunks; ++n) {
+      mma::cp_async_wait<S::kStages - 2>();  // chunk n
+      __syncthreads();                       // ... visible to all, and every warp is done with chunk n-1's buffer
+      const int64_t ahead = n + S::kStages - 1;
+      S::load_chunk_async(sm.buf[ahead % S::kStages], chunk_ws(ahead), row0, ahead < num_chunks, lane);
+    }
+    return;
+  }
 
   // This lane's state elements: rows (g, g + 8) of the warp, columns 8j + c2 + {0, 1}.
   float* state = p.state_pool + (int64_t(p.batch.slots[s]) * p.num_v_heads + h) * kHeadDim * kHeadDim +
@@ -447,10 +470,7 @@ __global__ void __launch_bounds__(32 * kScanWarps, 1) scan_chunks_kernel(Chunked
     const int L = int(end - t0 < kChunk ? end - t0 : kChunk);
     const float decay = *reinterpret_cast<const float*>(chunk_ws(n) + kDecayOffset);
     const typename S::ChunkBuffers& b = sm.buf[n % S::kStages];
-    mma::cp_async_wait<S::kStages - 2>();  // chunk n
-    __syncthreads();                       // ... visible to all, and every warp is done with chunk n-1's buffer
-    const int64_t ahead = n + S::kStages - 1;
-    S::load_chunk_async(sm.buf[ahead % S::kStages], chunk_ws(ahead), row0, ahead < num_chunks);
+    __syncthreads();  // chunk n is in (the copy warp waited for it)
     const uint32_t wk = mma::smem_address(b.wk) + lane_h, qg = mma::smem_address(b.qg) + lane_h;
     const uint32_t pm = mma::smem_address(b.pm) + lane_c, kd = mma::smem_address(b.kd) + lane_kd;
 
