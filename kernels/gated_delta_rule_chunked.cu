@@ -566,13 +566,17 @@ void launch_scan_warps(const ChunkedParams& p, cudaStream_t stream) {
   cuda_utils::check_launch("gated_delta_rule_prefill_chunked (scan)");
 }
 
-// The scan runs one block per SM (its chunk buffers fill shared memory). Blocks of 4 warps (two per
-// head) while the batch's blocks fit on the SMs, else of 8 (one per head: half the chunk-buffer
-// traffic). gdn_prefill_bench, 1x H100, 64k tokens: one sequence Hk16 Hv32 6.53 ms with 4 warps,
-// 6.80 with 2, 8.08 with 8; as 64 sequences of 1k, 5.26 ms with 8, 5.97 with 4.
+// The scan runs one block per SM (its chunk buffers fill shared memory). Every compute warp reads
+// the whole chunk from shared memory, and every block reads it from L2: 2 compute warps per block
+// while the blocks fill at most half the SMs, else 4 while they fit, else 8 (one block per head).
+// gdn_prefill_bench, 1x H100, 64k tokens: Hk8 Hv16 2.93 ms with 2 (3.26 with 4); Hk16 Hv32 4.47
+// with 4 (4.84 with 2); 64 sequences of 1k Hv32 4.01 with 8 (4.46 with 4).
 void launch_scan(const ChunkedParams& p, cudaStream_t stream) {
   const int64_t sms = cuda_utils::current_device_sm_count("gated_delta_rule_prefill_chunked");
-  if (p.batch.num_seqs * p.num_v_heads * 2 <= sms)
+  const int64_t heads = p.batch.num_seqs * p.num_v_heads;
+  if (heads * 4 <= sms / 2)
+    launch_scan_warps<2>(p, stream);
+  else if (heads * 2 <= sms)
     launch_scan_warps<4>(p, stream);
   else
     launch_scan_warps<8>(p, stream);
