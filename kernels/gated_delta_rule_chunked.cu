@@ -139,25 +139,33 @@ __device__ int64_t sequence_of_chunk(const GdnVarlenBatch& batch, int64_t c) {
   return lo;
 }
 
-// γ (inclusive cumulative sum of g over the chunk), β and β e^γ to shared memory, rows >= L zero. Run by
-// one warp, two rows per lane, the sum by a shuffle scan.
-__device__ __forceinline__ void load_gates(const ChunkedParams& p, int64_t t0, int L, int64_t h, float* gamma,
-                                           float* beta, float* k_scale) {
+// g and β of two rows of the chunk per lane (rows >= L zero), loaded by one warp.
+struct GateRows {
+  float g0, g1, b0, b1;
+};
+__device__ __forceinline__ GateRows load_gates(const ChunkedParams& p, int64_t t0, int L, int64_t h) {
+  const int r = 2 * (threadIdx.x % 32);
+  const float* g = p.g + (t0 + r) * p.num_v_heads + h;
+  const float* b = p.beta + (t0 + r) * p.num_v_heads + h;
+  return {r < L ? g[0] : 0.f, r + 1 < L ? g[p.num_v_heads] : 0.f, r < L ? b[0] : 0.f,
+          r + 1 < L ? b[p.num_v_heads] : 0.f};
+}
+
+// γ (inclusive cumulative sum of g over the chunk, by a shuffle scan), β and β e^γ to shared memory.
+__device__ __forceinline__ void store_gates(const GateRows& in, float* gamma, float* beta, float* k_scale) {
   const int lane = threadIdx.x % 32, r = 2 * lane;
-  const float g0 = r < L ? p.g[(t0 + r) * p.num_v_heads + h] : 0.f;
-  const float g1 = r + 1 < L ? p.g[(t0 + r + 1) * p.num_v_heads + h] : 0.f;
-  beta[r] = r < L ? p.beta[(t0 + r) * p.num_v_heads + h] : 0.f;
-  beta[r + 1] = r + 1 < L ? p.beta[(t0 + r + 1) * p.num_v_heads + h] : 0.f;
-  float sum = g0 + g1;
+  float sum = in.g0 + in.g1;
 #pragma unroll
   for (int off = 1; off < 32; off *= 2) {
     const float prev = __shfl_up_sync(0xffffffffu, sum, off);
     if (lane >= off) sum += prev;
   }
-  gamma[r] = sum - g1;
+  gamma[r] = sum - in.g1;
   gamma[r + 1] = sum;
-  k_scale[r] = beta[r] * __expf(sum - g1);
-  k_scale[r + 1] = beta[r + 1] * __expf(sum);
+  beta[r] = in.b0;
+  beta[r + 1] = in.b1;
+  k_scale[r] = in.b0 * __expf(sum - in.g1);
+  k_scale[r + 1] = in.b1 * __expf(sum);
 }
 
 // T = (I + A)⁻¹ for A strictly lower triangular (64×64, fp32, row stride kLdF64) into t, lower
@@ -216,17 +224,23 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
   extern __shared__ __align__(128) float4 smem_raw[];
   PrepareSmem& sm = *reinterpret_cast<PrepareSmem*>(smem_raw);
   const int64_t c = blockIdx.x, h = blockIdx.y;
-  const int64_t s = sequence_of_chunk(p.batch, c);
-  const int64_t t0 = p.batch.cu_seqlens[s] + (c - first_chunk(p.batch.cu_seqlens, s)) * kChunk;
-  const int64_t seq_end = p.batch.cu_seqlens[s + 1];
+  // Where the chunk lies; a single sequence (cu_seqlens = {0, T}) needs no dependent loads first.
+  int64_t t0 = c * kChunk, seq_end = p.batch.num_tokens;
+  if (p.batch.num_seqs > 1) {
+    const int64_t s = sequence_of_chunk(p.batch, c);
+    t0 = p.batch.cu_seqlens[s] + (c - first_chunk(p.batch.cu_seqlens, s)) * kChunk;
+    seq_end = p.batch.cu_seqlens[s + 1];
+  }
   if (t0 >= seq_end) return;  // an unused slot
   const int L = int(seq_end - t0 < kChunk ? seq_end - t0 : kChunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t kh = h / p.ratio;
   nvbf16* ws = p.workspace + (c * p.num_v_heads + h) * kChunkElems;
 
-  // 1. Raw q, k, v rows (zeros past the chunk's end): each warp owns rows warp, warp + 8, ..., all
-  //    loads issued before the gates are summed.
+  // 1. Gates (warp 0, first: the others wait for them), then raw q, k, v rows (zeros past the
+  //    chunk's end): each warp owns rows warp, warp + 8, ..., all loads issued before any is used.
+  GateRows gates{};
+  if (warp == 0) gates = load_gates(p, t0, L, h);
   constexpr int kRowsPerWarp = kChunk / kWarps;
   gdr::Lane4 kraw[kRowsPerWarp], qraw[kRowsPerWarp];
   uint2 vraw[kRowsPerWarp];  // 4 BF16 values, converted when used
@@ -242,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 2) prepare_chunk_kernel(ChunkedParam
       vraw[i] = *reinterpret_cast<const uint2*>(p.v + (t0 + r) * p.qkv_stride + h * kHeadDim + lane * gdr::kPerLane);
     }
   }
-  if (warp == 0) load_gates(p, t0, L, h, sm.gamma, sm.beta, sm.k_scale);
+  if (warp == 0) store_gates(gates, sm.gamma, sm.beta, sm.k_scale);
   __syncthreads();
   // 2. q̂, k̂, β v to shared memory; Q_γ and K_d straight to the workspace.
   const float gamma_last = sm.gamma[L - 1];
