@@ -52,7 +52,8 @@ void gated_delta_rule_prefill_chunked(const float* q, const float* k, const floa
 namespace cuda {
 
 // CUDA kernels require dk = dv = 128 (every published model); other dims throw
-// std::invalid_argument. q, k, v, out are BF16; g, beta, state fp32; fp32 math. All batch arrays
+// std::invalid_argument. q, k, v, out are BF16; g, beta, state fp32; fp32 math (the chunked prefill:
+// BF16 tensor-core operands, fp32 accumulation). All batch arrays
 // in device memory. No allocation, no host synchronisation: CUDA-graph safe.
 
 // Decode: one launch, one token per sequence, slots [batch_size].
@@ -70,7 +71,8 @@ void gated_delta_rule_prefill_recurrent(const bf16* q, const bf16* k, const bf16
 // (depends only on the arguments, so a caller can size it once for its max tokens / sequences).
 size_t gated_delta_rule_prefill_workspace_bytes(int64_t num_tokens, int64_t num_seqs, const GdnDims& dims);
 
-// Prefill "v2": chunked algorithm (chunk 64, WY/UT form). `workspace` is a device buffer of at
+// Prefill "v3": chunked algorithm (chunk 64, WY/UT form) on BF16 tensor cores with fp32
+// accumulation (BF16 operands as in FLA: the final state is within a few BF16 roundings of v1's). `workspace` is a device buffer of at
 // least gated_delta_rule_prefill_workspace_bytes(...) bytes (throws std::invalid_argument if
 // workspace_bytes is smaller).
 void gated_delta_rule_prefill_chunked(const bf16* q, const bf16* k, const bf16* v, int64_t qkv_stride, const float* g,
