@@ -8,13 +8,16 @@
 // with Q_γ = diag(e^γ) Q̂, P_ij = e^{γ_i-γ_j} q̂_i·k̂_j (j <= i), K_d = diag(e^{γ_L-γ}) K̂.
 //
 // Kernel 1 (prepare_chunk_kernel), one block per (chunk, value head), fully parallel: k̂k̂ᵀ and
-// q̂k̂ᵀ on tensor cores (mma.sync, as everywhere here), T by blocked inversion (16×16 diagonal blocks by substitution,
-// the rest by block products, fp32), W = T·[β e^γ K̂ | β V] on tensor cores; W_k, W_vᵀ, Q_γ, K_d, P (BF16) and e^{γ_L}
-// to the workspace. Kernel 2 (scan_chunks_kernel), one block per (sequence, value head, 64 or 128 state rows), walks
-// the sequence's chunks in order with its state rows in fp32 mma accumulators (BF16 operands, fp32 accumulation, as FLA
-// does), double-buffering the chunks' workspace in shared memory. State rows are independent, so blocks need no
-// communication. v2 (session 3) did the same algebra in TF32 with an fp32 workspace and W by per-column forward
-// substitution: 2.7–3.5× slower than FLA, bound by the workspace traffic and the substitution.
+// q̂k̂ᵀ on tensor cores, T by blocked inversion in fp32 (16×16 diagonal blocks by substitution, the
+// rest by block products), W_k = T diag(β e^γ)·K̂ and W_vᵀ = (βV)ᵀTᵀ on tensor cores; W_k, W_vᵀ,
+// Q_γ, K_d, P (BF16) and e^{γ_L} go to the workspace. Kernel 2 (scan_chunks_kernel), one block per
+// (sequence, value head, 32/64/128 state rows), walks the sequence's chunks in order, its state
+// rows in fp32 mma accumulators (BF16 operands, fp32 accumulation, as FLA does), a copy warp
+// bringing the next chunks' workspace into shared memory. State rows are independent, so blocks
+// need no communication.
+// v2 (session 3) did the same algebra in TF32 with an fp32 workspace and W by per-column forward
+// substitution: 2.7–3.5× slower than FLA; v3 is faster than FLA at every GPU.md shape
+// (docs/performance.md).
 //
 // Chunks are aligned to each sequence's start. Sequence s's chunks use workspace slots
 // first_chunk(s) = cu_seqlens[s] / 64 + s onwards: non-overlapping, at most T/64 + num_seqs in all.
