@@ -307,15 +307,6 @@ __global__ void write_kv_kernel(const __nv_bfloat16* k, int64_t ldk, const __nv_
   *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(v + t * ldv + h * head_dim + d);
 }
 
-int sm_count() {
-  int device = 0, count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    throw std::runtime_error("cuda::attention: cannot query the device's SM count");
-  }
-  return count;
-}
-
 void check_cache(const PagedKvCache<bf16>& cache, const char* op) {
   if (cache.k == nullptr || cache.v == nullptr || cache.page_size <= 0 || cache.num_kv_heads <= 0 ||
       cache.num_pages <= 0 || (cache.head_dim != 128 && cache.head_dim != 256)) {
@@ -400,7 +391,7 @@ void attention(const AttentionIo<bf16>& io, const AttentionBatch& batch, const P
   // Split the key range when the grid would leave SMs idle (two blocks fit on an SM; aim for two
   // waves) and the workspace allows it.
   const int64_t blocks = batch.num_seqs * p.row_tiles_per_seq * cache.num_kv_heads;
-  static const int sms = sm_count();
+  static const int sms = cuda_utils::current_device_sm_count("cuda::attention");
   int64_t splits = 1;
   if (batch.num_tokens <= kMaxSplitTokens && blocks < 2 * sms) {
     splits = std::min<int64_t>({(4 * sms + blocks - 1) / blocks, (batch.max_kv_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit,

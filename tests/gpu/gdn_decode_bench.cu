@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "kernels/gated_delta_rule.h"
@@ -18,9 +19,10 @@ namespace {
 using ds::kernels::bf16;
 using ds::kernels::GdnDims;
 using ds::kernels::gpu_bench::check;
+using ds::kernels::gpu_bench::free_all;
+using ds::kernels::gpu_bench::gpu_name_or_skip;
+using ds::kernels::gpu_bench::kCopyCeilingGBs;
 using ds::kernels::gpu_bench::median_us;
-
-constexpr double kCeilingGBs = 3020.0;
 
 void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStream_t stream) {
   const size_t state_bytes_per_slot = size_t(d.state_floats()) * sizeof(float);
@@ -69,31 +71,23 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   const double bytes = 2.0 * B * state_bytes_per_slot + double(B) * (d.conv_dim() + d.value_dim()) * sizeof(bf16);
   const double gbs = bytes / t_rule * 1e-3;
   std::printf("%-14s B=%-4ld | rule %7.1f us %6.0f GB/s (%3.0f%% of %.2f TB/s; floor %6.1f us)", name, long(B), t_rule,
-              gbs, 100 * gbs / kCeilingGBs, kCeilingGBs / 1000, bytes / kCeilingGBs * 1e-3);
+              gbs, 100 * gbs / kCopyCeilingGBs, kCopyCeilingGBs / 1000, bytes / kCopyCeilingGBs * 1e-3);
   std::printf(" | fused decode %7.1f us | rule per-launch (events) %7.1f us", t_fused, t_rule_event);
   if (fla_us > 0) std::printf(" | FLA (GPU.md) %.0f us", fla_us);
   std::printf("\n");
-  for (void* p : {static_cast<void*>(state), static_cast<void*>(conv_state), static_cast<void*>(proj),
-                  static_cast<void*>(conv_w), static_cast<void*>(norm_w), static_cast<void*>(d_gates),
-                  static_cast<void*>(d_slots), static_cast<void*>(out), scratch}) {
-    cudaFree(p);
-  }
+  free_all({static_cast<void*>(state), static_cast<void*>(conv_state), static_cast<void*>(proj),
+            static_cast<void*>(conv_w), static_cast<void*>(norm_w), static_cast<void*>(d_gates),
+            static_cast<void*>(d_slots), static_cast<void*>(out), scratch});
 }
 
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no GPU\n");
-    return 77;
-  }
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  const std::string gpu = gpu_name_or_skip();
   std::printf(
       "gdn_decode_bench on %s: per-call time inside a CUDA graph of 20 calls (median of 10 graph launches),\n"
       "and the rule kernel timed per launch with events (includes the launch gap)\n",
-      prop.name);
+      gpu.c_str());
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "stream");
   for (int64_t B : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {

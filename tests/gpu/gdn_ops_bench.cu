@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "kernels/gated_norm.h"
@@ -18,14 +19,15 @@ namespace {
 
 using ds::kernels::bf16;
 using ds::kernels::GdnDims;
+using ds::kernels::gpu_bench::free_all;
+using ds::kernels::gpu_bench::gpu_name_or_skip;
+using ds::kernels::gpu_bench::kCopyCeilingGBs;
 namespace bench_util = ds::kernels::gpu_bench;
-
-constexpr double kCeilingGBs = 3020.0;
 
 void print(const char* op, const char* shape, const char* size, double us, double bytes) {
   const double gbs = bytes / us * 1e-3;
   std::printf("%-12s %-16s %-14s | %8.1f us %7.0f GB/s (%3.0f%% of %.2f TB/s; floor %7.1f us)\n", op, shape, size, us,
-              gbs, 100 * gbs / kCeilingGBs, kCeilingGBs / 1000, bytes / kCeilingGBs * 1e-3);
+              gbs, 100 * gbs / kCopyCeilingGBs, kCopyCeilingGBs / 1000, bytes / kCopyCeilingGBs * 1e-3);
 }
 
 template <typename T>
@@ -111,24 +113,16 @@ void bench_conv_decode(const char* shape, const GdnDims& d, int64_t B, cudaStrea
   char size[32];
   std::snprintf(size, sizeof(size), "B=%ld", long(B));
   print("conv decode", shape, size, us, 2.0 * B * state_bytes + 2.0 * B * C * sizeof(bf16));
-  for (void* p : {static_cast<void*>(proj), static_cast<void*>(conv_w), static_cast<void*>(conv_state),
-                  static_cast<void*>(out), static_cast<void*>(d_slots)}) {
-    cudaFree(p);
-  }
+  free_all({static_cast<void*>(proj), static_cast<void*>(conv_w), static_cast<void*>(conv_state),
+            static_cast<void*>(out), static_cast<void*>(d_slots)});
 }
 
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no GPU\n");
-    return 77;
-  }
-  cudaDeviceProp prop{};
-  bench_util::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  const std::string gpu = gpu_name_or_skip();
   std::printf("gdn_ops_bench on %s: per-call time inside a CUDA graph of 20 calls (median of 10 launches)\n",
-              prop.name);
+              gpu.c_str());
   cudaStream_t stream;
   bench_util::check(cudaStreamCreate(&stream), "stream");
   const GdnDims tp1{16, 32, 128, 128}, tp2{8, 16, 128, 128}, r3{16, 48, 128, 128};

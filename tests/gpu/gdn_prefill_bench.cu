@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/gated_delta_rule.h"
@@ -18,6 +19,8 @@ namespace {
 using ds::kernels::bf16;
 using ds::kernels::GdnDims;
 using ds::kernels::gpu_bench::check;
+using ds::kernels::gpu_bench::free_all;
+using ds::kernels::gpu_bench::gpu_name_or_skip;
 using ds::kernels::gpu_bench::median_us;
 
 // FLOPs of the chunked algorithm per token and value head (chunk L = 64, d = 128): k̂k̂ᵀ, q̂k̂ᵀ,
@@ -42,8 +45,8 @@ void bench(const char* name, const GdnDims& d, int64_t T, double fla_ms, bool wi
   check(cudaMemcpy(d_gates, gates.data(), gates.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
   const float* g = d_gates;
   const float* beta = d_gates + T * d.num_v_heads;
-  float* state = static_cast<float*>(
-      ds::kernels::gpu_bench::device_random(num_seqs * d.state_floats() * sizeof(float), 2));
+  float* state =
+      static_cast<float*>(ds::kernels::gpu_bench::device_random(num_seqs * d.state_floats() * sizeof(float), 2));
   bf16* out = nullptr;
   check(cudaMalloc(&out, T * d.value_dim() * sizeof(bf16)), "cudaMalloc");
   // cu_seqlens (equal lengths), then slots 0..num_seqs-1; every sequence continues from its slot.
@@ -66,8 +69,8 @@ void bench(const char* name, const GdnDims& d, int64_t T, double fla_ms, bool wi
       },
       stream, 2, 10);
   const double flops = chunked_flops(T, d);
-  std::printf("%-22s T=%-6ld x%-4d | chunked %8.3f ms %6.1f M tok/s %5.1f TFLOP/s", name, long(T), num_seqs, t_chunked * 1e-3,
-              double(T) / t_chunked, flops / t_chunked * 1e-6);
+  std::printf("%-22s T=%-6ld x%-4d | chunked %8.3f ms %6.1f M tok/s %5.1f TFLOP/s", name, long(T), num_seqs,
+              t_chunked * 1e-3, double(T) / t_chunked, flops / t_chunked * 1e-6);
   if (with_recurrent) {
     const double t_rec = median_us(
         [&](int) {
@@ -80,10 +83,8 @@ void bench(const char* name, const GdnDims& d, int64_t T, double fla_ms, bool wi
   }
   if (fla_ms > 0) std::printf(" | FLA (GPU.md) %.2f ms %.1f M tok/s", fla_ms, double(T) / (fla_ms * 1e3));
   std::printf(" | workspace %.0f MB\n", double(ws_bytes) / (1 << 20));
-  for (void* p : {static_cast<void*>(qkv), static_cast<void*>(d_gates), static_cast<void*>(state),
-                  static_cast<void*>(out), static_cast<void*>(d_batch), ws}) {
-    cudaFree(p);
-  }
+  free_all({static_cast<void*>(qkv), static_cast<void*>(d_gates), static_cast<void*>(state), static_cast<void*>(out),
+            static_cast<void*>(d_batch), ws});
 }
 
 }  // namespace
@@ -91,14 +92,8 @@ void bench(const char* name, const GdnDims& d, int64_t T, double fla_ms, bool wi
 int main(int argc, char** argv) {
   const bool with_recurrent = !(argc > 1 && std::strcmp(argv[1], "--no-recurrent") == 0);
   const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no GPU\n");
-    return 77;
-  }
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-  std::printf("gdn_prefill_bench on %s (T tokens x sequences, dk = dv = 128, BF16 tensor cores)\n", prop.name);
+  const std::string gpu = gpu_name_or_skip();
+  std::printf("gdn_prefill_bench on %s (T tokens x sequences, dk = dv = 128, BF16 tensor cores)\n", gpu.c_str());
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "stream");
   const GdnDims tp1{16, 32, 128, 128}, tp2{8, 16, 128, 128}, r3{16, 48, 128, 128};

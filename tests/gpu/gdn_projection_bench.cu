@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "kernels/gdn_projection.h"
@@ -20,9 +21,9 @@ using ds::kernels::GdnDims;
 using ds::kernels::QkvzLayout;
 using ds::kernels::gpu_bench::check;
 using ds::kernels::gpu_bench::do_bench_us;
+using ds::kernels::gpu_bench::gpu_name_or_skip;
+using ds::kernels::gpu_bench::kCopyCeilingGBs;
 using ds::kernels::gpu_bench::median_us;
-
-constexpr double kCopyCeilingGBs = 3020.0;
 
 void check_lt(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) {
@@ -190,17 +191,11 @@ void bench_shape(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_bytes,
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no GPU\n");
-    return 77;
-  }
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  const std::string gpu = gpu_name_or_skip();
   std::printf(
       "gdn_projection_bench on %s; ceilings: copy %.2f TB/s, bf16 GEMM ~780-800 TFLOP/s\n"
       "times: per call inside a CUDA graph of 20 calls, inputs rotated over > L2\n",
-      prop.name, kCopyCeilingGBs / 1000);
+      gpu.c_str(), kCopyCeilingGBs / 1000);
   cublasLtHandle_t lt;
   check_lt(cublasLtCreate(&lt), "cublasLtCreate");
   cudaStream_t stream;
