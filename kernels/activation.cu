@@ -19,6 +19,7 @@ constexpr int kThreads = 256;
 
 __global__ void silu_and_mul_kernel(const __nv_bfloat16* x, int64_t ldx, __nv_bfloat16* y, int64_t ldy, int64_t T,
                                     int64_t I) {
+  cuda_utils::allow_dependent_launch();  // down_proj starts streaming its weights
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= T * I) return;
   const int64_t t = idx / I, i = idx % I;

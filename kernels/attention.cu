@@ -94,6 +94,7 @@ __device__ __forceinline__ void load_kv_tile(const Params& p, int64_t s, int64_t
 
 template <int D, int BC>
 __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
+  cuda_utils::allow_dependent_launch();  // o_proj starts streaming its weights
   using T = Tile<D, BC>;
   constexpr int kChunks = T::kChunks;
   extern __shared__ uint4 smem[];
@@ -270,6 +271,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 // One block of D threads per (token, q head): log-sum-exp merge of the splits, then the gate.
 template <int D>
 __global__ void __launch_bounds__(D) merge_kernel(const Params p) {
+  cuda_utils::allow_dependent_launch();  // o_proj starts streaming its weights
   const int64_t row = blockIdx.x;  // token · Hq + head
   const int64_t token = row / p.num_q_heads, head = row % p.num_q_heads;
   const int64_t stride = p.num_tokens * p.num_q_heads;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/common.h"
 
@@ -57,6 +58,33 @@ void allow_shared_memory(size_t bytes, const char* op) {
                              " bytes of shared memory: " + cudaGetErrorString(err));
   }
   if (tracked) allowed[device].store(bytes, std::memory_order_release);
+}
+
+// Programmatic dependent launch (sm_90). A kernel started by launch_programmatic may begin while
+// the kernel before it in the stream is still finishing, so it can stream what no earlier kernel
+// writes (weights) during that tail; it must call wait_for_previous_grids() before it reads or
+// writes anything else (all earlier grids have then completed and their writes are visible).
+// allow_dependent_launch() lets a programmatic launch after this kernel start as this one's
+// blocks exit; for a normally launched successor it does nothing.
+__device__ __forceinline__ void wait_for_previous_grids() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void allow_dependent_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::); }
+
+template <typename... KernelParams, typename... Args>
+void launch_programmatic(void (*kernel)(KernelParams...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
+                         const char* op, Args&&... args) {
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  if (const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...); err != cudaSuccess) {
+    throw std::runtime_error(std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err));
+  }
 }
 
 inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }

@@ -17,6 +17,7 @@ __global__ void gated_norm_kernel(const __nv_bfloat16* __restrict__ x, const __n
                                   int64_t z_stride, bool z_vec_ok, const __nv_bfloat16* __restrict__ weight,
                                   int64_t num_rows, int64_t num_heads, int64_t head_dim, float eps,
                                   __nv_bfloat16* __restrict__ out) {
+  cuda_utils::allow_dependent_launch();  // out_proj starts streaming its weights
   const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= num_rows) return;

@@ -59,7 +59,7 @@ void set_common_preferences(cublasLtMatmulPreference_t pref, const size_t& works
 }
 
 constexpr int kAutotuneCandidates = 8;
-constexpr int kAutotuneRuns = 3;
+constexpr int kAutotuneRuns = 8;
 constexpr int64_t kAutotuneMaxTokens = 256;
 
 // Small-T GEMMs are weight-bound and cuBLASLt's first heuristic pick is often not the fastest
@@ -90,55 +90,75 @@ struct MatmulCall {
   }
 };
 
-// The fastest of the candidates over kAutotuneRuns timed runs each (candidates that refuse these
-// operands are skipped; the first candidate is the fallback).
-cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeuristicResult_t* candidates, int count,
-                             const std::string& shape, float* best_time = nullptr) {
+// Reads `words` 16-byte words of the zeroed `buffer` (the autotune's L2 eviction: reads leave clean
+// lines, where writes would leave the timed call write-backs to pay for) and keeps nothing: the
+// sum is never the compared value. Like the kernels that precede GEMMs in a forward pass (norms,
+// activations, attention), it lets a programmatic launch after it start at once, so a timed
+// skinny GEMM overlaps its tail as it would theirs.
+__global__ void evict_l2_kernel(const uint4* buffer, size_t words, unsigned* sink) {
+  cuda_utils::allow_dependent_launch();
+  unsigned sum = 0;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < words; i += size_t(gridDim.x) * blockDim.x) {
+    sum += buffer[i].x;
+  }
+  if (sum == 0x9e3779b9u) *sink = sum;
+}
+
+// Milliseconds that kAutotuneRuns runs of `call` add (after one warm-up run) to a queue in which
+// each follows a read of `evict_bytes` of `evict` (zeroed; its last 16 bytes are the read's sink):
+// the queue's time minus that of the reads alone. The reads evict the operands from L2: in a forward pass a layer's weights
+// come from memory, while back-to-back runs of one small GEMM would find them in L2 and favour
+// whichever path streams memory worst. Queued, as in a forward pass, a call's start overlaps the
+// end of what precedes it (launch latency, programmatic dependent launch).
+template <typename Call>
+float time_runs(const Call& call, void* evict, size_t evict_bytes, cudaStream_t stream) {
   cudaEvent_t start, stop;
   check_cuda(cudaEventCreate(&start), "autotune event");
   check_cuda(cudaEventCreate(&stop), "autotune event");
+  const auto queue_ms = [&](bool with_calls) {
+    check_cuda(cudaEventRecord(start, stream), "autotune record");
+    for (int r = 0; r < kAutotuneRuns; ++r) {
+      evict_l2_kernel<<<1024, 512, 0, stream>>>(static_cast<const uint4*>(evict), evict_bytes / 16 - 1,
+                                                static_cast<unsigned*>(evict) + evict_bytes / 4 - 4);
+      if (with_calls) call();
+    }
+    check_cuda(cudaEventRecord(stop, stream), "autotune record");
+    check_cuda(cudaEventSynchronize(stop), "autotune sync");
+    cuda_utils::check_launch("autotune L2 eviction");
+    float ms = 0.f;
+    check_cuda(cudaEventElapsedTime(&ms, start, stop), "autotune elapsed");
+    return ms;
+  };
+  call();
+  queue_ms(false);  // warm-up
+  const float ms = queue_ms(true) - queue_ms(false);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return std::max(ms, 0.f);
+}
+
+// The fastest of the candidates by time_runs (candidates that refuse these operands are skipped;
+// the first candidate is the fallback).
+cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeuristicResult_t* candidates, int count,
+                             const std::string& shape, void* evict, size_t evict_bytes, float* best_time = nullptr) {
   float best_ms = INFINITY;
   cublasLtMatmulAlgo_t best = candidates[0].algo;
   for (int i = 0; i < count; ++i) {
-    if (call(candidates[i].algo) != CUBLAS_STATUS_SUCCESS) {  // also the warm-up run
+    if (call(candidates[i].algo) != CUBLAS_STATUS_SUCCESS) {
       // A refused candidate can leave its failed launch in the runtime's last-error slot, which
       // the next kernel's launch check would then report as its own failure.
       cudaGetLastError();
       continue;
     }
-    check_cuda(cudaEventRecord(start, call.stream), "autotune record");
-    for (int r = 0; r < kAutotuneRuns; ++r) check_lt(call(candidates[i].algo), "matmul (autotune)", shape);
-    check_cuda(cudaEventRecord(stop, call.stream), "autotune record");
-    check_cuda(cudaEventSynchronize(stop), "autotune sync");
-    float ms = 0.f;
-    check_cuda(cudaEventElapsedTime(&ms, start, stop), "autotune elapsed");
+    const float ms = time_runs([&] { check_lt(call(candidates[i].algo), "matmul (autotune)", shape); }, evict,
+                               evict_bytes, call.stream);
     if (ms < best_ms) {
       best_ms = ms;
       best = candidates[i].algo;
     }
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   if (best_time) *best_time = best_ms;
   return best;
-}
-
-// Milliseconds of kAutotuneRuns calls of `call` on `stream`, after one warm-up call.
-template <typename Call>
-float time_runs(const Call& call, cudaStream_t stream) {
-  cudaEvent_t start, stop;
-  check_cuda(cudaEventCreate(&start), "autotune event");
-  check_cuda(cudaEventCreate(&stop), "autotune event");
-  call();
-  check_cuda(cudaEventRecord(start, stream), "autotune record");
-  for (int r = 0; r < kAutotuneRuns; ++r) call();
-  check_cuda(cudaEventRecord(stop, stream), "autotune record");
-  check_cuda(cudaEventSynchronize(stop), "autotune sync");
-  float ms = 0.f;
-  check_cuda(cudaEventElapsedTime(&ms, start, stop), "autotune elapsed");
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms;
 }
 
 }  // namespace
@@ -147,7 +167,7 @@ struct GemmRunner::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
   cublasLtMatmulAlgo_t algo{};
-  bool skinny = false;  // BF16 plans: the skinny kernel was faster than cuBLASLt
+  int skinny_splits = 0;  // BF16 plans: > 0 when the skinny kernel, with this many K splits, beat cuBLASLt
   bool fallback = false;  // FP8 plans only: cuBLASLt cannot run it, the W8A16 kernel does
   std::string reason;     // why, for GemmRunner::fp8_fallback_reason()
   // FP8 plans only: the token count cuBLASLt runs (>= T, see fp8_plan_for), whether D is the
@@ -179,6 +199,11 @@ GemmRunner::GemmRunner(size_t workspace_bytes) : workspace_bytes_(workspace_byte
   check_cuda(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device), "SM count");
   check_cuda(cudaMalloc(&skinny_counters_, kSkinnyCounterTiles * sizeof(unsigned)), "skinny counters cudaMalloc");
   check_cuda(cudaMemset(skinny_counters_, 0, kSkinnyCounterTiles * sizeof(unsigned)), "skinny counters memset");
+  int l2_bytes = 0;
+  check_cuda(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "L2 size");
+  l2_evict_bytes_ = size_t(l2_bytes) * 3 / 2;
+  check_cuda(cudaMalloc(&l2_evict_, l2_evict_bytes_), "autotune L2 eviction buffer cudaMalloc");
+  check_cuda(cudaMemset(l2_evict_, 0, l2_evict_bytes_), "autotune L2 eviction buffer memset");
 }
 
 GemmRunner::~GemmRunner() {
@@ -189,6 +214,7 @@ GemmRunner::~GemmRunner() {
   if (fp8_y_) cudaFree(fp8_y_);
   if (workspace_) cudaFree(workspace_);
   if (skinny_counters_) cudaFree(skinny_counters_);
+  if (l2_evict_) cudaFree(l2_evict_);
   cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
@@ -234,15 +260,18 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
                             plan->y_layout, operands.x, operands.w, operands.y, workspace_, workspace_bytes_,
                             operands.stream};
       float cublaslt_ms = INFINITY;
-      plan->algo = fastest(call, results, found, shape, &cublaslt_ms);
-      if (skinny::supports(T, K, ldx, operands.x, operands.w, /*fp8=*/false)) {
-        const float skinny_ms = time_runs(
-            [&] {
-              run_skinny(operands.x, ldx, operands.w, nullptr, false, operands.y, ldy, T, N, K, out_f32,
-                         operands.stream);
-            },
-            operands.stream);
-        plan->skinny = skinny_ms < cublaslt_ms;
+      plan->algo = fastest(call, results, found, shape, l2_evict_, l2_evict_bytes_, &cublaslt_ms);
+      if (skinny::supports(T, K, ldx, operands.x, operands.w)) {
+        float best_ms = cublaslt_ms;
+        for (const int splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_)) {
+          const float skinny_ms = time_runs(
+              [&] {
+                run_skinny(operands.x, ldx, operands.w, nullptr, false, operands.y, ldy, T, N, K, out_f32,
+                           operands.stream, splits);
+              },
+              l2_evict_, l2_evict_bytes_, operands.stream);
+          if (skinny_ms < best_ms) best_ms = skinny_ms, plan->skinny_splits = splits;
+        }
       }
     }
   } catch (...) {
@@ -257,7 +286,7 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
                      float beta, bool out_f32, cudaStream_t stream, Bf16Path path) {
   check_shape("cuda::GemmRunner::gemm", T, N, K, ldx, ldy);
   if (T == 0) return;
-  const bool skinny_fits = beta == 0.f && skinny::supports(T, K, ldx, x, w, /*fp8=*/false);
+  const bool skinny_fits = beta == 0.f && skinny::supports(T, K, ldx, x, w);
   if (path == Bf16Path::kSkinny) {
     if (!skinny_fits) {
       throw std::invalid_argument("cuda::GemmRunner::gemm: the skinny kernel needs beta 0, 1 <= T <= 64, K % 128 == 0 "
@@ -271,9 +300,9 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
   const int alignment = std::min({alignment_of(x, ldx * 2), alignment_of(w, K * 2), alignment_of(y, ldy * out_bytes)});
   const Plan& plan = plan_for(Key{T, N, K, ldx, ldy, out_f32, alignment}, Operands{x, w, y, beta, stream});
   // (The plan's key holds the smallest alignment of x, w and y: check the skinny kernel's own needs.)
-  last_gemm_skinny_ = path == Bf16Path::kAuto && plan.skinny && skinny_fits;
+  last_gemm_skinny_ = path == Bf16Path::kAuto && plan.skinny_splits > 0 && skinny_fits;
   if (last_gemm_skinny_) {
-    run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream);
+    run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream, plan.skinny_splits);
     return;
   }
   const float alpha = 1.f;
@@ -284,7 +313,8 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
 }
 
 void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y,
-                            int64_t ldy, int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream) {
+                            int64_t ldy, int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream,
+                            int splits) {
   if (size_t((N + skinny::kRows - 1) / skinny::kRows) > kSkinnyCounterTiles) {
     throw std::invalid_argument("skinny GEMM: N=" + std::to_string(N) + " exceeds the counter tiles");
   }
@@ -299,7 +329,7 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   p.N = N;
   p.K = K;
   p.out_f32 = out_f32;
-  p.splits = skinny::choose_splits(T, N, K, sms_, workspace_bytes_);
+  p.splits = splits > 0 ? splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_).front();
   p.partial = static_cast<float*>(workspace_);
   p.counters = skinny_counters_;
   if (fp8) {
@@ -616,7 +646,7 @@ bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_
     if (plan->untimed_count > 1 && may_time(T, plan->scratch ? 0.f : beta, stream)) {
       const MatmulCall call{static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->w_layout, plan->x_layout,
                             plan->y_layout, fp8_x_, w_fp8, d, workspace_, workspace_bytes_, stream};
-      plan->algo = fastest(call, plan->untimed, plan->untimed_count, shape);
+      plan->algo = fastest(call, plan->untimed, plan->untimed_count, shape, l2_evict_, l2_evict_bytes_);
     }
     plan->untimed_count = 0;
   }
@@ -653,7 +683,7 @@ bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_
 
 void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                 bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream) {
-  if (beta == 0.f && skinny::supports(T, K, ldx, x, w_fp8, /*fp8=*/true)) {
+  if (beta == 0.f && skinny::supports(T, K, ldx, x, w_fp8)) {
     run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream);
   } else {
     launch_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
@@ -663,7 +693,7 @@ void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8
 bool GemmRunner::skinny_beats_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                    bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
                                    cudaStream_t stream) {
-  if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8, /*fp8=*/true)) return false;
+  if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8)) return false;
   const SkinnyKey key{T, N, K, ldx, ldy};
   if (auto it = fp8_skinny_faster_.find(key); it != fp8_skinny_faster_.end()) return it->second;
   if (!may_time(T, beta, stream)) return false;  // decided on a later, timeable call
@@ -672,10 +702,10 @@ bool GemmRunner::skinny_beats_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_
     std::string why;
     const auto w8a8 = [&] { return gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, 0.f, stream, why); };
     if (w8a8()) {
-      const float w8a8_ms = time_runs(w8a8, stream);
+      const float w8a8_ms = time_runs(w8a8, l2_evict_, l2_evict_bytes_, stream);
       const float skinny_ms = time_runs(
           [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream); },
-          stream);
+          l2_evict_, l2_evict_bytes_, stream);
       faster = skinny_ms < w8a8_ms;
     }
   }

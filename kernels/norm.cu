@@ -49,6 +49,7 @@ template <int VEC>
 __global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(__nv_bfloat16* residual, const __nv_bfloat16* x,
                                                                int64_t ldx, const __nv_bfloat16* w,
                                                                __nv_bfloat16* y, int64_t ldy, int64_t H, float eps) {
+  cuda_utils::allow_dependent_launch();  // the projection after the norm starts streaming its weights
   const int64_t t = blockIdx.x;
   const __nv_bfloat16* x_row = x + t * ldx;
   __nv_bfloat16* r_row = residual ? residual + t * H : nullptr;

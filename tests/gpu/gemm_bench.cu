@@ -7,6 +7,8 @@
 // weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
 // Times are per call with 20 calls queued back to back (bench::queued_us), weights rotating over
 // copies larger than L2: the GPU time a call costs inside a forward pass, without launch latency.
+// For T <= 64 the "read us" column is the floor under these weight-bound calls: a kernel that only
+// reads the same weight bytes (16-byte loads, the same rotation and queueing).
 // The last columns are the BF16 auto path and the path the FP8 "auto" call took, with, for
 // cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T itself, e.g.
 // T = 1: the w8a8 column then includes the scratch copy-out).
@@ -19,6 +21,20 @@
 #include "tests/gpu/kernels_bench_util.h"
 
 using namespace ds::kernels;
+
+// Reads n 16-byte words and keeps nothing (the compare is never true for these fills).
+__global__ void read_only_kernel(const uint4* p, size_t n, unsigned* sink) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  unsigned acc = 0;
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride);
+    const uint4 c = __ldcs(p + i + 2 * stride), d = __ldcs(p + i + 3 * stride);
+    acc ^= a.x ^ b.y ^ c.z ^ d.w;
+  }
+  for (; i < n; i += stride) acc ^= __ldcs(p + i).x;
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
 
 struct Projection {
   const char* model;
@@ -41,9 +57,12 @@ int main() {
     return 77;
   }
   cuda::GemmRunner runner;
-  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s | %9s %8s %8s %6s | %9s %8s %8s %6s | %s\n",
+  int sms = 0;
+  bench::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
+  unsigned* sink = bench::device_alloc<unsigned>(1);
+  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s | %s\n",
               "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us",
-              "skinny us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy",
+              "skinny us", "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy",
               "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
     // Rotate weight copies so the working set exceeds the 50 MB L2.
@@ -74,6 +93,10 @@ int main() {
       const bool bf16_skinny = runner.last_gemm_skinny();
       const double us_cublaslt = T <= 64 ? time_bf16(cuda::Bf16Path::kCublasLt) : us;
       const double us_skinny = T <= 64 ? time_bf16(cuda::Bf16Path::kSkinny) : NAN;
+      const double us_read = T > 64 ? NAN : bench::queued_us([&](int i) {
+        const auto* words = reinterpret_cast<const uint4*>(w + w_elems * size_t(i % copies));
+        read_only_kernel<<<4 * sms, 512>>>(words, w_elems * 2 / 16, sink);
+      });
       // FP8 "auto" first: the skinny kernel for T <= 64, else cuBLASLt where it can, else the tile kernel.
       runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
       const cuda::Fp8Path auto_path = runner.last_fp8_path();
@@ -90,10 +113,10 @@ int main() {
       auto tflops = [&](double t_us) { return flops / t_us * 1e-6; };
       auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
       std::printf(
-          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f | %9.1f %8.1f %8.0f %5.1f%% | %9.1f "
+          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f %5.1f%% | %9.1f "
           "%8.1f %8.0f %5.1f%% | %s | %s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
-          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_w8a8,
+          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
           tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
           tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100,
           bf16_skinny ? "skinny" : "cublaslt", cuda::to_string(auto_path),
@@ -105,5 +128,6 @@ int main() {
     cudaFree(w8);
     cudaFree(scales);
   }
+  cudaFree(sink);
   return 0;
 }
