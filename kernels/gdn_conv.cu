@@ -87,15 +87,22 @@ __global__ void conv_state_update_kernel(const __nv_bfloat16* __restrict__ x, in
   }
 }
 
-// grid (B, channel blocks): one token per sequence, state shifted in place.
+// grid (B, channel blocks): one token per sequence, state shifted in place. A thread's 8 channels'
+// states ([channel][3] fp32) are 96 contiguous bytes, moved as six 16-byte pieces each way.
 __global__ void conv_decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_stride, bool x_vec_ok,
                                    const __nv_bfloat16* __restrict__ weight, int64_t channels,
                                    float* __restrict__ conv_state_pool, const int32_t* __restrict__ slots,
                                    __nv_bfloat16* __restrict__ out) {
+  constexpr int kStateFloats = kVec * kGdnConvStateLen;
   const int64_t b = blockIdx.x;
   const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * kVec;
   if (c >= channels) return;
-  float* state = conv_state_pool + int64_t(slots[b]) * channels * kGdnConvStateLen;
+  float* state = conv_state_pool + (int64_t(slots[b]) * channels + c) * kGdnConvStateLen;
+  float st[kStateFloats];
+#pragma unroll
+  for (int p = 0; p < kStateFloats / 4; ++p) {
+    cuda_utils::load_vec<4>(state + 4 * p, reinterpret_cast<float(&)[4]>(st[4 * p]));
+  }
   float in[kVec];
   cuda_utils::load_vec_or_scalar<kVec>(x + b * x_stride + c, in, x_vec_ok);
   float acc[kVec];
@@ -103,13 +110,13 @@ __global__ void conv_decode_kernel(const __nv_bfloat16* __restrict__ x, int64_t 
   for (int i = 0; i < kVec; ++i) {
     float w[kGdnConvKernel];
     cuda_utils::load_vec<kGdnConvKernel>(weight + (c + i) * kGdnConvKernel, w);
-    float* st = state + (c + i) * kGdnConvStateLen;
-    const float s0 = st[0], s1 = st[1], s2 = st[2];
-    acc[i] = cuda_utils::silu(w[0] * s0 + w[1] * s1 + w[2] * s2 + w[3] * in[i]);
-    st[0] = s1;
-    st[1] = s2;
-    st[2] = in[i];
+    float* s = st + i * kGdnConvStateLen;
+    acc[i] = cuda_utils::silu(w[0] * s[0] + w[1] * s[1] + w[2] * s[2] + w[3] * in[i]);
+    s[0] = s[1];
+    s[1] = s[2];
+    s[2] = in[i];
   }
+  cuda_utils::store_vec<kStateFloats>(state, st);
   cuda_utils::store_vec<kVec>(out + b * channels + c, acc);
 }
 
