@@ -1,12 +1,14 @@
 // The engine's request lifecycle over a scripted executor: text, stop strings, EOS, aborts,
 // worker failure, and that every outcome gives back its KV pages and GDN slot.
+#include "server/engine/engine.h"
+
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <thread>
-
-#include "server/engine/engine.h"
 
 namespace ds::server {
 namespace {
@@ -16,7 +18,11 @@ class ScriptedExecutor : public StepExecutor {
  public:
   explicit ScriptedExecutor(std::vector<int32_t> script) : script_(std::move(script)) {}
   control::StepResult execute(const control::StepPlan& plan) override {
-    if (fail_at_step_ && plan.step_id() >= fail_at_step_) throw std::runtime_error("worker rank 1 (pid 42) killed by signal 9 (Killed)");
+    {
+      std::unique_lock lock(mutex_);
+      released_.wait(lock, [&] { return !held_; });
+    }
+    if (fail_) throw std::runtime_error("worker rank 1 (pid 42) killed by signal 9 (Killed)");
     if (delay_.count() > 0) std::this_thread::sleep_for(delay_);
     control::StepResult result;
     result.set_step_id(plan.step_id());
@@ -29,11 +35,26 @@ class ScriptedExecutor : public StepExecutor {
     }
     return result;
   }
-  uint64_t fail_at_step_ = 0;
+  // While held, steps wait (the test queues requests meanwhile).
+  void hold() {
+    std::lock_guard lock(mutex_);
+    held_ = true;
+  }
+  void release() {
+    {
+      std::lock_guard lock(mutex_);
+      held_ = false;
+    }
+    released_.notify_all();
+  }
+  std::atomic<bool> fail_{false};  // every step from now on fails
   std::chrono::milliseconds delay_{0};
 
  private:
   std::vector<int32_t> script_;
+  std::mutex mutex_;
+  std::condition_variable released_;
+  bool held_ = false;
 };
 
 struct Collected {
@@ -75,7 +96,8 @@ class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::filesystem::path dir = std::filesystem::path(DELTASERVE_SOURCE_DIR) / "data" / "tokenizer" / "qwen3";
-    if (!std::filesystem::exists(dir / "tokenizer.json")) GTEST_SKIP() << "no tokenizer at " << dir << " (run deploy/setup.sh)";
+    if (!std::filesystem::exists(dir / "tokenizer.json"))
+      GTEST_SKIP() << "no tokenizer at " << dir << " (run deploy/setup.sh)";
     tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(dir.string()));
   }
 
@@ -188,9 +210,13 @@ TEST_F(EngineTest, AbortAndDisconnectFreeTheirSlotAndPages) {
 
 TEST_F(EngineTest, AWorkerFailureFailsEveryRequestAndMakesTheEngineUnhealthy) {
   start(tokenizer_->encode(" x y z"));
-  executor_->fail_at_step_ = 4;
+  // The failure comes once all 12 are in (8 running, 4 waiting) and before any step ends: under
+  // load, a failure at a fixed step made later submissions throw, and later ones let some finish.
+  executor_->hold();
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 12; ++i) streams.push_back(engine_->submit(input("request " + std::to_string(i), 100)));
+  executor_->fail_ = true;
+  executor_->release();
   for (auto& s : streams) {
     auto out = collect(*s);
     EXPECT_EQ(*out.last.finish, FinishReason::kError);
