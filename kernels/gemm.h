@@ -89,8 +89,10 @@ const char* to_string(Fp8Path path);
 // is not capturing times cuBLASLt's top heuristic candidates on the real operands (synchronising
 // the stream once; each timed run after an L2-sized read, so operands come from memory as in a
 // forward pass) and keeps the fastest; otherwise the first heuristic pick is used. For T <= 64
-// that timing also includes our skinny kernel (kernels/gemm_skinny.cuh: W streamed once, split-K
-// with a deterministic fixup), which the plan keeps when it is faster. Not thread-safe: one runner per worker thread/stream.
+// that timing also includes our skinny kernel (kernels/gemm_skinny.cuh: W streamed once, a
+// programmatic dependent launch, split-K with a deterministic fixup where few row tiles) at each
+// split count it offers, and the plan keeps the fastest. Not thread-safe: one runner per worker
+// thread/stream.
 // Every call is asynchronous on `stream` and CUDA-graph capturable once its plan exists.
 // Errors (bad sizes, cuBLASLt failures) throw std::runtime_error naming the shape.
 class GemmRunner {
