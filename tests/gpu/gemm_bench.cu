@@ -14,6 +14,8 @@
 // T = 1: the w8a8 column then includes the scratch copy-out).
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -42,16 +44,41 @@ struct Projection {
   int64_t N, K;
 };
 
-int main() {
+// Usage: gemm_bench [T,T,...] [text]: only these token counts (default 1,8,64,1024,8192) and only
+// the projections whose "model projection" contains text (e.g. "35B", "down").
+int main(int argc, char** argv) {
   const std::vector<Projection> shapes = {
-      {"9B", "gdn in_proj (fused)", 12352, 4096}, {"9B", "q_proj", 8192, 4096},   {"9B", "o_proj/out_proj", 4096, 4096},
-      {"9B", "mlp gate_up", 24576, 4096},         {"9B", "mlp down", 4096, 12288}, {"9B", "lm_head", 248320, 4096},
-      {"27B", "gdn in_proj (fused)", 16480, 5120}, {"27B", "q_proj", 12288, 5120}, {"27B", "mlp gate_up", 34816, 5120},
-      {"27B", "mlp down", 5120, 17408},           {"35B-A3B", "gdn in_proj (fused)", 12352, 2048},
-      {"35B-A3B", "q_proj", 8192, 2048},          {"35B-A3B", "expert gate_up", 1024, 2048},
+      {"9B", "gdn in_proj (fused)", 12352, 4096},
+      {"9B", "q_proj", 8192, 4096},
+      {"9B", "o_proj/out_proj", 4096, 4096},
+      {"9B", "mlp gate_up", 24576, 4096},
+      {"9B", "mlp down", 4096, 12288},
+      {"9B", "lm_head", 248320, 4096},
+      {"27B", "gdn in_proj (fused)", 16480, 5120},
+      {"27B", "q_proj", 12288, 5120},
+      {"27B", "mlp gate_up", 34816, 5120},
+      {"27B", "mlp down", 5120, 17408},
+      {"35B-A3B", "gdn in_proj (fused)", 12352, 2048},
+      {"35B-A3B", "q_proj", 8192, 2048},
+      {"35B-A3B", "expert gate_up", 1024, 2048},
       {"35B-A3B", "expert down", 2048, 512},
   };
-  const int64_t kTs[] = {1, 8, 64, 1024, 8192};
+  std::vector<int64_t> token_counts = {1, 8, 64, 1024, 8192};
+  if (argc > 1) {
+    token_counts.clear();
+    std::stringstream list(argv[1]);
+    for (std::string item; std::getline(list, item, ',');) {
+      char* end = nullptr;
+      const long long T = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || T < 1) {
+        std::fprintf(stderr, "gemm_bench: token counts must be positive integers separated by commas, got '%s'\n",
+                     argv[1]);
+        return 2;
+      }
+      token_counts.push_back(T);
+    }
+  }
+  const std::string only = argc > 2 ? argv[2] : "";
   if (int n = 0; cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("SKIPPED: no GPU\n");
     return 77;
@@ -65,6 +92,7 @@ int main() {
               "skinny us", "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy",
               "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
+    if ((std::string(p.model) + " " + p.name).find(only) == std::string::npos) continue;
     // Rotate weight copies so the working set exceeds the 50 MB L2.
     const size_t w_elems = size_t(p.N * p.K);
     const int copies = int(std::max<size_t>(1, (size_t(256) << 20) / (w_elems * 2) + 1));
@@ -76,7 +104,7 @@ int main() {
     float* scales = bench::device_alloc<float>(scale_elems);
     std::vector<float> ones(scale_elems, 0.01f);
     bench::check(cudaMemcpy(scales, ones.data(), scale_elems * 4, cudaMemcpyHostToDevice), "scales");
-    for (int64_t T : kTs) {
+    for (int64_t T : token_counts) {
       if (p.N >= 200000 && T > 1024) continue;  // lm_head at 8192 tokens: 4 GB of logits, skipped
       bf16* x = bench::device_alloc<bf16>(size_t(T * p.K));
       bf16* y = bench::device_alloc<bf16>(size_t(T * p.N));
@@ -113,7 +141,8 @@ int main() {
       auto tflops = [&](double t_us) { return flops / t_us * 1e-6; };
       auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
       std::printf(
-          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f %5.1f%% | %9.1f "
+          "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f "
+          "%5.1f%% | %9.1f "
           "%8.1f %8.0f %5.1f%% | %s | %s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
           gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
