@@ -60,14 +60,24 @@ void allow_shared_memory(size_t bytes, const char* op) {
   if (tracked) allowed[device].store(bytes, std::memory_order_release);
 }
 
-// Programmatic dependent launch (sm_90). A kernel started by launch_programmatic may begin while
-// the kernel before it in the stream is still finishing, so it can stream what no earlier kernel
-// writes (weights) during that tail; it must call wait_for_previous_grids() before it reads or
-// writes anything else (all earlier grids have then completed and their writes are visible).
-// allow_dependent_launch() lets a programmatic launch after this kernel start as this one's
-// blocks exit; for a normally launched successor it does nothing.
-__device__ __forceinline__ void wait_for_previous_grids() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-__device__ __forceinline__ void allow_dependent_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::); }
+// Programmatic dependent launch (sm_90; on older architectures both calls compile to nothing and
+// launches serialize as usual). A kernel started by launch_programmatic may begin while the kernel
+// before it in the stream is still running, so it can stream what no earlier kernel writes
+// (weights) meanwhile; it must call wait_for_previous_grids() before it reads or writes anything
+// else (all earlier grids have then completed and their writes are visible). Without
+// allow_dependent_launch() in the kernel before, it starts as that kernel's blocks exit; with it,
+// once every block of that kernel has made the call. For a normally launched successor
+// allow_dependent_launch() does nothing.
+__device__ __forceinline__ void wait_for_previous_grids() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependent_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
 
 template <typename... KernelParams, typename... Args>
 void launch_programmatic(void (*kernel)(KernelParams...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,

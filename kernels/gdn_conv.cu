@@ -150,6 +150,10 @@ void gdn_conv_prefill(const bf16* x, int64_t x_stride, const bf16* weight, int64
 void gdn_conv_decode(const bf16* x, int64_t x_stride, const bf16* weight, int64_t channels, float* conv_state_pool,
                      const int32_t* slots, int64_t batch_size, bf16* out, cudaStream_t stream) {
   check_conv_args(x_stride, channels, "gdn_conv_decode");
+  if (!cuda_utils::is_aligned(conv_state_pool, 16)) {
+    throw std::invalid_argument(
+        "gdn_conv_decode: the conv state pool must be 16-byte aligned (states move as 16-byte pieces)");
+  }
   if (batch_size == 0) return;
   conv_decode_kernel<<<dim3(unsigned(batch_size), cuda_utils::grid_dim(channels / kVec, kThreads)), kThreads, 0,
                        stream>>>(as_nv(x), x_stride, cuda_utils::rows_vector_aligned(x, x_stride, 16), as_nv(weight),

@@ -10,7 +10,7 @@
 // the streams together read 256–512 contiguous bytes per row. Each stream has its own cp.async ring
 // and its own warps (32 or 16 rows each), which meet at a named barrier per step; the whole block
 // meets only at the end, where the streams' sums are added in shared memory. One 256-thread block
-// per SM with ~200 KB of rings keeps 64–160 KB of weights in flight per SM.
+// per SM with ~200 KB of rings keeps 48–160 KB of weights in flight per SM.
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
 // before it is still finishing and waits for that kernel only before it reads x. Each row tile is

@@ -7,8 +7,10 @@
 // weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
 // Times are per call with 20 calls queued back to back (bench::queued_us), weights rotating over
 // copies larger than L2: the GPU time a call costs inside a forward pass, without launch latency.
-// For T <= 64 the "read us" column is the floor under these weight-bound calls: a kernel that only
-// reads the same weight bytes (16-byte loads, the same rotation and queueing).
+// For T <= 64 the "read us" column is what reading the same weight bytes alone takes (16-byte
+// loads, the same rotation and queueing, launched normally): the floor of a standalone
+// weight-bound call. The skinny kernel can go below it by overlapping the previous call's tail
+// (programmatic dependent launch).
 // The last columns are the BF16 auto path and the path the FP8 "auto" call took, with, for
 // cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T itself, e.g.
 // T = 1: the w8a8 column then includes the scratch copy-out).

@@ -210,9 +210,13 @@ TEST_F(EngineTest, AbortAndDisconnectFreeTheirSlotAndPages) {
 
 TEST_F(EngineTest, AWorkerFailureFailsEveryRequestAndMakesTheEngineUnhealthy) {
   start(tokenizer_->encode(" x y z"));
-  // The failure comes once all 12 are in (8 running, 4 waiting) and before any step ends: under
-  // load, a failure at a fixed step made later submissions throw, and later ones let some finish.
+  // The failure comes once all 12 are submitted and before any step ends: under load, a failure at
+  // a fixed step made later submissions throw, and later ones let some finish.
   executor_->hold();
+  struct Release {
+    ScriptedExecutor& executor;
+    ~Release() { executor.release(); }  // also if a submit throws: the engine joins its loop
+  } release{*executor_};
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 12; ++i) streams.push_back(engine_->submit(input("request " + std::to_string(i), 100)));
   executor_->fail_ = true;
