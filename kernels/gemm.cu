@@ -106,9 +106,9 @@ __global__ void evict_l2_kernel(const uint4* buffer, size_t words, unsigned* sin
 
 // Milliseconds that kAutotuneRuns runs of `call` add (after one warm-up run) to a queue in which
 // each follows a read of `evict_bytes` of `evict` (zeroed; its last 16 bytes are the read's sink):
-// the queue's time minus that of the reads alone. The reads evict the operands from L2: in a forward pass a layer's weights
-// come from memory, while back-to-back runs of one small GEMM would find them in L2 and favour
-// whichever path streams memory worst. Queued, as in a forward pass, a call's start overlaps the
+// the queue's time minus that of the reads alone. The reads evict the operands from L2: in a
+// forward pass a layer's weights come from memory, while back-to-back runs of one small GEMM would
+// find them in L2 and favour whichever path streams memory worst. Queued, as in a forward pass, a call's start overlaps the
 // end of what precedes it (launch latency, programmatic dependent launch).
 template <typename Call>
 float time_runs(const Call& call, void* evict, size_t evict_bytes, cudaStream_t stream) {
@@ -329,7 +329,7 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   p.N = N;
   p.K = K;
   p.out_f32 = out_f32;
-  p.splits = splits > 0 ? splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_).front();
+  p.splits = splits > 0 ? splits : skinny::default_splits(T, N, K, sms_, workspace_bytes_);
   p.partial = static_cast<float*>(workspace_);
   p.counters = skinny_counters_;
   if (fp8) {

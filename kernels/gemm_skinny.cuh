@@ -301,16 +301,28 @@ inline bool supports(int64_t T, int64_t K, int64_t ldx, const void* x, const voi
   return T >= 1 && T <= kMaxTokens && K % 128 == 0 && ldx % 8 == 0 && aligned(x) && aligned(w);
 }
 
-// Splits of K worth timing, the default first: one (each row tile streams all of K) unless fewer
-// tiles than a quarter of the SMs; the other, where there are fewer tiles than SMs, enough splits
-// for about one block per SM (measured on the H100: one split wins from ~64 tiles on, except for
-// some long-K shapes). Each split covers at least 512 of K and the partials fit `workspace_bytes`.
-inline std::vector<int> split_candidates(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
+// Splits of K: "many" gives about one block per SM where there are fewer row tiles than SMs (1
+// otherwise), each split covering at least 512 of K and the partials fitting `workspace_bytes`.
+inline int many_splits(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
   const int64_t tiles = (N + kRows - 1) / kRows;
   int64_t many = std::min<int64_t>((sms + tiles - 1) / tiles, K / 512);
   while (many > 1 && size_t(many * T * N) * sizeof(float) > workspace_bytes) --many;
-  if (many <= 1) return {1};
-  return 4 * tiles >= sms ? std::vector<int>{1, int(many)} : std::vector<int>{int(many), 1};
+  return int(std::max<int64_t>(many, 1));
+}
+
+// The default: one split (each row tile streams all of K) unless there are fewer tiles than a
+// quarter of the SMs, then many_splits (measured on the H100: one split wins from ~64 tiles on,
+// except for some long-K shapes). Called per GEMM, so it allocates nothing.
+inline int default_splits(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
+  const int64_t tiles = (N + kRows - 1) / kRows;
+  return 4 * tiles >= sms ? 1 : many_splits(T, N, K, sms, workspace_bytes);
+}
+
+// Splits worth timing (the autotune), the default first: one and many_splits.
+inline std::vector<int> split_candidates(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
+  const int first = default_splits(T, N, K, sms, workspace_bytes);
+  const int other = first == 1 ? many_splits(T, N, K, sms, workspace_bytes) : 1;
+  return other == first ? std::vector<int>{first} : std::vector<int>{first, other};
 }
 
 template <typename WeightT, int kNT>
