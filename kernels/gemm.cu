@@ -682,35 +682,37 @@ bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_
 }
 
 void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
-                                bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream) {
+                                bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
+                                int splits) {
   if (beta == 0.f && skinny::supports(T, K, ldx, x, w_fp8)) {
-    run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream);
+    run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, splits);
   } else {
     launch_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
   }
 }
 
-bool GemmRunner::skinny_beats_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
-                                   bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
-                                   cudaStream_t stream) {
-  if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8)) return false;
+const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8,
+                                                             const float* weight_scale_inv, bf16* y, int64_t ldy,
+                                                             int64_t T, int64_t N, int64_t K, float beta,
+                                                             cudaStream_t stream, bool may_tune) {
+  if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8)) return nullptr;
   const SkinnyKey key{T, N, K, ldx, ldy};
-  if (auto it = fp8_skinny_faster_.find(key); it != fp8_skinny_faster_.end()) return it->second;
-  if (!may_time(T, beta, stream)) return false;  // decided on a later, timeable call
-  bool faster = true;  // where cuBLASLt cannot run the shape
-  if (K % (4 * kFp8BlockSize) == 0) {
+  if (auto it = fp8_skinny_plans_.find(key); it != fp8_skinny_plans_.end()) return &it->second;
+  if (!may_tune || !may_time(T, beta, stream)) return nullptr;  // decided on a later, timeable call
+  Fp8SkinnyPlan plan{0, true};
+  float skinny_ms = INFINITY;
+  for (const int splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_)) {
+    const float ms = time_runs(
+        [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, splits); },
+        l2_evict_, l2_evict_bytes_, stream);
+    if (ms < skinny_ms) skinny_ms = ms, plan.splits = splits;
+  }
+  if (K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run the shape
     std::string why;
     const auto w8a8 = [&] { return gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, 0.f, stream, why); };
-    if (w8a8()) {
-      const float w8a8_ms = time_runs(w8a8, l2_evict_, l2_evict_bytes_, stream);
-      const float skinny_ms = time_runs(
-          [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream); },
-          l2_evict_, l2_evict_bytes_, stream);
-      faster = skinny_ms < w8a8_ms;
-    }
+    if (w8a8()) plan.beats_w8a8 = skinny_ms < time_runs(w8a8, l2_evict_, l2_evict_bytes_, stream);
   }
-  fp8_skinny_faster_.emplace(key, faster);
-  return faster;
+  return &fp8_skinny_plans_.emplace(key, plan).first->second;
 }
 
 void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
@@ -719,10 +721,13 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
   check_fp8_operands("cuda::GemmRunner::gemm_fp8", x, ldx, w_fp8, T, N, K, ldy);
   if (T == 0) return;
   std::string reason;
+  const Fp8SkinnyPlan* skinny_plan = path == Fp8Path::kCublasLt ? nullptr
+                                     : fp8_skinny_plan(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
+                                                       stream, /*may_tune=*/path == Fp8Path::kAuto);
+  const int splits = skinny_plan ? skinny_plan->splits : 0;
   if (path == Fp8Path::kKernel) {
     reason = "W8A16 kernel requested";
-  } else if (path == Fp8Path::kAuto && skinny_beats_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
-                                                         stream)) {
+  } else if (skinny_plan && skinny_plan->beats_w8a8) {
     reason = "T <= 64: the W8A16 skinny kernel timed faster than cuBLASLt W8A8 for this shape";
   } else if (K % (4 * kFp8BlockSize) != 0) {
     reason = "K=" + std::to_string(K) + " is not a multiple of 512 (see fp8_plan_for)";
@@ -731,7 +736,7 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
     if (path == Fp8Path::kCublasLt) {
       throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + reason);
     }
-    run_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
+    run_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream, splits);
     last_fp8_path_ = Fp8Path::kKernel;
     last_fp8_t_pad_ = 0;
     fp8_fallback_reason_ = reason;

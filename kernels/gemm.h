@@ -111,8 +111,9 @@ class GemmRunner {
 
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
-  // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the skinny kernel against
-  // cuBLASLt W8A8 on the first timeable call of a shape (as gemm() does) and keeps the faster.
+  // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the
+  // skinny kernel at each split count it offers against cuBLASLt W8A8 on the first timeable call of
+  // a shape (as gemm() does) and keeps the fastest; kKernel then runs the skinny kernel at that count.
   // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
@@ -161,9 +162,10 @@ class GemmRunner {
   const Plan& plan_for(const Key& key, const Operands& operands);
   void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
            float beta, bool out_f32, cudaStream_t stream, Bf16Path path);
-  // Our W8A16 kernels: the skinny one where it applies, else the tile kernel.
+  // Our W8A16 kernels: the skinny one where it applies (K split `splits` ways, 0: its default),
+  // else the tile kernel.
   void run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                      int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream);
+                      int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, int splits = 0);
   // The skinny kernel (T <= 64, beta 0; BF16 or FP8 W), its split-K partials in workspace_; K split
   // `splits` ways (0: the kernel's default for the shape).
   void run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y, int64_t ldy,
@@ -183,11 +185,19 @@ class GemmRunner {
                          std::string& reason);
   void ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream);
   std::map<Fp8Key, Plan*> fp8_plans_;
-  // T ≤ 64 FP8 shapes under kAuto: whether the skinny W8A16 kernel timed faster than cuBLASLt W8A8.
+  // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: the skinny W8A16 kernel's fastest
+  // split count and whether it beat cuBLASLt W8A8.
   using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // T, N, K, ldx, ldy
-  std::map<SkinnyKey, bool> fp8_skinny_faster_;
-  bool skinny_beats_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                         int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream);
+  struct Fp8SkinnyPlan {
+    int splits;
+    bool beats_w8a8;
+  };
+  std::map<SkinnyKey, Fp8SkinnyPlan> fp8_skinny_plans_;
+  // The shape's plan, timing it first where `may_time` allows; nullptr where the skinny kernel does
+  // not apply or the shape is not timed yet.
+  const Fp8SkinnyPlan* fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
+                                       bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
+                                       cudaStream_t stream, bool may_tune);
   uint8_t* fp8_x_ = nullptr;  // quantized activations [T_pad, K]
   float* fp8_x_scales_ = nullptr;  // their scales [K/128, T_pad]
   size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128

@@ -8,9 +8,11 @@
 // The block's K range is read as streams (4, or 2 where x is too large for 4 rings), each one step
 // at a time: a 128-byte line of each of the 64 rows (64 BF16 or 128 FP8 weights), interleaved so
 // the streams together read 256–512 contiguous bytes per row. Each stream has its own cp.async ring
-// and its own warps (32 or 16 rows each), which meet at a named barrier per step; the whole block
-// meets only at the end, where the streams' sums are added in shared memory. One 256-thread block
-// per SM with ~200 KB of rings keeps 48–160 KB of weights in flight per SM.
+// and its own warps (32, 16 or 8 rows each), which meet at a named barrier per step; the whole
+// block meets only at the end, where the streams' sums are added in shared memory. One 256-thread
+// (FP8 at T <= 8: 512) block per SM with ~200 KB of rings keeps 48–160 KB of weights in flight per
+// SM. A thread loads the same chunks of every step (addresses computed once), x only for the T real
+// tokens (the padding rows of the ring are zeroed once).
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
 // before it is still finishing and waits for that kernel only before it reads x. Each row tile is
@@ -18,9 +20,11 @@
 // measured on the H100, fewer blocks that each stream longer mostly beat split-K, whose fixup
 // lengthens the kernel's tail, and SMs left free start the next GEMM early.
 //
-// Block-FP8 weights (E4M3 with 128×128 fp32 scales, see gemm.h; W8A16): bytes are widened to BF16
-// (exactly) while the A fragments are built; a step (128 k of 64 rows) lies inside one scale block,
-// so its products accumulate unscaled and are added times that block's scale. Activations stay
+// Block-FP8 weights (E4M3 with 128×128 fp32 scales, see gemm.h; W8A16): bytes become BF16 by
+// moving bits with integer ops (no conversion unit, see e4m3x4_to_bf16), which reads each weight
+// times 2^-120; x is multiplied by 2^64 (exact), so products sit near 2^-56 of their true value,
+// far from fp32's subnormals; a step (128 k of 64 rows) lies inside one scale block, so its
+// products accumulate unscaled and are added times 2^56 and that block's scale. Activations stay
 // BF16, unrounded.
 //
 // Split-K (few tiles): each block writes its fp32 partial [split][T][N] to a workspace and the last
@@ -44,8 +48,6 @@ namespace ds::kernels::skinny {
 
 constexpr int kRows = 64;  // weight rows (outputs) per block
 constexpr int kMaxTokens = 64;
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
 
@@ -70,15 +72,17 @@ template <typename WeightT, int kNT>
 struct Config {
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
-  // BF16 W rows are XOR-swizzled 16-byte chunks (ldmatrix); FP8 rows, read 2 bytes at a time, are
-  // padded by 16 bytes so a fragment's 8 rows start in 8 different bank groups.
-  static constexpr int kWRowStride = kFp8 ? kRowBytes + 16 : kRowBytes;
-  static constexpr int kWBytes = kRows * kWRowStride;
+  static constexpr int kWBytes = kRows * kRowBytes;  // 16-byte chunks, swizzled (w_chunk)
   static constexpr int kXChunks = kStepK * 2 / 16;  // 16-byte chunks of a BF16 x row per step
   static constexpr int kTokenRows = 8 * kNT;
-  static constexpr int kStepBytes = kWBytes + kTokenRows * kXChunks * 16;
+  static constexpr int kScaleOffset = kWBytes + kTokenRows * kXChunks * 16;  // FP8: the step's scale
+  static constexpr int kStepBytes = kScaleOffset + (kFp8 ? 16 : 0);
   static constexpr int kStreams = kSmemBudget / 4 / kStepBytes >= 3 ? 4 : 2;
-  static constexpr int kWarpsPerStream = kWarps / kStreams;
+  // FP8 with one n8 token tile: 16 warps (registers allow it), which hide the longer per-step
+  // dependency chains of widening and twice the MMAs per byte (measured on the H100: 9B in_proj
+  // 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5; BF16 gained nothing from it). Else 8.
+  static constexpr int kThreads = kFp8 && kNT == 1 ? 512 : 256;
+  static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;  // m16 tiles of weight rows per warp
   static constexpr int kStages = kSmemBudget / kStreams / kStepBytes;
@@ -122,16 +126,34 @@ __device__ __forceinline__ void sync_stream(int stream, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(1 + stream), "r"(threads));
 }
 
-// Two E4M3 bytes (low byte first) as a BF16 pair, exactly.
-__device__ __forceinline__ uint32_t fp8x2_to_bf16x2(const uint8_t* bytes) {
-  const auto pair = *reinterpret_cast<const __nv_fp8x2_storage_t*>(bytes);
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
-  return mma::pack_bf16x2(f.x, f.y);
+// Where chunk `chunk` (16 bytes) of row `row` of a step's W lies. BF16: the XOR swizzle ldmatrix
+// reads. FP8: chunk ^ 4(row & 1), so a quarter-warp's 16-byte loads (rows g and g + 1, chunks c4 or
+// c4 + 4, see mma_step_fp8) hit 8 different bank groups.
+template <bool kFp8>
+__device__ __forceinline__ int w_chunk(int row, int chunk) {
+  return kFp8 ? row * (kRowBytes / 16) + (chunk ^ ((row & 1) << 2)) : mma::swizzled_chunk(row, chunk, kRowBytes / 16);
+}
+
+// Four E4M3 bytes (b0 lowest) as BF16 pairs lo = (b0, b1), hi = (b2, b3), each the byte's value
+// times 2^-120, exactly: the sign goes to bit 15 and the 7 exponent-and-mantissa bits to bits 4..10,
+// where BF16's 8-bit exponent (bias 127 against E4M3's 7) reads them as the same number scaled by
+// 2^-120, subnormals included (E4M3's exponent 0 lands on BF16's). NaN bytes (0x7f, 0xff; absent
+// from real checkpoints) come out finite. Integer ops only: the conversion unit was the bottleneck.
+__device__ __forceinline__ void e4m3x4_to_bf16(uint32_t bytes, uint32_t& lo, uint32_t& hi) {
+  const uint32_t spread_lo = __byte_perm(bytes, 0u, 0x1404), spread_hi = __byte_perm(bytes, 0u, 0x3424);
+  lo = (spread_lo & 0x80008000u) | ((spread_lo >> 4) & 0x07f007f0u);
+  hi = (spread_hi & 0x80008000u) | ((spread_hi >> 4) & 0x07f007f0u);
+}
+
+// x pair times 2^64 (exact for any BF16 activation below 2^63), so that products with the 2^-120
+// weights stay normal fp32.
+__device__ __forceinline__ uint32_t scale_x_for_fp8(uint32_t pair) {
+  const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair), __float2bfloat162_rn(0x1p64f));
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 template <typename WeightT, int kNT>
-__global__ void __launch_bounds__(kThreads, 1) skinny_gemm_kernel(Params p) {
+__global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm_kernel(Params p) {
   using C = Config<WeightT, kNT>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -145,49 +167,54 @@ __global__ void __launch_bounds__(kThreads, 1) skinny_gemm_kernel(Params p) {
   uint8_t* ring = smem + stream * C::kStages * C::kStepBytes;
   const uint8_t* w = static_cast<const uint8_t*>(p.w);
 
-  // Step j of a stream is block step stream + kStreams·j, in ring slot j % kStages: W [64 rows]
-  // then x [kTokenRows][kStepK] as swizzled 16-byte chunks. The stream's warps load it together.
-  auto k_of = [&](int j) { return (first + stream + int64_t(C::kStreams) * j) * C::kStepK; };
+  // Step j of a stream is block step stream + kStreams·j, in ring slot j % kStages: W [64 rows],
+  // x [kTokenRows][kStepK] as swizzled 16-byte chunks, then (FP8) the step's scale. The stream's
+  // warps load it together. A thread's share of a step is the same every step (W: chunk w_ch of
+  // rows w_r0 + kRowsPerPass·i), so its addresses are computed once and advance by a constant.
+  constexpr int kChunksPerRow = kRowBytes / 16;
+  constexpr int kRowsPerPass = C::kStreamThreads / kChunksPerRow;
+  constexpr int kWLoads = kRows / kRowsPerPass;
+  const int w_ch = stream_tid % kChunksPerRow, w_r0 = stream_tid / kChunksPerRow;
+  const int64_t row_bytes = p.K * int64_t(sizeof(WeightT));
+  const int64_t first_k = (first + stream) * C::kStepK;
+  const uint8_t* w_src = w + (n0 + w_r0) * row_bytes + first_k * int64_t(sizeof(WeightT)) + w_ch * 16;
+  unsigned w_valid = 0;  // bit i: row w_r0 + kRowsPerPass·i exists (rows past N are zero-filled)
+#pragma unroll
+  for (int i = 0; i < kWLoads; ++i) w_valid |= unsigned(n0 + w_r0 + kRowsPerPass * i < p.N) << i;
+  const float* scale_src = p.scale_inv + (n0 / kFp8BlockSize) * ((p.K + kFp8BlockSize - 1) / kFp8BlockSize) +
+                           first_k / kFp8BlockSize;  // FP8: a step is one scale block
   auto slot = [&](int j) { return ring + (j % C::kStages) * C::kStepBytes; };
   auto load_w = [&](int j) {
-    const int64_t k0 = k_of(j);
     uint8_t* dst = slot(j);
+    const uint8_t* src = w_src + int64_t(j) * (C::kStreams * kRowBytes);
 #pragma unroll
-    for (int i = 0; i < kRows * (kRowBytes / 16) / C::kStreamThreads; ++i) {
-      const int c = stream_tid + C::kStreamThreads * i, r = c / (kRowBytes / 16), ch = c % (kRowBytes / 16);
-      const bool valid = n0 + r < p.N;
-      const uint8_t* src = w + ((valid ? n0 + r : 0) * p.K + k0) * int64_t(sizeof(WeightT)) + ch * 16;
-      const int offset = C::kFp8 ? r * C::kWRowStride + ch * 16 : 16 * mma::swizzled_chunk(r, ch, kRowBytes / 16);
-      mma::cp_async_16(dst + offset, src, valid);
+    for (int i = 0; i < kWLoads; ++i) {
+      const bool valid = (w_valid >> i) & 1u;
+      mma::cp_async_16(dst + 16 * w_chunk<C::kFp8>(w_r0 + kRowsPerPass * i, w_ch),
+                       valid ? src + i * kRowsPerPass * row_bytes : w, valid);
+    }
+    if (C::kFp8 && stream_tid == 0) mma::cp_async_4(dst + C::kScaleOffset, scale_src + j * C::kStreams);
+  };
+  // x rows of tokens t < T only; the padding rows were zeroed once (zero_x_padding).
+  auto load_x = [&](int j) {
+    uint4* dst = reinterpret_cast<uint4*>(slot(j) + C::kWBytes);
+    const __nv_bfloat16* src = p.x + first_k + int64_t(j) * (C::kStreams * C::kStepK);
+    for (int c = stream_tid; c < p.T * C::kXChunks; c += C::kStreamThreads) {
+      const int r = c / C::kXChunks, ch = c % C::kXChunks;
+      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), src + r * p.ldx + ch * 8, true);
     }
   };
-  auto load_x = [&](int j) {
-    const int64_t k0 = k_of(j);
-    uint4* dst = reinterpret_cast<uint4*>(slot(j) + C::kWBytes);
-    for (int c = stream_tid; c < C::kTokenRows * C::kXChunks; c += C::kStreamThreads) {
-      const int r = c / C::kXChunks, ch = c % C::kXChunks;
-      const bool valid = r < p.T;
-      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), p.x + (valid ? r : 0) * p.ldx + k0 + ch * 8,
-                       valid);
+  auto zero_x_padding = [&] {
+    for (int s = 0; s < C::kStages; ++s) {
+      uint4* x_rows = reinterpret_cast<uint4*>(ring + s * C::kStepBytes + C::kWBytes);
+      for (int c = p.T * C::kXChunks + stream_tid; c < C::kTokenRows * C::kXChunks; c += C::kStreamThreads) {
+        x_rows[mma::swizzled_chunk(c / C::kXChunks, c % C::kXChunks, C::kXChunks)] = make_uint4(0u, 0u, 0u, 0u);
+      }
     }
   };
 
-  // A fragment of m16 tile mt (of this warp's kWarpTiles) at 16-wide k-step kk of a step's W.
   const int g = lane >> 2, c4 = lane & 3;
-  auto a_fragment = [&](const uint8_t* w_step, int mt, int kk, uint32_t(&a)[4]) {
-    const int row0 = (part * C::kWarpTiles + mt) * 16;
-    if constexpr (C::kFp8) {
-      const uint8_t* lo = w_step + (row0 + g) * C::kWRowStride + kk * 16 + 2 * c4;
-      const uint8_t* hi = lo + 8 * C::kWRowStride;
-      a[0] = fp8x2_to_bf16x2(lo);
-      a[1] = fp8x2_to_bf16x2(hi);
-      a[2] = fp8x2_to_bf16x2(lo + 8);
-      a[3] = fp8x2_to_bf16x2(hi + 8);
-    } else {
-      mma::ldmatrix_x4(a, w_step + 16 * mma::a_fragment_chunk(lane, row0, 2 * kk, kRowBytes / 16));
-    }
-  };
-  // sum += this warp's rows × all tokens over step j.
+  // BF16: sum += this warp's rows × all tokens over step j.
   auto mma_step = [&](int j, float(&sum)[C::kWarpTiles][kNT][4]) {
     const uint8_t* w_step = slot(j);
     const uint32_t x_addr = mma::smem_address(w_step + C::kWBytes);
@@ -195,7 +222,10 @@ __global__ void __launch_bounds__(kThreads, 1) skinny_gemm_kernel(Params p) {
     for (int kk = 0; kk < C::kStepK / 16; ++kk) {
       uint32_t a[C::kWarpTiles][4], b[kNT][2];
 #pragma unroll
-      for (int mt = 0; mt < C::kWarpTiles; ++mt) a_fragment(w_step, mt, kk, a[mt]);
+      for (int mt = 0; mt < C::kWarpTiles; ++mt) {
+        const int row0 = (part * C::kWarpTiles + mt) * 16;
+        mma::ldmatrix_x4(a[mt], w_step + 16 * mma::a_fragment_chunk(lane, row0, 2 * kk, kRowBytes / 16));
+      }
       if constexpr (kNT == 1) {
         mma::ldmatrix_x2(b[0], x_addr + 16 * mma::swizzled_chunk(lane & 7, 2 * kk + ((lane >> 3) & 1), C::kXChunks));
       } else {
@@ -214,19 +244,58 @@ __global__ void __launch_bounds__(kThreads, 1) skinny_gemm_kernel(Params p) {
     }
   };
 
+  // FP8: the same, with k permuted inside the step (alike for W and x, so the sum is unchanged) so
+  // that a thread's A pairs come from 4 contiguous bytes: MMA i (0..7) takes, for thread c4, the
+  // bytes 4(i % 4)..+3 of chunk c4 + 4(i / 4) of rows g and g + 8 (fragment k 2c4, 2c4+1 from the
+  // low two, 2c4+8, 2c4+9 from the high two) and x's BF16 at those same 4 k. Even and odd i add
+  // into separate sums, halving the chain of dependent MMAs a step waits on.
+  auto mma_step_fp8 = [&](int j, float(&sum)[2][C::kWarpTiles][kNT][4]) {
+    const uint8_t* w_step = slot(j);
+    const uint4* x_step = reinterpret_cast<const uint4*>(w_step + C::kWBytes);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t a[C::kWarpTiles][4][4];  // [mt][i % 4][fragment register]
+#pragma unroll
+      for (int mt = 0; mt < C::kWarpTiles; ++mt) {
+        const int row = (part * C::kWarpTiles + mt) * 16 + g;
+        const uint4 top = reinterpret_cast<const uint4*>(w_step)[w_chunk<true>(row, c4 + 4 * h)];
+        const uint4 bottom = reinterpret_cast<const uint4*>(w_step)[w_chunk<true>(row + 8, c4 + 4 * h)];
+        const uint32_t top_words[4] = {top.x, top.y, top.z, top.w};
+        const uint32_t bottom_words[4] = {bottom.x, bottom.y, bottom.z, bottom.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          e4m3x4_to_bf16(top_words[i], a[mt][i][0], a[mt][i][2]);
+          e4m3x4_to_bf16(bottom_words[i], a[mt][i][1], a[mt][i][3]);
+        }
+      }
+#pragma unroll
+      for (int jt = 0; jt < kNT; ++jt) {
+        const int t = jt * 8 + g;  // x's BF16 at k 16c4 + 64h .. +15: chunks 2c4 + 8h, +1
+        const uint4 first = x_step[mma::swizzled_chunk(t, 2 * c4 + 8 * h, C::kXChunks)];
+        const uint4 second = x_step[mma::swizzled_chunk(t, 2 * c4 + 8 * h + 1, C::kXChunks)];
+        const uint32_t x_words[8] = {first.x, first.y, first.z, first.w, second.x, second.y, second.z, second.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t b0 = scale_x_for_fp8(x_words[2 * i]), b1 = scale_x_for_fp8(x_words[2 * i + 1]);
+#pragma unroll
+          for (int mt = 0; mt < C::kWarpTiles; ++mt) mma::mma_bf16(sum[i & 1][mt][jt], a[mt][i], b0, b1);
+        }
+      }
+    }
+  };
+
   float acc[C::kWarpTiles][kNT][4] = {};
-  const int64_t scale_cols = (p.K + kFp8BlockSize - 1) / kFp8BlockSize;
   auto compute = [&](int j) {
     if constexpr (C::kFp8) {
-      float step_sum[C::kWarpTiles][kNT][4] = {};
-      mma_step(j, step_sum);
-      const float scale = p.scale_inv[(n0 / kFp8BlockSize) * scale_cols + k_of(j) / kFp8BlockSize];
+      float step_sum[2][C::kWarpTiles][kNT][4] = {};
+      mma_step_fp8(j, step_sum);
+      const float scale = *reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
 #pragma unroll
       for (int mt = 0; mt < C::kWarpTiles; ++mt) {
 #pragma unroll
         for (int jt = 0; jt < kNT; ++jt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[mt][jt][e] += scale * step_sum[mt][jt][e];
+          for (int e = 0; e < 4; ++e) acc[mt][jt][e] += scale * ((step_sum[0][mt][jt][e] + step_sum[1][mt][jt][e]) * 0x1p56f);
         }
       }
     } else {
@@ -240,6 +309,7 @@ __global__ void __launch_bounds__(kThreads, 1) skinny_gemm_kernel(Params p) {
     if (j < num) load_w(j);
     mma::cp_async_commit();
   }
+  zero_x_padding();  // seen by the stream's warps after the loop's first barrier
   cuda_utils::allow_dependent_launch();
   cuda_utils::wait_for_previous_grids();
 #pragma unroll
@@ -278,7 +348,7 @@ __global__ void __launch_bounds__(kThreads, 1) skinny_gemm_kernel(Params p) {
   }
   __syncthreads();
   const int rows = int(std::min<int64_t>(kRows, p.N - n0));
-  for (int i = tid; i < p.T * kRows; i += kThreads) {
+  for (int i = tid; i < p.T * kRows; i += C::kThreads) {
     const int t = i / kRows, row = i % kRows;
     if (row >= rows) continue;
     float v = 0.f;
@@ -318,11 +388,32 @@ inline int default_splits(int64_t T, int64_t N, int64_t K, int sms, size_t works
   return 4 * tiles >= sms ? 1 : many_splits(T, N, K, sms, workspace_bytes);
 }
 
-// Splits worth timing (the autotune), the default first: one and many_splits.
+// The split count (at most 16, each split covering at least 512 of K, partials fitting
+// `workspace_bytes`) whose blocks best fill their waves of one block per SM; many_splits unless one
+// fills them better (27B mlp down, 80 tiles over K = 17408 on 132 SMs: 13 splits fill 8 waves to
+// 98.5%; one split left 52 SMs idle and measured 83% of copy bandwidth).
+inline int balanced_splits(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
+  const int64_t tiles = (N + kRows - 1) / kRows;
+  int64_t most = std::min<int64_t>(16, K / 512);
+  while (most > 1 && size_t(most * T * N) * sizeof(float) > workspace_bytes) --most;
+  const auto fill = [&](int64_t s) {
+    const int64_t blocks = tiles * s, waves = (blocks + sms - 1) / sms;
+    return double(blocks) / double(waves * sms);
+  };
+  int64_t best = many_splits(T, N, K, sms, workspace_bytes);
+  for (int64_t s = best + 1; s <= most; ++s) {
+    if (fill(s) > fill(best) + 0.01) best = s;
+  }
+  return int(best);
+}
+
+// Splits worth timing (the autotune), the default first: one, many_splits and balanced_splits.
 inline std::vector<int> split_candidates(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
-  const int first = default_splits(T, N, K, sms, workspace_bytes);
-  const int other = first == 1 ? many_splits(T, N, K, sms, workspace_bytes) : 1;
-  return other == first ? std::vector<int>{first} : std::vector<int>{first, other};
+  std::vector<int> candidates{default_splits(T, N, K, sms, workspace_bytes)};
+  for (int s : {1, many_splits(T, N, K, sms, workspace_bytes), balanced_splits(T, N, K, sms, workspace_bytes)}) {
+    if (std::find(candidates.begin(), candidates.end(), s) == candidates.end()) candidates.push_back(s);
+  }
+  return candidates;
 }
 
 template <typename WeightT, int kNT>
@@ -331,7 +422,7 @@ void launch_tiles(const Params& p, cudaStream_t stream) {
   constexpr size_t smem = Config<WeightT, kNT>::kSmemBytes;
   cuda_utils::allow_shared_memory<kernel>(smem, "skinny GEMM");
   const dim3 grid(unsigned((p.N + kRows - 1) / kRows), unsigned(p.splits));
-  cuda_utils::launch_programmatic(kernel, grid, dim3(kThreads), smem, stream, "skinny GEMM", p);
+  cuda_utils::launch_programmatic(kernel, grid, dim3(Config<WeightT, kNT>::kThreads), smem, stream, "skinny GEMM", p);
 }
 
 // Runs p (splits, partial and counters set by the caller) with n8 token tiles for p.T.

@@ -236,6 +236,28 @@ TEST(GpuGemm, Fp8SkinnyMatchesDequantizedReference) {
   }
 }
 
+// The W8A16 skinny kernel reads E4M3 bytes as BF16 by moving bits (each weight times 2^-120, x
+// times 2^64): subnormal weights (exponent field 0, magnitudes 2^-9..7·2^-9) and ±0 must come out
+// exactly too. A weight of only those, scale 1, against the dequantized reference.
+TEST(GpuGemm, Fp8SkinnyKeepsSubnormalWeights) {
+  cuda::GemmRunner runner;
+  std::mt19937 rng(31);
+  const int64_t T = 2, N = 128, K = 384;
+  std::vector<uint8_t> w(size_t(N * K));
+  for (auto& b : w) b = uint8_t(rng()) & 0x87;  // sign and 3 mantissa bits, exponent 0
+  const std::vector<float> scales(size_t(K / 128), 1.f);
+  const auto x = random_bf16(size_t(T * K), 32);
+  DeviceBuffer<uint8_t> dw(w);
+  DeviceBuffer<float> dscale(scales);
+  DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
+  runner.gemm_fp8(dx.get(), K, dw.get(), dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr, cuda::Fp8Path::kKernel);
+  EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
+  std::vector<float> want(size_t(T * N));
+  cpu::gemm_fp8(x.values.data(), K, w.data(), scales.data(), want.data(), N, T, N, K);
+  EXPECT_GT(rms(want), 1e-2);
+  EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 1e-4f, 8e-3f));  // BF16 y: 2^-9 relative
+}
+
 // cuBLASLt W8A8 against the CPU reference of the same math (x quantized per token and 128-group,
 // dequantized, times the dequantized W, fp32), and both FP8 paths against the unquantized-x
 // reference to show what activation quantization costs. T = 1, 3, 5, 33 are padded (cuBLASLt has no
