@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -137,6 +138,13 @@ float time_runs(const Call& call, void* evict, size_t evict_bytes, cudaStream_t 
   return std::max(ms, 0.f);
 }
 
+// A time_runs result as microseconds per call, for GemmRunner::last_autotune.
+std::string per_call_us(float queue_ms) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f us", double(queue_ms) * 1e3 / kAutotuneRuns);
+  return text;
+}
+
 // The fastest of the candidates by time_runs (candidates that refuse these operands are skipped;
 // the first candidate is the fallback).
 cublasLtMatmulAlgo_t fastest(const MatmulCall& call, const cublasLtMatmulHeuristicResult_t* candidates, int count,
@@ -261,6 +269,7 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
                             operands.stream};
       float cublaslt_ms = INFINITY;
       plan->algo = fastest(call, results, found, shape, l2_evict_, l2_evict_bytes_, &cublaslt_ms);
+      last_autotune_ = "cublaslt " + per_call_us(cublaslt_ms);
       if (skinny::supports(T, K, ldx, operands.x, operands.w)) {
         float best_ms = cublaslt_ms;
         for (const int splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_)) {
@@ -270,6 +279,7 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
                            operands.stream, splits);
               },
               l2_evict_, l2_evict_bytes_, operands.stream);
+          last_autotune_ += ", skinny/" + std::to_string(splits) + " " + per_call_us(skinny_ms);
           if (skinny_ms < best_ms) best_ms = skinny_ms, plan->skinny_splits = splits;
         }
       }
@@ -700,17 +710,24 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
   if (auto it = fp8_skinny_plans_.find(key); it != fp8_skinny_plans_.end()) return &it->second;
   if (!may_tune || !may_time(T, beta, stream)) return nullptr;  // decided on a later, timeable call
   Fp8SkinnyPlan plan{0, true};
+  last_autotune_.clear();
   float skinny_ms = INFINITY;
   for (const int splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_)) {
     const float ms = time_runs(
         [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, splits); },
         l2_evict_, l2_evict_bytes_, stream);
+    last_autotune_ += std::string(last_autotune_.empty() ? "" : ", ") + "skinny/" + std::to_string(splits) + " " +
+                      per_call_us(ms);
     if (ms < skinny_ms) skinny_ms = ms, plan.splits = splits;
   }
   if (K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run the shape
     std::string why;
     const auto w8a8 = [&] { return gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, 0.f, stream, why); };
-    if (w8a8()) plan.beats_w8a8 = skinny_ms < time_runs(w8a8, l2_evict_, l2_evict_bytes_, stream);
+    if (w8a8()) {
+      const float w8a8_ms = time_runs(w8a8, l2_evict_, l2_evict_bytes_, stream);
+      last_autotune_ += ", cublaslt-w8a8 " + per_call_us(w8a8_ms);
+      plan.beats_w8a8 = skinny_ms < w8a8_ms;
+    }
   }
   return &fp8_skinny_plans_.emplace(key, plan).first->second;
 }

@@ -44,8 +44,8 @@ void gemm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, in
           float beta = 0.f);
 
 // Block-FP8 weight: dequantizes W (N·K floats of scratch) then gemm().
-void gemm_fp8(const float* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, float* y,
-              int64_t ldy, int64_t T, int64_t N, int64_t K, float beta = 0.f);
+void gemm_fp8(const float* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, float* y, int64_t ldy,
+              int64_t T, int64_t N, int64_t K, float beta = 0.f);
 
 // W_fp8 [N, K] with weight_scale_inv [ceil(N/128), ceil(K/128)] -> fp32 [N, K].
 void dequantize_fp8_weight(const uint8_t* w_fp8, const float* weight_scale_inv, int64_t N, int64_t K, float* w);
@@ -127,11 +127,13 @@ class GemmRunner {
   // stream; not allowed while capturing a graph), and each call sets the two scale pointers on its
   // cached descriptor (host-side stores, no GPU work). Its numerics differ from the kernel's by the
   // activation quantization (~3% relative RMS on random data).
-  void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
-                Fp8Path path = Fp8Path::kAuto);
+  void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y, int64_t ldy,
+                int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, Fp8Path path = Fp8Path::kAuto);
   // Whether the last gemm() call ran the skinny weight-streaming kernel instead of cuBLASLt.
   bool last_gemm_skinny() const { return last_gemm_skinny_; }
+  // What the last autotune (the first timeable call of a T <= 256 shape) measured per call, e.g.
+  // "cublaslt 40.1 us, skinny/1 36.2 us, skinny/3 38.0 us"; empty before any.
+  const std::string& last_autotune() const { return last_autotune_; }
   // Sizes the W8A8 path's activation and output scratch once, for up to max_tokens rows of
   // K <= max_k and N <= max_n (a model's linears), so that serving never grows it: a growth
   // synchronises the stream and is refused while a graph is being captured.
@@ -160,8 +162,8 @@ class GemmRunner {
   // T, N, K, ldx, ldy, fp32 output, pointer alignment in bytes (1..16, cuBLASLt picks algorithms by it)
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
   const Plan& plan_for(const Key& key, const Operands& operands);
-  void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
-           float beta, bool out_f32, cudaStream_t stream, Bf16Path path);
+  void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
+           bool out_f32, cudaStream_t stream, Bf16Path path);
   // Our W8A16 kernels: the skinny one where it applies (K split `splits` ways, 0: its default),
   // else the tile kernel.
   void run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
@@ -198,11 +200,11 @@ class GemmRunner {
   const Fp8SkinnyPlan* fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                        bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
                                        cudaStream_t stream, bool may_tune);
-  uint8_t* fp8_x_ = nullptr;  // quantized activations [T_pad, K]
+  uint8_t* fp8_x_ = nullptr;       // quantized activations [T_pad, K]
   float* fp8_x_scales_ = nullptr;  // their scales [K/128, T_pad]
-  size_t fp8_x_capacity_ = 0;  // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128
-  bf16* fp8_y_ = nullptr;  // output scratch [T_pad, N] of padded plans
-  size_t fp8_y_capacity_ = 0;  // its elements
+  size_t fp8_x_capacity_ = 0;      // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128
+  bf16* fp8_y_ = nullptr;          // output scratch [T_pad, N] of padded plans
+  size_t fp8_y_capacity_ = 0;      // its elements
   // The skinny kernel's split-K tile counters (zero between calls) and the SM count it sizes by.
   unsigned* skinny_counters_ = nullptr;
   int sms_ = 0;
@@ -210,6 +212,7 @@ class GemmRunner {
   void* l2_evict_ = nullptr;
   size_t l2_evict_bytes_ = 0;
   bool last_gemm_skinny_ = false;
+  std::string last_autotune_;
   Fp8Path last_fp8_path_ = Fp8Path::kAuto;
   int64_t last_fp8_t_pad_ = 0;
   std::string fp8_fallback_reason_;

@@ -9,11 +9,11 @@
 // copies larger than L2: the GPU time a call costs inside a forward pass, without launch latency.
 // For T <= 64 the "read us" column is what reading the same weight bytes alone takes (16-byte
 // loads, the same rotation and queueing, launched normally): the floor of a standalone
-// weight-bound call. The skinny kernel can go below it by overlapping the previous call's tail
-// (programmatic dependent launch).
-// The last columns are the BF16 auto path and the path the FP8 "auto" call took, with, for
-// cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T itself, e.g.
-// T = 1: the w8a8 column then includes the scratch copy-out).
+// weight-bound call; "read8 us" the same for the FP8 weight bytes. The skinny kernel can go below it by overlapping the
+// previous call's tail (programmatic dependent launch). The last columns are the BF16 auto path and the path the FP8
+// "auto" call took, with, for cuBLASLt, the token count it ran (T padded up where cuBLASLt has no algorithm for T
+// itself, e.g. T = 1: the w8a8 column then includes the scratch copy-out), and for T <= 64 what the autotunes measured
+// per candidate (GemmRunner::last_autotune).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -89,10 +89,11 @@ int main(int argc, char** argv) {
   int sms = 0;
   bench::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
   unsigned* sink = bench::device_alloc<unsigned>(1);
-  std::printf("%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s | %s\n",
-              "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us",
-              "skinny us", "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy",
-              "bf16 auto | fp8 auto path");
+  std::printf(
+      "%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s %8s | %s\n",
+      "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us", "skinny us",
+      "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "read8 us",
+      "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
     if ((std::string(p.model) + " " + p.name).find(only) == std::string::npos) continue;
     // Rotate weight copies so the working set exceeds the 50 MB L2.
@@ -121,15 +122,21 @@ int main(int argc, char** argv) {
       };
       const double us = time_bf16(cuda::Bf16Path::kAuto);
       const bool bf16_skinny = runner.last_gemm_skinny();
+      const std::string bf16_tuned = runner.last_autotune();
       const double us_cublaslt = T <= 64 ? time_bf16(cuda::Bf16Path::kCublasLt) : us;
       const double us_skinny = T <= 64 ? time_bf16(cuda::Bf16Path::kSkinny) : NAN;
-      const double us_read = T > 64 ? NAN : bench::queued_us([&](int i) {
-        const auto* words = reinterpret_cast<const uint4*>(w + w_elems * size_t(i % copies));
-        read_only_kernel<<<4 * sms, 512>>>(words, w_elems * 2 / 16, sink);
-      });
+      const auto time_read = [&](const void* weights, size_t bytes) {
+        return T > 64 ? NAN : bench::queued_us([&](int i) {
+          const auto* words =
+              reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(weights) + bytes * size_t(i % copies));
+          read_only_kernel<<<4 * sms, 512>>>(words, bytes / 16, sink);
+        });
+      };
+      const double us_read = time_read(w, w_elems * 2), us_read8 = time_read(w8, w_elems);
       // FP8 "auto" first: the skinny kernel for T <= 64, else cuBLASLt where it can, else the tile kernel.
       runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
       const cuda::Fp8Path auto_path = runner.last_fp8_path();
+      const std::string fp8_tuned = runner.last_autotune();
       runner.gemm_fp8(x, p.K, w8, scales, y, p.N, T, p.N, p.K, 0.f, nullptr, cuda::Fp8Path::kCublasLt);
       const long t_pad = long(runner.last_fp8_padded_tokens());
       const double us_w8a8 = bench::queued_us([&](int i) {
@@ -145,13 +152,14 @@ int main(int argc, char** argv) {
       std::printf(
           "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f "
           "%5.1f%% | %9.1f "
-          "%8.1f %8.0f %5.1f%% | %s | %s%s\n",
+          "%8.1f %8.0f %5.1f%% %8.1f | %s | %s%s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
           gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
           tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
-          tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100,
+          tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, us_read8,
           bf16_skinny ? "skinny" : "cublaslt", cuda::to_string(auto_path),
-          t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "");
+          t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "",
+          T <= 64 ? (" | autotune bf16: " + bf16_tuned + "; fp8: " + fp8_tuned).c_str() : "");
       cudaFree(x);
       cudaFree(y);
     }

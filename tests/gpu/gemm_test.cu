@@ -78,8 +78,8 @@ TEST(GpuGemm, Fp32OutputWithBetaAccumulates) {
 // call gives the same bits (the split-K partials are added in a fixed order).
 TEST(GpuGemm, SkinnyMatchesReferenceAndIsDeterministic) {
   cuda::GemmRunner runner;
-  const Shape shapes[] = {{1, 256, 512, 512, 256},     {3, 200, 1024, 1032, 208},   {8, 4096, 4096, 4096, 4096},
-                          {9, 96, 256, 256, 96},       {17, 1000, 2048, 2048, 1000}, {33, 512, 640, 640, 520},
+  const Shape shapes[] = {{1, 256, 512, 512, 256},      {3, 200, 1024, 1032, 208},    {8, 4096, 4096, 4096, 4096},
+                          {9, 96, 256, 256, 96},        {17, 1000, 2048, 2048, 1000}, {33, 512, 640, 640, 520},
                           {64, 4096, 4096, 4096, 4104}, {64, 24576, 256, 256, 24576}};
   for (const Shape& s : shapes) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
@@ -127,7 +127,8 @@ TEST(GpuGemm, SkinnyRefusesWhatItCannotRun) {
 std::vector<uint8_t> random_fp8(size_t n, std::mt19937& rng) {
   std::vector<uint8_t> v(n);
   for (auto& b : v) {
-    do b = uint8_t(rng()); while ((b & 0x7f) == 0x7f);  // every finite E4M3 value, no NaN
+    do b = uint8_t(rng());
+    while ((b & 0x7f) == 0x7f);  // every finite E4M3 value, no NaN
   }
   return v;
 }
@@ -201,7 +202,8 @@ TEST(GpuGemm, Fp8ActivationQuantizationMatchesCpuBitForBit) {
     const auto got_q = dq.download();
     const auto got_scale = dscale.download();
     size_t bad_q = 0, bad_scale = 0;
-    for (size_t i = 0; i < got_q.size(); ++i) bad_q += got_q[i] != want_q[i] && ((got_q[i] | want_q[i]) != 0x80);  // ±0 alike
+    for (size_t i = 0; i < got_q.size(); ++i)
+      bad_q += got_q[i] != want_q[i] && ((got_q[i] | want_q[i]) != 0x80);  // ±0 alike
     for (size_t i = 0; i < got_scale.size(); ++i) bad_scale += std::memcmp(&got_scale[i], &want_scale[i], 4) != 0;
     EXPECT_EQ(bad_q, 0u) << "of " << got_q.size() << " bytes differ";
     EXPECT_EQ(bad_scale, 0u) << "of " << got_scale.size() << " scales differ (layout [K/128, T])";
@@ -217,8 +219,8 @@ TEST(GpuGemm, Fp8ActivationQuantizationMatchesCpuBitForBit) {
 TEST(GpuGemm, Fp8SkinnyMatchesDequantizedReference) {
   cuda::GemmRunner runner;
   std::mt19937 rng(23);
-  for (const Shape& s : {Shape{1, 200, 384, 384, 200}, Shape{9, 320, 384, 392, 328}, Shape{64, 12352, 4096, 4096, 12352},
-                         Shape{3, 4096, 12288, 12288, 4096}}) {
+  for (const Shape& s : {Shape{1, 200, 384, 384, 200}, Shape{9, 320, 384, 392, 328},
+                         Shape{64, 12352, 4096, 4096, 12352}, Shape{3, 4096, 12288, 12288, 4096}}) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
     const Fp8Weight W(s.N, s.K, rng);
     const auto x = random_bf16(size_t(s.T * s.ldx), 24);
@@ -267,14 +269,14 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
   cuda::GemmRunner runner;
   std::mt19937 rng(12);
   const Shape shapes[] = {
-      {1, 256, 512, 512, 256},       {5, 384, 1024, 1032, 400},  // views: ldx > K, ldy > N
-      {33, 256, 512, 512, 264},      {8, 512, 2048, 2048, 520},  {64, 512, 2048, 2048, 512},
-      {1000, 640, 1024, 1024, 640},  {1001, 640, 1024, 1024, 648},  // T not a multiple of 64 or 128
-      {1, 12352, 4096, 4096, 12352},  // 9B gdn in_proj at decode (N/128 not whole: partial scale row)
-      {3, 8192, 4096, 4096, 8192},    // 9B q_proj, decode of 3 sequences
-      {64, 8192, 4096, 4096, 8192},   // 9B q_proj
-      {64, 4096, 12288, 12288, 4096}, // 9B mlp down
-      {64, 2048, 512, 512, 2048},     // 35B-A3B expert down
+      {1, 256, 512, 512, 256},        {5, 384, 1024, 1032, 400},  // views: ldx > K, ldy > N
+      {33, 256, 512, 512, 264},       {8, 512, 2048, 2048, 520},    {64, 512, 2048, 2048, 512},
+      {1000, 640, 1024, 1024, 640},   {1001, 640, 1024, 1024, 648},  // T not a multiple of 64 or 128
+      {1, 12352, 4096, 4096, 12352},   // 9B gdn in_proj at decode (N/128 not whole: partial scale row)
+      {3, 8192, 4096, 4096, 8192},     // 9B q_proj, decode of 3 sequences
+      {64, 8192, 4096, 4096, 8192},    // 9B q_proj
+      {64, 4096, 12288, 12288, 4096},  // 9B mlp down
+      {64, 2048, 512, 512, 2048},      // 35B-A3B expert down
   };
   for (const Shape& s : shapes) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
@@ -301,10 +303,12 @@ TEST(GpuGemm, Fp8CublasLtMatchesQuantizedReference) {
     // Same quantized operands on both sides: what differs is fp32 summation order and the BF16
     // rounding of y (2^-9 relative).
     EXPECT_TRUE(all_close(got, want, float(2e-3 * rms(want)), 1e-2f));
-    const double err_lt = relative_rms_error(got, want_unquantized), err_kernel = relative_rms_error(got_kernel, want_unquantized);
-    std::printf("  fp8 T=%-5ld (cuBLASLt ran T_pad=%-5ld) N=%-6ld K=%-6ld rel. RMS error vs unquantized-x fp32: "
-                "cublaslt-w8a8 %.4f, w8a16-kernel %.4f\n",
-                long(s.T), long(t_pad), long(s.N), long(s.K), err_lt, err_kernel);
+    const double err_lt = relative_rms_error(got, want_unquantized),
+                 err_kernel = relative_rms_error(got_kernel, want_unquantized);
+    std::printf(
+        "  fp8 T=%-5ld (cuBLASLt ran T_pad=%-5ld) N=%-6ld K=%-6ld rel. RMS error vs unquantized-x fp32: "
+        "cublaslt-w8a8 %.4f, w8a16-kernel %.4f\n",
+        long(s.T), long(t_pad), long(s.N), long(s.K), err_lt, err_kernel);
     // E4M3 keeps 3 mantissa bits: ~2-4% relative error per activation, averaged over K.
     EXPECT_LT(err_lt, 0.06);
     EXPECT_LT(err_kernel, 0.01);
@@ -428,9 +432,9 @@ TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
 
 TEST(GpuGemm, RejectsBadShape) {
   cuda::GemmRunner runner;
-  EXPECT_THROW(runner.gemm(static_cast<const bf16*>(nullptr), 4, nullptr, static_cast<bf16*>(nullptr), 8, 1, 8, 8, 0.f,
-                           nullptr),
-               std::invalid_argument);
+  EXPECT_THROW(
+      runner.gemm(static_cast<const bf16*>(nullptr), 4, nullptr, static_cast<bf16*>(nullptr), 8, 1, 8, 8, 0.f, nullptr),
+      std::invalid_argument);
 }
 
 }  // namespace
