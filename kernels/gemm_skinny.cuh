@@ -247,9 +247,8 @@ __global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm
   // FP8: the same, with k permuted inside the step (alike for W and x, so the sum is unchanged) so
   // that a thread's A pairs come from 4 contiguous bytes: MMA i (0..7) takes, for thread c4, the
   // bytes 4(i % 4)..+3 of chunk c4 + 4(i / 4) of rows g and g + 8 (fragment k 2c4, 2c4+1 from the
-  // low two, 2c4+8, 2c4+9 from the high two) and x's BF16 at those same 4 k. Even and odd i add
-  // into separate sums, halving the chain of dependent MMAs a step waits on.
-  auto mma_step_fp8 = [&](int j, float(&sum)[2][C::kWarpTiles][kNT][4]) {
+  // low two, 2c4+8, 2c4+9 from the high two) and x's BF16 at those same 4 k.
+  auto mma_step_fp8 = [&](int j, float(&sum)[C::kWarpTiles][kNT][4]) {
     const uint8_t* w_step = slot(j);
     const uint4* x_step = reinterpret_cast<const uint4*>(w_step + C::kWBytes);
 #pragma unroll
@@ -278,7 +277,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm
         for (int i = 0; i < 4; ++i) {
           const uint32_t b0 = scale_x_for_fp8(x_words[2 * i]), b1 = scale_x_for_fp8(x_words[2 * i + 1]);
 #pragma unroll
-          for (int mt = 0; mt < C::kWarpTiles; ++mt) mma::mma_bf16(sum[i & 1][mt][jt], a[mt][i], b0, b1);
+          for (int mt = 0; mt < C::kWarpTiles; ++mt) mma::mma_bf16(sum[mt][jt], a[mt][i], b0, b1);
         }
       }
     }
@@ -287,7 +286,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm
   float acc[C::kWarpTiles][kNT][4] = {};
   auto compute = [&](int j) {
     if constexpr (C::kFp8) {
-      float step_sum[2][C::kWarpTiles][kNT][4] = {};
+      float step_sum[C::kWarpTiles][kNT][4] = {};
       mma_step_fp8(j, step_sum);
       const float scale = *reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
 #pragma unroll
@@ -295,8 +294,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm
 #pragma unroll
         for (int jt = 0; jt < kNT; ++jt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            acc[mt][jt][e] += scale * ((step_sum[0][mt][jt][e] + step_sum[1][mt][jt][e]) * 0x1p56f);
+          for (int e = 0; e < 4; ++e) acc[mt][jt][e] += scale * (step_sum[mt][jt][e] * 0x1p56f);
         }
       }
     } else {

@@ -80,7 +80,8 @@ TEST(GpuGemm, SkinnyMatchesReferenceAndIsDeterministic) {
   cuda::GemmRunner runner;
   const Shape shapes[] = {{1, 256, 512, 512, 256},      {3, 200, 1024, 1032, 208},    {8, 4096, 4096, 4096, 4096},
                           {9, 96, 256, 256, 96},        {17, 1000, 2048, 2048, 1000}, {33, 512, 640, 640, 520},
-                          {64, 4096, 4096, 4096, 4104}, {64, 24576, 256, 256, 24576}};
+                          {64, 4096, 4096, 4096, 4104}, {64, 24576, 256, 256, 24576}, {24, 1, 256, 256, 1},
+                          {24, 8, 256, 256, 8},         {2, 8, 256, 256, 8}};  // MoE router, shared gate
   for (const Shape& s : shapes) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
     const auto x = random_bf16(size_t(s.T * s.ldx), 21), w = random_bf16(size_t(s.N * s.K), 22, 0.05f);
@@ -219,8 +220,10 @@ TEST(GpuGemm, Fp8ActivationQuantizationMatchesCpuBitForBit) {
 TEST(GpuGemm, Fp8SkinnyMatchesDequantizedReference) {
   cuda::GemmRunner runner;
   std::mt19937 rng(23);
-  for (const Shape& s : {Shape{1, 200, 384, 384, 200}, Shape{9, 320, 384, 392, 328},
-                         Shape{64, 12352, 4096, 4096, 12352}, Shape{3, 4096, 12288, 12288, 4096}}) {
+  for (const Shape& s :
+       {Shape{1, 200, 384, 384, 200}, Shape{9, 320, 384, 392, 328}, Shape{64, 12352, 4096, 4096, 12352},
+        Shape{3, 4096, 12288, 12288, 4096}, Shape{24, 256, 128, 128, 256}, Shape{24, 256, 256, 256, 256},
+        Shape{2, 256, 128, 128, 256}}) {  // the last three: tiny MoE shared experts
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
     const Fp8Weight W(s.N, s.K, rng);
     const auto x = random_bf16(size_t(s.T * s.ldx), 24);
