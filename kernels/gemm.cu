@@ -132,10 +132,14 @@ float time_runs(const Call& call, void* evict, size_t evict_bytes, cudaStream_t 
   };
   call();
   queue_ms(false);  // warm-up
-  const float ms = queue_ms(true) - queue_ms(false);
+  // The median of three differences: a disturbance during one queue (another process, a clock
+  // change) would otherwise fix a wrong plan for the runner's life.
+  float ms[3];
+  for (float& m : ms) m = queue_ms(true) - queue_ms(false);
+  std::sort(ms, ms + 3);
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  return std::max(ms, 0.f);
+  return std::max(ms[1], 0.f);
 }
 
 // A time_runs result as microseconds per call, for GemmRunner::last_autotune.
@@ -143,6 +147,11 @@ std::string per_call_us(float queue_ms) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.1f us", double(queue_ms) * 1e3 / kAutotuneRuns);
   return text;
+}
+
+// "skinny/<rows per block>x<splits>", for GemmRunner::last_autotune.
+std::string tiling_name(const SkinnyTiling& tiling) {
+  return "skinny/" + std::to_string(tiling.tile_rows) + "x" + std::to_string(tiling.splits);
 }
 
 // The fastest of the candidates by time_runs (candidates that refuse these operands are skipped;
@@ -175,7 +184,7 @@ struct GemmRunner::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
   cublasLtMatmulAlgo_t algo{};
-  int skinny_splits = 0;  // BF16 plans: > 0 when the skinny kernel, with this many K splits, beat cuBLASLt
+  SkinnyTiling skinny;  // BF16 plans: splits > 0 when the skinny kernel with this tiling beat cuBLASLt
   bool fallback = false;  // FP8 plans only: cuBLASLt cannot run it, the W8A16 kernel does
   std::string reason;     // why, for GemmRunner::fp8_fallback_reason()
   // FP8 plans only: the token count cuBLASLt runs (>= T, see fp8_plan_for), whether D is the
@@ -272,15 +281,16 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
       last_autotune_ = "cublaslt " + per_call_us(cublaslt_ms);
       if (skinny::supports(T, K, ldx, operands.x, operands.w)) {
         float best_ms = cublaslt_ms;
-        for (const int splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_)) {
+        for (const skinny::Choice choice : skinny::choices(T, N, K, /*fp8=*/false, sms_, workspace_bytes_)) {
+          const SkinnyTiling tiling{choice.tile_rows, choice.splits};
           const float skinny_ms = time_runs(
               [&] {
                 run_skinny(operands.x, ldx, operands.w, nullptr, false, operands.y, ldy, T, N, K, out_f32,
-                           operands.stream, splits);
+                           operands.stream, tiling);
               },
               l2_evict_, l2_evict_bytes_, operands.stream);
-          last_autotune_ += ", skinny/" + std::to_string(splits) + " " + per_call_us(skinny_ms);
-          if (skinny_ms < best_ms) best_ms = skinny_ms, plan->skinny_splits = splits;
+          last_autotune_ += ", " + tiling_name(tiling) + " " + per_call_us(skinny_ms);
+          if (skinny_ms < best_ms) best_ms = skinny_ms, plan->skinny = tiling;
         }
       }
     }
@@ -310,9 +320,9 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
   const int alignment = std::min({alignment_of(x, ldx * 2), alignment_of(w, K * 2), alignment_of(y, ldy * out_bytes)});
   const Plan& plan = plan_for(Key{T, N, K, ldx, ldy, out_f32, alignment}, Operands{x, w, y, beta, stream});
   // (The plan's key holds the smallest alignment of x, w and y: check the skinny kernel's own needs.)
-  last_gemm_skinny_ = path == Bf16Path::kAuto && plan.skinny_splits > 0 && skinny_fits;
+  last_gemm_skinny_ = path == Bf16Path::kAuto && plan.skinny.splits > 0 && skinny_fits;
   if (last_gemm_skinny_) {
-    run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream, plan.skinny_splits);
+    run_skinny(x, ldx, w, nullptr, false, y, ldy, T, N, K, out_f32, stream, plan.skinny);
     return;
   }
   const float alpha = 1.f;
@@ -324,8 +334,10 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
 
 void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y,
                             int64_t ldy, int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream,
-                            int splits) {
-  if (size_t((N + skinny::kRows - 1) / skinny::kRows) > kSkinnyCounterTiles) {
+                            SkinnyTiling tiling) {
+  const skinny::Choice choice = tiling.tile_rows > 0 ? skinny::Choice{tiling.tile_rows, tiling.splits}
+                                                     : skinny::default_choice(T, N, K, sms_, workspace_bytes_);
+  if (size_t((N + choice.tile_rows - 1) / choice.tile_rows) > kSkinnyCounterTiles) {
     throw std::invalid_argument("skinny GEMM: N=" + std::to_string(N) + " exceeds the counter tiles");
   }
   skinny::Params p;
@@ -339,7 +351,8 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   p.N = N;
   p.K = K;
   p.out_f32 = out_f32;
-  p.splits = splits > 0 ? splits : skinny::default_splits(T, N, K, sms_, workspace_bytes_);
+  p.tile_rows = choice.tile_rows;
+  p.splits = choice.splits;
   p.partial = static_cast<float*>(workspace_);
   p.counters = skinny_counters_;
   if (fp8) {
@@ -347,6 +360,22 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   } else {
     skinny::launch<__nv_bfloat16>(p, stream);
   }
+}
+
+void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
+                             int64_t T, int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream) {
+  check_shape("cuda::GemmRunner::skinny_gemm", T, N, K, ldx, ldy);
+  const bool rows_ok = skinny::has_tile_rows(tiling.tile_rows, scale_inv != nullptr, T);
+  const bool splits_ok = tiling.splits >= 1 && tiling.splits <= K / 128 &&
+                         (tiling.splits == 1 || size_t(tiling.splits * T * N) * sizeof(float) <= workspace_bytes_);
+  if (!skinny::supports(T, K, ldx, x, w) || !rows_ok || !splits_ok) {
+    throw std::invalid_argument("cuda::GemmRunner::skinny_gemm: cannot run " + shape_string(T, N, K, ldx, ldy) +
+                                " as " + tiling_name(tiling) +
+                                " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
+                                "block or for T <= 8 32 or (BF16) 48, 1 <= splits <= K/128 with partials fitting "
+                                "the workspace)");
+  }
+  run_skinny(x, ldx, w, scale_inv, scale_inv != nullptr, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
 }
 
 void GemmRunner::gemm(const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t N,
@@ -693,9 +722,9 @@ bool GemmRunner::gemm_fp8_cublaslt(const bf16* x, int64_t ldx, const uint8_t* w_
 
 void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                 bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
-                                int splits) {
+                                SkinnyTiling tiling) {
   if (beta == 0.f && skinny::supports(T, K, ldx, x, w_fp8)) {
-    run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, splits);
+    run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
   } else {
     launch_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream);
   }
@@ -709,16 +738,16 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
   const SkinnyKey key{T, N, K, ldx, ldy};
   if (auto it = fp8_skinny_plans_.find(key); it != fp8_skinny_plans_.end()) return &it->second;
   if (!may_tune || !may_time(T, beta, stream)) return nullptr;  // decided on a later, timeable call
-  Fp8SkinnyPlan plan{0, true};
+  Fp8SkinnyPlan plan{{}, true};
   last_autotune_.clear();
   float skinny_ms = INFINITY;
-  for (const int splits : skinny::split_candidates(T, N, K, sms_, workspace_bytes_)) {
+  for (const skinny::Choice choice : skinny::choices(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
+    const SkinnyTiling tiling{choice.tile_rows, choice.splits};
     const float ms = time_runs(
-        [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, splits); },
+        [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling); },
         l2_evict_, l2_evict_bytes_, stream);
-    last_autotune_ += std::string(last_autotune_.empty() ? "" : ", ") + "skinny/" + std::to_string(splits) + " " +
-                      per_call_us(ms);
-    if (ms < skinny_ms) skinny_ms = ms, plan.splits = splits;
+    last_autotune_ += std::string(last_autotune_.empty() ? "" : ", ") + tiling_name(tiling) + " " + per_call_us(ms);
+    if (ms < skinny_ms) skinny_ms = ms, plan.tiling = tiling;
   }
   if (K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run the shape
     std::string why;
@@ -741,7 +770,7 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
   const Fp8SkinnyPlan* skinny_plan = path == Fp8Path::kCublasLt ? nullptr
                                      : fp8_skinny_plan(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
                                                        stream, /*may_tune=*/path == Fp8Path::kAuto);
-  const int splits = skinny_plan ? skinny_plan->splits : 0;
+  const SkinnyTiling tiling = skinny_plan ? skinny_plan->tiling : SkinnyTiling{};
   if (path == Fp8Path::kKernel) {
     reason = "W8A16 kernel requested";
   } else if (skinny_plan && skinny_plan->beats_w8a8) {
@@ -753,7 +782,7 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
     if (path == Fp8Path::kCublasLt) {
       throw std::runtime_error("cuda::GemmRunner::gemm_fp8: cuBLASLt W8A8 unavailable: " + reason);
     }
-    run_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream, splits);
+    run_fp8_kernel(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta, stream, tiling);
     last_fp8_path_ = Fp8Path::kKernel;
     last_fp8_t_pad_ = 0;
     fp8_fallback_reason_ = reason;

@@ -83,6 +83,13 @@ enum class Fp8Path {
 };
 const char* to_string(Fp8Path path);
 
+// How GemmRunner's skinny kernel covers a shape: weight rows per block (64; for T <= 8 also 32 and,
+// BF16 only, 48) and K splits; zeros: the kernel's default for the shape.
+struct SkinnyTiling {
+  int tile_rows = 0;
+  int splits = 0;
+};
+
 // Owns a cuBLASLt handle and workspace (on the device current at construction) and caches one
 // plan (matmul descriptor, layouts, algorithm) per distinct problem, so the steady state makes no
 // cuBLASLt descriptor calls. For T <= 256 the first call of a shape with beta == 0 on a stream that
@@ -129,6 +136,12 @@ class GemmRunner {
   // activation quantization (~3% relative RMS on random data).
   void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y, int64_t ldy,
                 int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, Fp8Path path = Fp8Path::kAuto);
+  // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
+  // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
+  // and W 16-byte aligned; tile_rows 64, or for T <= 8 32 or (BF16) 48; 1 <= splits <= K / 128 with
+  // the split partials fitting the workspace. Throws std::invalid_argument otherwise.
+  void skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy, int64_t T,
+                   int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream);
   // Whether the last gemm() call ran the skinny weight-streaming kernel instead of cuBLASLt.
   bool last_gemm_skinny() const { return last_gemm_skinny_; }
   // What the last autotune (the first timeable call of a T <= 256 shape) measured per call, e.g.
@@ -164,14 +177,13 @@ class GemmRunner {
   const Plan& plan_for(const Key& key, const Operands& operands);
   void run(const void* x, int64_t ldx, const void* w, void* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
            bool out_f32, cudaStream_t stream, Bf16Path path);
-  // Our W8A16 kernels: the skinny one where it applies (K split `splits` ways, 0: its default),
-  // else the tile kernel.
+  // Our W8A16 kernels: the skinny one where it applies, else the tile kernel.
   void run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                      int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, int splits = 0);
-  // The skinny kernel (T <= 64, beta 0; BF16 or FP8 W), its split-K partials in workspace_; K split
-  // `splits` ways (0: the kernel's default for the shape).
+                      int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
+                      SkinnyTiling tiling = {});
+  // The skinny kernel (T <= 64, beta 0; BF16 or FP8 W), its split-K partials in workspace_.
   void run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y, int64_t ldy,
-                  int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream, int splits = 0);
+                  int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream, SkinnyTiling tiling = {});
 
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
@@ -188,10 +200,10 @@ class GemmRunner {
   void ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream);
   std::map<Fp8Key, Plan*> fp8_plans_;
   // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: the skinny W8A16 kernel's fastest
-  // split count and whether it beat cuBLASLt W8A8.
+  // tiling and whether it beat cuBLASLt W8A8.
   using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // T, N, K, ldx, ldy
   struct Fp8SkinnyPlan {
-    int splits;
+    SkinnyTiling tiling;
     bool beats_w8a8;
   };
   std::map<SkinnyKey, Fp8SkinnyPlan> fp8_skinny_plans_;

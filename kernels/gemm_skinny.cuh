@@ -46,7 +46,7 @@
 
 namespace ds::kernels::skinny {
 
-constexpr int kRows = 64;  // weight rows (outputs) per block
+constexpr int kRows = 64;  // weight rows (outputs) per block; 32 or 48 (BF16) as alternatives for T <= 8
 constexpr int kMaxTokens = 64;
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
@@ -61,15 +61,23 @@ struct Params {
   int T;
   int64_t N, K;
   bool out_f32;
+  int tile_rows;  // kRows or 32
   int splits;
   float* partial;      // [splits][T][N] when splits > 1
-  unsigned* counters;  // [ceil(N/64)], zero between calls
+  unsigned* counters;  // [ceil(N/tile_rows)], zero between calls
 };
 
-// Per weight type and n8 token tiles: the streams (4, else 2 where 4 would leave fewer than 3
-// steps per ring), ring depth and the shared-memory layout of a step.
-template <typename WeightT, int kNT>
+// How the kernel covers a shape: weight rows per block and K splits.
+struct Choice {
+  int tile_rows = kRows;
+  int splits = 1;
+};
+
+// Per weight type, n8 token tiles and rows per block: the streams (4, else 2 where 4 would leave
+// fewer than 3 steps per ring), ring depth and the shared-memory layout of a step.
+template <typename WeightT, int kNT, int kTileRows>
 struct Config {
+  static constexpr int kRows = kTileRows;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
   static constexpr int kWBytes = kRows * kRowBytes;  // 16-byte chunks, swizzled (w_chunk)
@@ -78,10 +86,11 @@ struct Config {
   static constexpr int kScaleOffset = kWBytes + kTokenRows * kXChunks * 16;  // FP8: the step's scale
   static constexpr int kStepBytes = kScaleOffset + (kFp8 ? 16 : 0);
   static constexpr int kStreams = kSmemBudget / 4 / kStepBytes >= 3 ? 4 : 2;
-  // FP8 with one n8 token tile: 16 warps (registers allow it), which hide the longer per-step
-  // dependency chains of widening and twice the MMAs per byte (measured on the H100: 9B in_proj
-  // 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5; BF16 gained nothing from it). Else 8.
-  static constexpr int kThreads = kFp8 && kNT == 1 ? 512 : 256;
+  // One n8 token tile: a warp per m16 tile of each stream (8 warps per 32 rows), which hides the
+  // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
+  // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
+  // instead of 8; BF16 alike within noise). More tokens: 8 warps (registers).
+  static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;  // m16 tiles of weight rows per warp
@@ -89,6 +98,7 @@ struct Config {
   static constexpr int kRedStride = kRows + 4;  // fp32 row of the final reduction, padded against conflicts
   static constexpr size_t kSmemBytes = size_t(kStreams) * kStages * kStepBytes;
   static_assert(kStages >= 3, "the ring needs two steps in flight while one is computed");
+  static_assert(kWarpTiles >= 1, "every warp owns an m16 tile");
   static_assert(size_t(kStreams) * kTokenRows * kRedStride * 4 <= kSmemBytes, "reduction fits in the ring");
 };
 
@@ -102,7 +112,7 @@ __device__ __forceinline__ void store_output(const Params& p, int t, int64_t n, 
 
 // Called by every thread of a block after it has written its partial sums (split-K): the last
 // block of the row tile to get here adds all splits' partials in split order and writes y.
-__device__ inline void finish_split_k(const Params& p, int64_t n0) {
+__device__ inline void finish_split_k(const Params& p, int64_t n0, int tile_rows) {
   __threadfence();
   __syncthreads();
   __shared__ bool last;
@@ -110,7 +120,7 @@ __device__ inline void finish_split_k(const Params& p, int64_t n0) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  const int rows = int(std::min<int64_t>(kRows, p.N - n0));
+  const int rows = int(std::min<int64_t>(tile_rows, p.N - n0));
   for (int i = threadIdx.x; i < rows * p.T; i += blockDim.x) {
     const int t = i / rows;
     const int64_t n = n0 + i % rows;
@@ -152,9 +162,10 @@ __device__ __forceinline__ uint32_t scale_x_for_fp8(uint32_t pair) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <typename WeightT, int kNT>
-__global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm_kernel(Params p) {
-  using C = Config<WeightT, kNT>;
+template <typename WeightT, int kNT, int kTileRows>
+__global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) skinny_gemm_kernel(Params p) {
+  using C = Config<WeightT, kNT, kTileRows>;
+  constexpr int kRows = C::kRows;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int stream = warp / C::kWarpsPerStream, part = warp % C::kWarpsPerStream;
@@ -359,7 +370,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT>::kThreads, 1) skinny_gemm
       p.partial[(int64_t(blockIdx.y) * p.T + t) * p.N + n0 + row] = v;
     }
   }
-  if (p.splits > 1) finish_split_k(p, n0);
+  if (p.splits > 1) finish_split_k(p, n0, kRows);
 }
 
 // Whether the kernel takes these operands: 1 <= T <= 64, K a multiple of 128, x rows 16-byte
@@ -372,50 +383,71 @@ inline bool supports(int64_t T, int64_t K, int64_t ldx, const void* x, const voi
 
 // Splits of K: "many" gives about one block per SM where there are fewer row tiles than SMs (1
 // otherwise), each split covering at least 512 of K and the partials fitting `workspace_bytes`.
-inline int many_splits(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
-  const int64_t tiles = (N + kRows - 1) / kRows;
+inline int many_splits(int64_t T, int64_t N, int64_t K, int tile_rows, int sms, size_t workspace_bytes) {
+  const int64_t tiles = (N + tile_rows - 1) / tile_rows;
   int64_t many = std::min<int64_t>((sms + tiles - 1) / tiles, K / 512);
   while (many > 1 && size_t(many * T * N) * sizeof(float) > workspace_bytes) --many;
   return int(std::max<int64_t>(many, 1));
 }
 
-// The default: one split (each row tile streams all of K) unless there are fewer tiles than a
-// quarter of the SMs, then many_splits (measured on the H100: one split wins from ~64 tiles on,
-// except for some long-K shapes). Called per GEMM, so it allocates nothing.
-inline int default_splits(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
+// The default: 64-row tiles, one split (each row tile streams all of K) unless there are fewer
+// tiles than a quarter of the SMs, then many_splits (measured on the H100: one split wins from
+// ~64 tiles on, except for some long-K shapes). Called per GEMM, so it allocates nothing.
+inline Choice default_choice(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
   const int64_t tiles = (N + kRows - 1) / kRows;
-  return 4 * tiles >= sms ? 1 : many_splits(T, N, K, sms, workspace_bytes);
+  return {kRows, 4 * tiles >= sms ? 1 : many_splits(T, N, K, kRows, sms, workspace_bytes)};
 }
 
-// Splits worth timing (the autotune), the default first: one and many_splits. (Measured on the
-// H100, session 6: a split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost
-// to one split everywhere: 78.5 vs 65.9 µs there.)
-inline std::vector<int> split_candidates(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
-  const int first = default_splits(T, N, K, sms, workspace_bytes);
-  const int other = first == 1 ? many_splits(T, N, K, sms, workspace_bytes) : 1;
-  return other == first ? std::vector<int>{first} : std::vector<int>{first, other};
+// Choices worth timing (the autotune), the default first: 64-row tiles with one split and with
+// many_splits and, for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16: 48-row tiles
+// would straddle FP8's 128-row scale blocks) 48-row tiles with one split: more blocks, each
+// streaming its rows' whole K (measured on the H100: 4096×4096 12.3 µs with 32 rows, 13.2 with 64).
+// (A split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost to one split
+// everywhere: 78.5 vs 65.9 µs there.)
+inline std::vector<Choice> choices(int64_t T, int64_t N, int64_t K, bool fp8, int sms, size_t workspace_bytes) {
+  const Choice first = default_choice(T, N, K, sms, workspace_bytes);
+  std::vector<Choice> out{first};
+  const int other = first.splits == 1 ? many_splits(T, N, K, kRows, sms, workspace_bytes) : 1;
+  if (other != first.splits) out.push_back({kRows, other});
+  if (T <= 8 && (N + kRows - 1) / kRows < sms) {
+    out.push_back({32, 1});
+    if (!fp8) out.push_back({48, 1});
+  }
+  return out;
 }
 
-template <typename WeightT, int kNT>
+// Whether the kernel has tile_rows for this weight type and T (see choices).
+inline bool has_tile_rows(int tile_rows, bool fp8, int64_t T) {
+  return tile_rows == kRows || (T <= 8 && (tile_rows == 32 || (tile_rows == 48 && !fp8)));
+}
+
+template <typename WeightT, int kNT, int kTileRows>
 void launch_tiles(const Params& p, cudaStream_t stream) {
-  constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT>;
-  constexpr size_t smem = Config<WeightT, kNT>::kSmemBytes;
-  cuda_utils::allow_shared_memory<kernel>(smem, "skinny GEMM");
-  const dim3 grid(unsigned((p.N + kRows - 1) / kRows), unsigned(p.splits));
-  cuda_utils::launch_programmatic(kernel, grid, dim3(Config<WeightT, kNT>::kThreads), smem, stream, "skinny GEMM", p);
+  using C = Config<WeightT, kNT, kTileRows>;
+  constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT, kTileRows>;
+  cuda_utils::allow_shared_memory<kernel>(C::kSmemBytes, "skinny GEMM");
+  const dim3 grid(unsigned((p.N + kTileRows - 1) / kTileRows), unsigned(p.splits));
+  cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
-// Runs p (splits, partial and counters set by the caller) with n8 token tiles for p.T.
+// Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller) with
+// n8 token tiles for p.T.
 template <typename WeightT>
 void launch(const Params& p, cudaStream_t stream) {
   if (p.T <= 8) {
-    launch_tiles<WeightT, 1>(p, stream);
+    if (p.tile_rows == 32) {
+      launch_tiles<WeightT, 1, 32>(p, stream);
+    } else if (sizeof(WeightT) == 2 && p.tile_rows == 48) {
+      if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, 48>(p, stream);
+    } else {
+      launch_tiles<WeightT, 1, kRows>(p, stream);
+    }
   } else if (p.T <= 16) {
-    launch_tiles<WeightT, 2>(p, stream);
+    launch_tiles<WeightT, 2, kRows>(p, stream);
   } else if (p.T <= 32) {
-    launch_tiles<WeightT, 4>(p, stream);
+    launch_tiles<WeightT, 4, kRows>(p, stream);
   } else {
-    launch_tiles<WeightT, 8>(p, stream);
+    launch_tiles<WeightT, 8, kRows>(p, stream);
   }
 }
 
