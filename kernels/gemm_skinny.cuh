@@ -401,8 +401,9 @@ inline Choice default_choice(int64_t T, int64_t N, int64_t K, int sms, size_t wo
 // Choices worth timing (the autotune), the default first: 64-row tiles with one split and with
 // many_splits and, for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16: 48-row tiles
 // would straddle FP8's 128-row scale blocks) 48-row tiles with one split: more blocks, each
-// streaming its rows' whole K (measured on the H100: 4096×4096 12.3 µs with 32 rows, 13.2 with 64).
-// (A split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost to one split
+// streaming its rows' whole K (measured on the H100: 4096×4096 12.3 µs with 32 rows, 13.2 with 64;
+// at T = 64 32-row tiles took it from 23.1 to 16.9 µs, still behind cuBLASLt's 16.1, so larger T
+// keeps 64). (A split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost to one split
 // everywhere: 78.5 vs 65.9 µs there.)
 inline std::vector<Choice> choices(int64_t T, int64_t N, int64_t K, bool fp8, int sms, size_t workspace_bytes) {
   const Choice first = default_choice(T, N, K, sms, workspace_bytes);
