@@ -362,6 +362,40 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   }
 }
 
+void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
+                         int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
+                         const int32_t* row_offsets, cudaStream_t stream) {
+  if (!skinny::supports(max_rows, K, ldx, x, w) || N <= 0 || ldy < N || slots <= 0 || slots > 65535 ||
+      !active_experts || !row_offsets) {
+    throw std::invalid_argument("cuda::grouped_skinny_gemm: cannot run " + shape_string(max_rows, N, K, ldx, ldy) +
+                                " over " + std::to_string(slots) +
+                                " expert slots (needs 1 <= rows <= 64, K % 128 == 0, ldx % 8 == 0, 16-byte aligned "
+                                "x and w, 1 <= slots <= 65535, the expert list and row offsets)");
+  }
+  skinny::Params p;
+  p.x = reinterpret_cast<const __nv_bfloat16*>(x);
+  p.ldx = ldx;
+  p.w = w;
+  p.scale_inv = scale_inv;
+  p.y = y;
+  p.ldy = ldy;
+  p.T = int(max_rows);
+  p.N = N;
+  p.K = K;
+  p.out_f32 = false;
+  p.tile_rows = skinny::kRows;
+  p.splits = 1;
+  p.partial = nullptr;
+  p.counters = nullptr;
+  p.active_experts = active_experts;
+  p.row_offsets = row_offsets;
+  if (scale_inv) {
+    skinny::launch<uint8_t>(p, stream, unsigned(slots));
+  } else {
+    skinny::launch<__nv_bfloat16>(p, stream, unsigned(slots));
+  }
+}
+
 void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
                              int64_t T, int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream) {
   check_shape("cuda::GemmRunner::skinny_gemm", T, N, K, ldx, ldy);

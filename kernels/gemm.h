@@ -83,6 +83,17 @@ enum class Fp8Path {
 };
 const char* to_string(Fp8Path path);
 
+// The experts of a small MoE batch through the weight-streaming (skinny) kernel in one launch:
+// for every expert e in active_experts (ids ascending, then -1 up to `slots` entries; device
+// memory, written by the routing kernel before on `stream`), y rows [row_offsets[e],
+// row_offsets[e+1]) = those rows of x · W_eᵀ, where W_e is the e-th [N, K] matrix of w (BF16, or
+// E4M3 with scale_inv holding each expert's [ceil(N/128), K/128] block scales back to back).
+// Every expert has at most max_rows <= 64 rows; K % 128 == 0, ldx % 8 == 0, x, w 16-byte aligned.
+// Throws std::invalid_argument otherwise.
+void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
+                         int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
+                         const int32_t* row_offsets, cudaStream_t stream);
+
 // How GemmRunner's skinny kernel covers a shape: weight rows per block (64; for T <= 8 also 32 and,
 // BF16 only, 48) and K splits; zeros: the kernel's default for the shape.
 struct SkinnyTiling {

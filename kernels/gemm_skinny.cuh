@@ -1,5 +1,6 @@
 // The weight-streaming GEMM for few tokens (T <= 64): y[T, N] = x[T, K] · W[N, K]ᵀ where reading W
-// once is the whole cost. Internal to gemm.cu (GemmRunner picks it per shape, see gemm.h).
+// once is the whole cost. Internal to gemm.cu (GemmRunner picks it per shape, see gemm.h; and
+// grouped_skinny_gemm, the experts of a small MoE batch in one launch).
 //
 // A block owns 64 weight rows and every token (padded to n8 tiles) over one K range, so W is read
 // exactly once and x (small) from L2. MMAs are mma.m16n8k16 BF16 with fp32 accumulation, W as the
@@ -65,6 +66,12 @@ struct Params {
   int splits;
   float* partial;      // [splits][T][N] when splits > 1
   unsigned* counters;  // [ceil(N/tile_rows)], zero between calls
+  // Grouped (the experts of a small MoE batch, one launch; splits 1): blockIdx.y is a slot of
+  // active_experts (-1: none), w and scale_inv hold one matrix per expert back to back, x and y
+  // rows are sorted by expert (expert e's are [row_offsets[e], row_offsets[e+1]), at most T). The
+  // routing kernel before writes both, so a grouped block waits for it before it streams weights.
+  const int32_t* active_experts = nullptr;
+  const int32_t* row_offsets = nullptr;
 };
 
 // How the kernel covers a shape: weight rows per block and K splits.
@@ -167,13 +174,26 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   using C = Config<WeightT, kNT, kTileRows>;
   constexpr int kRows = C::kRows;
   extern __shared__ __align__(128) uint8_t smem[];
+  const bool grouped = p.active_experts != nullptr;
+  if (grouped) {  // this block's expert: its weights, scales and rows
+    cuda_utils::wait_for_previous_grids();
+    const int64_t e = p.active_experts[blockIdx.y];
+    if (e < 0) return;
+    const int64_t row0 = p.row_offsets[e];
+    p.T = int(p.row_offsets[e + 1] - row0);
+    p.x += row0 * p.ldx;
+    p.y = static_cast<uint8_t*>(p.y) + row0 * p.ldy * (p.out_f32 ? 4 : 2);
+    p.w = static_cast<const WeightT*>(p.w) + e * p.N * p.K;
+    if (C::kFp8) p.scale_inv += e * ((p.N + kFp8BlockSize - 1) / kFp8BlockSize) * (p.K / kFp8BlockSize);
+  }
+  const int split = grouped ? 0 : int(blockIdx.y);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int stream = warp / C::kWarpsPerStream, part = warp % C::kWarpsPerStream;
   const int stream_tid = tid % C::kStreamThreads;
   const int64_t n0 = int64_t(blockIdx.x) * kRows;
   const int64_t all_steps = p.K / C::kStepK;
-  const int64_t first = all_steps * blockIdx.y / p.splits;
-  const int64_t steps = all_steps * (blockIdx.y + 1) / p.splits - first;
+  const int64_t first = all_steps * split / p.splits;
+  const int64_t steps = all_steps * (split + 1) / p.splits - first;
   const int num = stream < steps ? int((steps - stream + C::kStreams - 1) / C::kStreams) : 0;  // this stream's
   uint8_t* ring = smem + stream * C::kStages * C::kStepBytes;
   const uint8_t* w = static_cast<const uint8_t*>(p.w);
@@ -367,7 +387,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
     if (p.splits == 1) {
       store_output(p, t, n0 + row, v);
     } else {
-      p.partial[(int64_t(blockIdx.y) * p.T + t) * p.N + n0 + row] = v;
+      p.partial[(int64_t(split) * p.T + t) * p.N + n0 + row] = v;
     }
   }
   if (p.splits > 1) finish_split_k(p, n0, kRows);
@@ -423,32 +443,33 @@ inline bool has_tile_rows(int tile_rows, bool fp8, int64_t T) {
 }
 
 template <typename WeightT, int kNT, int kTileRows>
-void launch_tiles(const Params& p, cudaStream_t stream) {
+void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   using C = Config<WeightT, kNT, kTileRows>;
   constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT, kTileRows>;
   cuda_utils::allow_shared_memory<kernel>(C::kSmemBytes, "skinny GEMM");
-  const dim3 grid(unsigned((p.N + kTileRows - 1) / kTileRows), unsigned(p.splits));
+  const dim3 grid(unsigned((p.N + kTileRows - 1) / kTileRows), grid_y);
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
 // Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller) with
-// n8 token tiles for p.T.
+// n8 token tiles for p.T, on a grid of N's row tiles × the splits (grouped: × the expert slots).
 template <typename WeightT>
-void launch(const Params& p, cudaStream_t stream) {
+void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
+  const unsigned y = p.active_experts ? expert_slots : unsigned(p.splits);
   if (p.T <= 8) {
     if (p.tile_rows == 32) {
-      launch_tiles<WeightT, 1, 32>(p, stream);
+      launch_tiles<WeightT, 1, 32>(p, y, stream);
     } else if (sizeof(WeightT) == 2 && p.tile_rows == 48) {
-      if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, 48>(p, stream);
+      if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, 48>(p, y, stream);
     } else {
-      launch_tiles<WeightT, 1, kRows>(p, stream);
+      launch_tiles<WeightT, 1, kRows>(p, y, stream);
     }
   } else if (p.T <= 16) {
-    launch_tiles<WeightT, 2, kRows>(p, stream);
+    launch_tiles<WeightT, 2, kRows>(p, y, stream);
   } else if (p.T <= 32) {
-    launch_tiles<WeightT, 4, kRows>(p, stream);
+    launch_tiles<WeightT, 4, kRows>(p, y, stream);
   } else {
-    launch_tiles<WeightT, 8, kRows>(p, stream);
+    launch_tiles<WeightT, 8, kRows>(p, y, stream);
   }
 }
 

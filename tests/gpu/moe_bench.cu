@@ -1,7 +1,11 @@
 // The MoE layer of Qwen3.5-35B-A3B (H 2048, 256 experts, top-8, expert and shared intermediate
-// 512), BF16, TP 1, at T in {1, 64, 1024}. Prints the layer time and the GB/s of the expert
-// weights it has to read (distinct experts hit + shared expert + router), BF16 and block-FP8 experts.
+// 512), BF16, TP 1, at T in {1, 64, 1024} (or the token counts given: moe_bench [T,T,...], at most
+// 1024). Prints the layer time and the GB/s of the expert weights it has to read (distinct experts
+// hit + shared expert + router), BF16 and block-FP8 experts.
 #include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -10,7 +14,22 @@
 
 using namespace ds::kernels;
 
-int main() {
+int main(int argc, char** argv) {
+  std::vector<int64_t> token_counts = {1, 64, 1024};
+  if (argc > 1) {
+    token_counts.clear();
+    std::stringstream list(argv[1]);
+    for (std::string item; std::getline(list, item, ',');) {
+      char* end = nullptr;
+      const long long T = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || T < 1 || T > 1024) {
+        std::fprintf(stderr, "moe_bench: token counts must be integers in [1, 1024] separated by commas, got '%s'\n",
+                     argv[1]);
+        return 2;
+      }
+      token_counts.push_back(T);
+    }
+  }
   const MoeDims dims{2048, 256, 8, 512, 512, true};
   const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
   bf16* router = bench::device_alloc<bf16>(size_t(E * H));
@@ -46,7 +65,7 @@ int main() {
   cuda::MoeRunner runner(dims, 1024);
   std::printf("%6s | %9s %12s %9s %6s | %9s %9s %6s\n", "T", "bf16 us", "experts hit", "GB/s", "%copy", "fp8 us", "GB/s",
               "%copy");
-  for (int64_t T : {1, 64, 1024}) {
+  for (int64_t T : token_counts) {
     bf16* x = bench::device_alloc<bf16>(size_t(T * H));
     bf16* out = bench::device_alloc<bf16>(size_t(T * H));
     bench::fill_random_bf16(x, size_t(T * H), 1.f, 7);

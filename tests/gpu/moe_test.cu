@@ -36,12 +36,13 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
              s_down = random_bf16(size_t(H * Is), 6, 0.07f), s_gate = random_bf16(size_t(H), 7, 0.1f);
   DeviceBuffer<bf16> d_router(router.bits), d_gate_up(gate_up.bits), d_down(down.bits), d_s_gate_up(s_gate_up.bits),
       d_s_down(s_down.bits), d_s_gate(s_gate.bits);
-  const MoeWeights<bf16> gpu_w{d_router.get(), d_gate_up.get(), d_down.get(), d_s_gate_up.get(), d_s_down.get(), d_s_gate.get()};
-  const MoeWeights<float> cpu_w{router.values.data(), gate_up.values.data(), down.values.data(),
-                                s_gate_up.values.data(), s_down.values.data(), s_gate.values.data()};
+  const MoeWeights<bf16> gpu_w{d_router.get(),    d_gate_up.get(), d_down.get(),
+                               d_s_gate_up.get(), d_s_down.get(),  d_s_gate.get()};
+  const MoeWeights<float> cpu_w{router.values.data(),    gate_up.values.data(), down.values.data(),
+                                s_gate_up.values.data(), s_down.values.data(),  s_gate.values.data()};
   cuda::GemmRunner gemm;
-  cuda::MoeRunner runner(dims, 64);
-  for (int64_t T : {1, 37, 64}) {
+  cuda::MoeRunner runner(dims, 128);
+  for (int64_t T : {1, 32, 37, 100}) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
     SCOPED_TRACE("T=" + std::to_string(T));
     const auto x = random_bf16(size_t(T * H), uint32_t(10 + T));
     DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
@@ -51,7 +52,7 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
     cpu::moe_forward(x.values.data(), T, dims, cpu_w, want.data());
     EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
   }
-  EXPECT_THROW(runner.forward(gemm, nullptr, 65, gpu_w, nullptr, nullptr), std::invalid_argument);
+  EXPECT_THROW(runner.forward(gemm, nullptr, 129, gpu_w, nullptr, nullptr), std::invalid_argument);
 }
 
 // Block-FP8 experts and shared expert: the reference runs on the dequantized weights.
@@ -62,7 +63,8 @@ TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
   auto random_fp8 = [&](size_t n) {
     std::vector<uint8_t> v(n);
     for (auto& b : v) {
-      do b = uint8_t(rng()); while ((b & 0x7f) == 0x7f || (b & 0x78) > 0x40);  // no NaN, |w| <= 4
+      do b = uint8_t(rng());
+      while ((b & 0x7f) == 0x7f || (b & 0x78) > 0x40);  // no NaN, |w| <= 4
     }
     return v;
   };
@@ -81,7 +83,8 @@ TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
              s_down_scale = random_scales(size_t(blocks(H) * blocks(Is)));
   const auto router = random_bf16(size_t(E * H), 21, 0.1f), s_gate = random_bf16(size_t(H), 22, 0.1f);
 
-  std::vector<float> gate_up_f(gate_up.size()), down_f(down.size()), s_gate_up_f(s_gate_up.size()), s_down_f(s_down.size());
+  std::vector<float> gate_up_f(gate_up.size()), down_f(down.size()), s_gate_up_f(s_gate_up.size()),
+      s_down_f(s_down.size());
   for (int64_t e = 0; e < E; ++e) {
     cpu::dequantize_fp8_weight(gate_up.data() + e * 2 * Ie * H, gate_up_scale.data() + e * gu_scales, 2 * Ie, H,
                                gate_up_f.data() + e * 2 * Ie * H);
@@ -95,13 +98,13 @@ TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
   DeviceBuffer<float> d_gu_scale(gate_up_scale), d_dn_scale(down_scale), d_sgu_scale(s_gate_up_scale),
       d_sdn_scale(s_down_scale);
   DeviceBuffer<bf16> d_router(router.bits), d_s_gate(s_gate.bits);
-  const MoeFp8Weights gpu_w{d_router.get(),  d_gate_up.get(),   d_gu_scale.get(), d_down.get(),     d_dn_scale.get(),
+  const MoeFp8Weights gpu_w{d_router.get(),    d_gate_up.get(),   d_gu_scale.get(), d_down.get(),      d_dn_scale.get(),
                             d_s_gate_up.get(), d_sgu_scale.get(), d_s_down.get(),   d_sdn_scale.get(), d_s_gate.get()};
-  const MoeWeights<float> cpu_w{router.values.data(), gate_up_f.data(), down_f.data(), s_gate_up_f.data(),
-                                s_down_f.data(),      s_gate.values.data()};
+  const MoeWeights<float> cpu_w{router.values.data(), gate_up_f.data(), down_f.data(),
+                                s_gate_up_f.data(),   s_down_f.data(),  s_gate.values.data()};
   cuda::GemmRunner gemm;
   cuda::MoeRunner runner(dims, 100);
-  for (int64_t T : {1, 100}) {
+  for (int64_t T : {1, 32, 100}) {  // T <= 32: the experts through the skinny kernel; 100: the tile kernel
     SCOPED_TRACE("T=" + std::to_string(T));
     const auto x = random_bf16(size_t(T * H), uint32_t(30 + T));
     DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
