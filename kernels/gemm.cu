@@ -362,10 +362,14 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   }
 }
 
+bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w) {
+  return skinny::supports(max_rows, K, ldx, x, w);
+}
+
 void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
                          int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
                          const int32_t* row_offsets, cudaStream_t stream) {
-  if (!skinny::supports(max_rows, K, ldx, x, w) || N <= 0 || ldy < N || slots <= 0 || slots > 65535 ||
+  if (!grouped_skinny_supports(max_rows, K, ldx, x, w) || N <= 0 || ldy < N || slots <= 0 || slots > 65535 ||
       !active_experts || !row_offsets) {
     throw std::invalid_argument("cuda::grouped_skinny_gemm: cannot run " + shape_string(max_rows, N, K, ldx, ldy) +
                                 " over " + std::to_string(slots) +

@@ -90,6 +90,8 @@ const char* to_string(Fp8Path path);
 // E4M3 with scale_inv holding each expert's [ceil(N/128), K/128] block scales back to back).
 // Every expert has at most max_rows <= 64 rows; K % 128 == 0, ldx % 8 == 0, x, w 16-byte aligned.
 // Throws std::invalid_argument otherwise.
+// Whether grouped_skinny_gemm takes these operands.
+bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w);
 void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
                          int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
                          const int32_t* row_offsets, cudaStream_t stream);
@@ -156,7 +158,8 @@ class GemmRunner {
   // Whether the last gemm() call ran the skinny weight-streaming kernel instead of cuBLASLt.
   bool last_gemm_skinny() const { return last_gemm_skinny_; }
   // What the last autotune (the first timeable call of a T <= 256 shape) measured per call, e.g.
-  // "cublaslt 40.1 us, skinny/1 36.2 us, skinny/3 38.0 us"; empty before any.
+  // "cublaslt 40.1 us, skinny/64x1 36.2 us, skinny/32x1 35.0 us" (rows per block x splits); empty
+  // before any.
   const std::string& last_autotune() const { return last_autotune_; }
   // Sizes the W8A8 path's activation and output scratch once, for up to max_tokens rows of
   // K <= max_k and N <= max_n (a model's linears), so that serving never grows it: a growth

@@ -9,11 +9,11 @@
 // The block's K range is read as streams (4, or 2 where x is too large for 4 rings), each one step
 // at a time: a 128-byte line of each of the 64 rows (64 BF16 or 128 FP8 weights), interleaved so
 // the streams together read 256–512 contiguous bytes per row. Each stream has its own cp.async ring
-// and its own warps (32, 16 or 8 rows each), which meet at a named barrier per step; the whole
-// block meets only at the end, where the streams' sums are added in shared memory. One 256-thread
-// (FP8 at T <= 8: 512) block per SM with ~200 KB of rings keeps 48–160 KB of weights in flight per
-// SM. A thread loads the same chunks of every step (addresses computed once), x only for the T real
-// tokens (the padding rows of the ring are zeroed once).
+// and its own warps (16 or 32 rows each), which meet at a named barrier per step; the whole
+// block meets only at the end, where the streams' sums are added in shared memory. One block per
+// SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: 128–256
+// threads) with ~200 KB of rings keeps 48–160 KB of weights in flight per SM. A thread loads the same chunks of every
+// step (addresses computed once), x only for the T real tokens (the padding rows of the ring are zeroed once).
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
 // before it is still finishing and waits for that kernel only before it reads x. Each row tile is
@@ -62,7 +62,7 @@ struct Params {
   int T;
   int64_t N, K;
   bool out_f32;
-  int tile_rows;  // kRows or 32
+  int tile_rows;  // kRows, 32 or 48 (see has_tile_rows)
   int splits;
   float* partial;      // [splits][T][N] when splits > 1
   unsigned* counters;  // [ceil(N/tile_rows)], zero between calls
@@ -100,7 +100,9 @@ struct Config {
   static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
-  static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;  // m16 tiles of weight rows per warp
+  static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;         // m16 tiles of weight rows per warp
+  static constexpr int kRowsPerPass = kStreamThreads / (kRowBytes / 16);  // rows one pass of a stream's loads covers
+  static_assert(kRows % (16 * kWarpsPerStream) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
   static constexpr int kStages = kSmemBudget / kStreams / kStepBytes;
   static constexpr int kRedStride = kRows + 4;  // fp32 row of the final reduction, padded against conflicts
   static constexpr size_t kSmemBytes = size_t(kStreams) * kStages * kStepBytes;
@@ -180,7 +182,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
     const int64_t e = p.active_experts[blockIdx.y];
     if (e < 0) return;
     const int64_t row0 = p.row_offsets[e];
-    p.T = int(p.row_offsets[e + 1] - row0);
+    p.T = int(std::min<int64_t>(p.T, p.row_offsets[e + 1] - row0));  // never past the ring's token rows
     p.x += row0 * p.ldx;
     p.y = static_cast<uint8_t*>(p.y) + row0 * p.ldy * (p.out_f32 ? 4 : 2);
     p.w = static_cast<const WeightT*>(p.w) + e * p.N * p.K;
@@ -203,7 +205,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   // warps load it together. A thread's share of a step is the same every step (W: chunk w_ch of
   // rows w_r0 + kRowsPerPass·i), so its addresses are computed once and advance by a constant.
   constexpr int kChunksPerRow = kRowBytes / 16;
-  constexpr int kRowsPerPass = C::kStreamThreads / kChunksPerRow;
+  constexpr int kRowsPerPass = C::kRowsPerPass;
   constexpr int kWLoads = kRows / kRowsPerPass;
   const int w_ch = stream_tid % kChunksPerRow, w_r0 = stream_tid / kChunksPerRow;
   const int64_t row_bytes = p.K * int64_t(sizeof(WeightT));

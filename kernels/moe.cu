@@ -250,7 +250,7 @@ void dense_gemm(GemmRunner& gemm, const bf16* x, int64_t ldx, const uint8_t* w, 
 template <typename WeightT>
 void grouped_gemm(const Buffers& b, const bf16* x, const WeightT* w, const float* scale, bf16* y, int64_t N, int64_t K,
                   int64_t T, int64_t pairs, int64_t E, cudaStream_t stream) {
-  if (T <= kMaxSkinnyTokens && K % 128 == 0) {
+  if (T <= kMaxSkinnyTokens && grouped_skinny_supports(T, K, K, x, w)) {
     grouped_skinny_gemm(x, K, w, scale, y, N, T, N, K, b.active_experts, std::min(E, pairs), b.row_offsets, stream);
     return;
   }
