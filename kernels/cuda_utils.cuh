@@ -63,8 +63,9 @@ void allow_shared_memory(size_t bytes, const char* op) {
 // Programmatic dependent launch (sm_90; on older architectures both calls compile to nothing and
 // launches serialize as usual). A kernel started by launch_programmatic may begin while the kernel
 // before it in the stream is still running, so it can stream what no earlier kernel writes
-// (weights) meanwhile; it must call wait_for_previous_grids() before it reads or writes anything
-// else (all earlier grids have then completed and their writes are visible). Without
+// (weights and FP8 weight scales: a kernel that rewrote them on the device, e.g. a requantization,
+// would have to be followed by a normal launch) meanwhile; it must call wait_for_previous_grids()
+// before it reads or writes anything else (all earlier grids have then completed and their writes are visible). Without
 // allow_dependent_launch() in the kernel before, it starts as that kernel's blocks exit; with it,
 // once every block of that kernel has made the call. For a normally launched successor
 // allow_dependent_launch() does nothing.
