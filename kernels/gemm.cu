@@ -281,8 +281,7 @@ const GemmRunner::Plan& GemmRunner::plan_for(const Key& key, const Operands& ope
       last_autotune_ = "cublaslt " + per_call_us(cublaslt_ms);
       if (skinny::supports(T, K, ldx, operands.x, operands.w)) {
         float best_ms = cublaslt_ms;
-        for (const skinny::Choice choice : skinny::choices(T, N, K, /*fp8=*/false, sms_, workspace_bytes_)) {
-          const SkinnyTiling tiling{choice.tile_rows, choice.splits};
+        for (const SkinnyTiling tiling : skinny::tilings(T, N, K, /*fp8=*/false, sms_, workspace_bytes_)) {
           const float skinny_ms = time_runs(
               [&] {
                 run_skinny(operands.x, ldx, operands.w, nullptr, false, operands.y, ldy, T, N, K, out_f32,
@@ -335,24 +334,11 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
 void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y,
                             int64_t ldy, int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream,
                             SkinnyTiling tiling) {
-  const skinny::Choice choice = tiling.tile_rows > 0 ? skinny::Choice{tiling.tile_rows, tiling.splits}
-                                                     : skinny::default_choice(T, N, K, sms_, workspace_bytes_);
-  if (size_t((N + choice.tile_rows - 1) / choice.tile_rows) > kSkinnyCounterTiles) {
+  if (tiling.tile_rows == 0) tiling = skinny::default_tiling(T, N, K, sms_, workspace_bytes_);
+  if (size_t((N + tiling.tile_rows - 1) / tiling.tile_rows) > kSkinnyCounterTiles) {
     throw std::invalid_argument("skinny GEMM: N=" + std::to_string(N) + " exceeds the counter tiles");
   }
-  skinny::Params p;
-  p.x = reinterpret_cast<const __nv_bfloat16*>(x);
-  p.ldx = ldx;
-  p.w = w;
-  p.scale_inv = scale_inv;
-  p.y = y;
-  p.ldy = ldy;
-  p.T = int(T);
-  p.N = N;
-  p.K = K;
-  p.out_f32 = out_f32;
-  p.tile_rows = choice.tile_rows;
-  p.splits = choice.splits;
+  skinny::Params p = skinny::make_params(x, ldx, w, scale_inv, y, ldy, T, N, K, out_f32, tiling);
   p.partial = static_cast<float*>(workspace_);
   p.counters = skinny_counters_;
   if (fp8) {
@@ -376,21 +362,8 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
                                 " expert slots (needs 1 <= rows <= 64, K % 128 == 0, ldx % 8 == 0, 16-byte aligned "
                                 "x and w, 1 <= slots <= 65535, the expert list and row offsets)");
   }
-  skinny::Params p;
-  p.x = reinterpret_cast<const __nv_bfloat16*>(x);
-  p.ldx = ldx;
-  p.w = w;
-  p.scale_inv = scale_inv;
-  p.y = y;
-  p.ldy = ldy;
-  p.T = int(max_rows);
-  p.N = N;
-  p.K = K;
-  p.out_f32 = false;
-  p.tile_rows = skinny::kRows;
-  p.splits = 1;
-  p.partial = nullptr;
-  p.counters = nullptr;
+  skinny::Params p = skinny::make_params(x, ldx, w, scale_inv, y, ldy, max_rows, N, K, /*out_f32=*/false,
+                                         SkinnyTiling{skinny::kRows, 1});
   p.active_experts = active_experts;
   p.row_offsets = row_offsets;
   if (scale_inv) {
@@ -779,8 +752,7 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
   Fp8SkinnyPlan plan{{}, true};
   last_autotune_.clear();
   float skinny_ms = INFINITY;
-  for (const skinny::Choice choice : skinny::choices(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
-    const SkinnyTiling tiling{choice.tile_rows, choice.splits};
+  for (const SkinnyTiling tiling : skinny::tilings(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
     const float ms = time_runs(
         [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling); },
         l2_evict_, l2_evict_bytes_, stream);

@@ -88,13 +88,13 @@ const char* to_string(Fp8Path path);
 // memory, written by the routing kernel before on `stream`), y rows [row_offsets[e],
 // row_offsets[e+1]) = those rows of x · W_eᵀ, where W_e is the e-th [N, K] matrix of w (BF16, or
 // E4M3 with scale_inv holding each expert's [ceil(N/128), K/128] block scales back to back).
-// Every expert has at most max_rows <= 64 rows; K % 128 == 0, ldx % 8 == 0, x, w 16-byte aligned.
-// Throws std::invalid_argument otherwise.
-// Whether grouped_skinny_gemm takes these operands.
-bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w);
+// Every expert has at most max_rows <= 64 rows; K % 128 == 0, ldx % 8 == 0, x, w 16-byte aligned
+// (grouped_skinny_supports). Throws std::invalid_argument otherwise.
 void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
                          int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
                          const int32_t* row_offsets, cudaStream_t stream);
+// Whether grouped_skinny_gemm takes these operands.
+bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w);
 
 // How GemmRunner's skinny kernel covers a shape: weight rows per block (64; for T <= 8 also 32 and,
 // BF16 only, 48) and K splits; zeros: the kernel's default for the shape.
@@ -111,7 +111,7 @@ struct SkinnyTiling {
 // forward pass) and keeps the fastest; otherwise the first heuristic pick is used. For T <= 64
 // that timing also includes our skinny kernel (kernels/gemm_skinny.cuh: W streamed once, a
 // programmatic dependent launch, split-K with a deterministic fixup where few row tiles) at each
-// split count it offers, and the plan keeps the fastest. Not thread-safe: one runner per worker
+// tiling it offers (SkinnyTiling), and the plan keeps the fastest. Not thread-safe: one runner per worker
 // thread/stream.
 // Every call is asynchronous on `stream` and CUDA-graph capturable once its plan exists.
 // Errors (bad sizes, cuBLASLt failures) throw std::runtime_error naming the shape.
@@ -132,8 +132,8 @@ class GemmRunner {
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
   // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the
-  // skinny kernel at each split count it offers against cuBLASLt W8A8 on the first timeable call of
-  // a shape (as gemm() does) and keeps the fastest; kKernel then runs the skinny kernel at that count.
+  // skinny kernel at each tiling it offers against cuBLASLt W8A8 on the first timeable call of a
+  // shape (as gemm() does) and keeps the fastest; kKernel then runs the skinny kernel at that tiling.
   // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card

@@ -34,8 +34,6 @@
 #pragma once
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -64,8 +62,8 @@ struct Params {
   bool out_f32;
   int tile_rows;  // kRows, 32 or 48 (see has_tile_rows)
   int splits;
-  float* partial;      // [splits][T][N] when splits > 1
-  unsigned* counters;  // [ceil(N/tile_rows)], zero between calls
+  float* partial = nullptr;      // [splits][T][N] when splits > 1
+  unsigned* counters = nullptr;  // [ceil(N/tile_rows)], zero between calls
   // Grouped (the experts of a small MoE batch, one launch; splits 1): blockIdx.y is a slot of
   // active_experts (-1: none), w and scale_inv hold one matrix per expert back to back, x and y
   // rows are sorted by expert (expert e's are [row_offsets[e], row_offsets[e+1]), at most T). The
@@ -74,11 +72,26 @@ struct Params {
   const int32_t* row_offsets = nullptr;
 };
 
-// How the kernel covers a shape: weight rows per block and K splits.
-struct Choice {
-  int tile_rows = kRows;
-  int splits = 1;
-};
+using cuda::SkinnyTiling;
+
+// The parameters of y[T, N] = x · Wᵀ as `tiling` covers it (no split-K workspace, not grouped).
+inline Params make_params(const void* x, int64_t ldx, const void* w, const float* scale_inv, void* y, int64_t ldy,
+                          int64_t T, int64_t N, int64_t K, bool out_f32, SkinnyTiling tiling) {
+  Params p;
+  p.x = static_cast<const __nv_bfloat16*>(x);
+  p.ldx = ldx;
+  p.w = w;
+  p.scale_inv = scale_inv;
+  p.y = y;
+  p.ldy = ldy;
+  p.T = int(T);
+  p.N = N;
+  p.K = K;
+  p.out_f32 = out_f32;
+  p.tile_rows = tiling.tile_rows;
+  p.splits = tiling.splits;
+  return p;
+}
 
 // Per weight type, n8 token tiles and rows per block: the streams (4, else 2 where 4 would leave
 // fewer than 3 steps per ring), ring depth and the shared-memory layout of a step.
@@ -200,7 +213,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   uint8_t* ring = smem + stream * C::kStages * C::kStepBytes;
   const uint8_t* w = static_cast<const uint8_t*>(p.w);
 
-  // Step j of a stream is block step stream + kStreams·j, in ring slot j % kStages: W [64 rows],
+  // Step j of a stream is block step stream + kStreams·j, in ring slot j % kStages: W [kRows rows],
   // x [kTokenRows][kStepK] as swizzled 16-byte chunks, then (FP8) the step's scale. The stream's
   // warps load it together. A thread's share of a step is the same every step (W: chunk w_ch of
   // rows w_r0 + kRowsPerPass·i), so its addresses are computed once and advance by a constant.
@@ -214,8 +227,8 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   unsigned w_valid = 0;  // bit i: row w_r0 + kRowsPerPass·i exists (rows past N are zero-filled)
 #pragma unroll
   for (int i = 0; i < kWLoads; ++i) w_valid |= unsigned(n0 + w_r0 + kRowsPerPass * i < p.N) << i;
-  const float* scale_src = p.scale_inv + (n0 / kFp8BlockSize) * ((p.K + kFp8BlockSize - 1) / kFp8BlockSize) +
-                           first_k / kFp8BlockSize;  // FP8: a step is one scale block
+  const float* scale_src =  // FP8: a step is one scale block
+      C::kFp8 ? p.scale_inv + (n0 / kFp8BlockSize) * (p.K / kFp8BlockSize) + first_k / kFp8BlockSize : nullptr;
   auto slot = [&](int j) { return ring + (j % C::kStages) * C::kStepBytes; };
   auto load_w = [&](int j) {
     uint8_t* dst = slot(j);
@@ -415,21 +428,21 @@ inline int many_splits(int64_t T, int64_t N, int64_t K, int tile_rows, int sms, 
 // The default: 64-row tiles, one split (each row tile streams all of K) unless there are fewer
 // tiles than a quarter of the SMs, then many_splits (measured on the H100: one split wins from
 // ~64 tiles on, except for some long-K shapes). Called per GEMM, so it allocates nothing.
-inline Choice default_choice(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
+inline SkinnyTiling default_tiling(int64_t T, int64_t N, int64_t K, int sms, size_t workspace_bytes) {
   const int64_t tiles = (N + kRows - 1) / kRows;
   return {kRows, 4 * tiles >= sms ? 1 : many_splits(T, N, K, kRows, sms, workspace_bytes)};
 }
 
-// Choices worth timing (the autotune), the default first: 64-row tiles with one split and with
+// Tilings worth timing (the autotune), the default first: 64-row tiles with one split and with
 // many_splits and, for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16: 48-row tiles
 // would straddle FP8's 128-row scale blocks) 48-row tiles with one split: more blocks, each
 // streaming its rows' whole K (measured on the H100: 4096×4096 12.3 µs with 32 rows, 13.2 with 64;
 // at T = 64 32-row tiles took it from 23.1 to 16.9 µs, still behind cuBLASLt's 16.1, so larger T
 // keeps 64). (A split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost to one split
 // everywhere: 78.5 vs 65.9 µs there.)
-inline std::vector<Choice> choices(int64_t T, int64_t N, int64_t K, bool fp8, int sms, size_t workspace_bytes) {
-  const Choice first = default_choice(T, N, K, sms, workspace_bytes);
-  std::vector<Choice> out{first};
+inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool fp8, int sms, size_t workspace_bytes) {
+  const SkinnyTiling first = default_tiling(T, N, K, sms, workspace_bytes);
+  std::vector<SkinnyTiling> out{first};
   const int other = first.splits == 1 ? many_splits(T, N, K, kRows, sms, workspace_bytes) : 1;
   if (other != first.splits) out.push_back({kRows, other});
   if (T <= 8 && (N + kRows - 1) / kRows < sms) {
@@ -439,7 +452,7 @@ inline std::vector<Choice> choices(int64_t T, int64_t N, int64_t K, bool fp8, in
   return out;
 }
 
-// Whether the kernel has tile_rows for this weight type and T (see choices).
+// Whether the kernel has tile_rows for this weight type and T (see tilings).
 inline bool has_tile_rows(int tile_rows, bool fp8, int64_t T) {
   return tile_rows == kRows || (T <= 8 && (tile_rows == 32 || (tile_rows == 48 && !fp8)));
 }

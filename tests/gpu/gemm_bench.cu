@@ -16,8 +16,6 @@
 // per candidate (GemmRunner::last_autotune).
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -65,21 +63,8 @@ int main(int argc, char** argv) {
       {"35B-A3B", "expert gate_up", 1024, 2048},
       {"35B-A3B", "expert down", 2048, 512},
   };
-  std::vector<int64_t> token_counts = {1, 8, 64, 1024, 8192};
-  if (argc > 1) {
-    token_counts.clear();
-    std::stringstream list(argv[1]);
-    for (std::string item; std::getline(list, item, ',');) {
-      char* end = nullptr;
-      const long long T = std::strtoll(item.c_str(), &end, 10);
-      if (item.empty() || *end != '\0' || T < 1) {
-        std::fprintf(stderr, "gemm_bench: token counts must be positive integers separated by commas, got '%s'\n",
-                     argv[1]);
-        return 2;
-      }
-      token_counts.push_back(T);
-    }
-  }
+  const std::vector<int64_t> token_counts =
+      bench::token_counts("gemm_bench", argc > 1 ? argv[1] : nullptr, {1, 8, 64, 1024, 8192});
   const std::string only = argc > 2 ? argv[2] : "";
   if (int n = 0; cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("SKIPPED: no GPU\n");

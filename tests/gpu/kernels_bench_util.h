@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "kernels/common.h"
@@ -17,6 +19,26 @@ namespace ds::kernels::bench {
 
 inline constexpr double kPeakBf16TflopS = 790.0;  // measured dense BF16 GEMM ceiling (H100 80GB HBM3)
 inline constexpr double kCopyGbS = 3020.0;        // measured device-to-device copy (read + write)
+
+// Token counts from a command-line argument "T,T,..." (each in [1, max]), or `fallback` when
+// `arg` is null; exits with status 2 and a message naming `program` on anything else.
+inline std::vector<int64_t> token_counts(const char* program, const char* arg, std::vector<int64_t> fallback,
+                                         int64_t max = INT64_MAX) {
+  if (!arg) return fallback;
+  std::vector<int64_t> counts;
+  std::stringstream list(arg);
+  for (std::string item; std::getline(list, item, ',');) {
+    char* end = nullptr;
+    const long long T = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || T < 1 || T > max) {
+      const std::string range = max == INT64_MAX ? "positive integers" : "integers in [1, " + std::to_string(max) + "]";
+      std::fprintf(stderr, "%s: token counts must be %s separated by commas, got '%s'\n", program, range.c_str(), arg);
+      std::exit(2);
+    }
+    counts.push_back(T);
+  }
+  return counts;
+}
 
 inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {

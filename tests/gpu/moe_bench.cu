@@ -2,10 +2,8 @@
 // 512), BF16, TP 1, at T in {1, 64, 1024} (or the token counts given: moe_bench [T,T,...], at most
 // 1024). Prints the layer time and the GB/s of the expert weights it has to read (distinct experts
 // hit + shared expert + router), BF16 and block-FP8 experts.
+#include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <sstream>
-#include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -15,21 +13,8 @@
 using namespace ds::kernels;
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> token_counts = {1, 64, 1024};
-  if (argc > 1) {
-    token_counts.clear();
-    std::stringstream list(argv[1]);
-    for (std::string item; std::getline(list, item, ',');) {
-      char* end = nullptr;
-      const long long T = std::strtoll(item.c_str(), &end, 10);
-      if (item.empty() || *end != '\0' || T < 1 || T > 1024) {
-        std::fprintf(stderr, "moe_bench: token counts must be integers in [1, 1024] separated by commas, got '%s'\n",
-                     argv[1]);
-        return 2;
-      }
-      token_counts.push_back(T);
-    }
-  }
+  const std::vector<int64_t> token_counts =
+      bench::token_counts("moe_bench", argc > 1 ? argv[1] : nullptr, {1, 64, 1024}, 1024);
   const MoeDims dims{2048, 256, 8, 512, 512, true};
   const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
   bf16* router = bench::device_alloc<bf16>(size_t(E * H));
