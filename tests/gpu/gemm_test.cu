@@ -263,14 +263,18 @@ TEST(GpuGemm, Fp8SkinnyKeepsSubnormalWeights) {
   EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 1e-4f, 8e-3f));  // BF16 y: 2^-9 relative
 }
 
-// Every tiling the autotune may pick (64 or 32 rows per block, split-K), BF16 and FP8 weights,
-// against the references; tilings the kernel cannot run are refused.
+// Every tiling the autotune may pick (64 rows per block, for T <= 8 also 32 or 48; split-K), BF16 and
+// FP8 weights (wgmma for BF16 above 8 tokens), against the references; tilings the kernel cannot run
+// are refused.
 TEST(GpuGemm, SkinnyTilingsMatchReference) {
   cuda::GemmRunner runner;
   std::mt19937 rng(41);
-  const cuda::SkinnyTiling tilings[] = {{64, 1}, {64, 3}, {32, 1}, {32, 2}, {48, 1}, {48, 2}};
-  for (const Shape& s :
-       {Shape{1, 200, 1024, 1024, 200}, Shape{8, 4096, 4096, 4096, 4096}, Shape{5, 96, 384, 392, 104}}) {
+  const std::vector<cuda::SkinnyTiling> few_tokens = {{64, 1}, {64, 3}, {32, 1}, {32, 2}, {48, 1}, {48, 2}};
+  const std::vector<cuda::SkinnyTiling> many_tokens = {{64, 1}, {64, 2}, {64, 3}};
+  for (const auto& [s, tilings] :
+       {std::pair{Shape{1, 200, 1024, 1024, 200}, few_tokens}, std::pair{Shape{8, 4096, 4096, 4096, 4096}, few_tokens},
+        std::pair{Shape{5, 96, 384, 392, 104}, few_tokens}, std::pair{Shape{40, 1000, 2048, 2056, 1000}, many_tokens},
+        std::pair{Shape{64, 4096, 1024, 1024, 4104}, many_tokens}}) {
     const auto x = random_bf16(size_t(s.T * s.ldx), 42), w = random_bf16(size_t(s.N * s.K), 43, 0.05f);
     const Fp8Weight W8(s.N, s.K, rng);
     DeviceBuffer<bf16> dx(x.bits), dw(w.bits), dy(size_t(s.T * s.ldy));

@@ -1,0 +1,77 @@
+// Warpgroup-level tensor-core building blocks (sm_90a PTX): wgmma.mma_async m64nNk16 BF16 with fp32
+// accumulation, both operands read from shared memory by the tensor cores themselves (no ldmatrix
+// into registers, one read of each operand per warpgroup instead of one per warp).
+//
+// Operands are K-major tiles of 128-byte rows (64 BF16) in the 128-byte swizzle that
+// mma::swizzled_chunk(row, chunk, 8) lays out (chunk c of row r at c ^ (r & 7)), starting at a
+// 1024-byte aligned shared address: the hardware applies that XOR on address bits, so the tile's
+// 8-row groups must sit on 1024-byte boundaries.
+//
+// Accumulator layout of m64nN (warp w of the warpgroup, g = lane / 4, c = lane % 4): register
+// 4j + e holds row 16w + g + 8(e / 2), column 8j + 2c + (e % 2), i.e. per n8 column tile j the
+// same fragment as mma.m16n8k16's C for the warp's 16 rows.
+#pragma once
+
+#include <cstdint>
+
+namespace ds::kernels::wgmma {
+
+// Matrix descriptor of a K-major, 128-byte-swizzled tile at shared address `addr` (the first k of
+// the instruction; stepping k by 16 BF16 adds 32 bytes): the stride between 8-row groups is 1024
+// bytes; the leading offset is unused for swizzled K-major tiles (1 by convention).
+__device__ __forceinline__ uint64_t descriptor_k_major_sw128(uint32_t addr) {
+  return uint64_t((addr & 0x3ffff) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+// Orders this thread's earlier register writes (of the accumulators) before the warpgroup's next
+// wgmma reads them.
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit_group() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wait_group() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// Makes shared memory written by ordinary stores or cp.async (the generic proxy) visible to the
+// tensor cores' reads (the async proxy); each writing thread calls it before the barrier that
+// precedes the wgmma.
+__device__ __forceinline__ void fence_shared_for_async_proxy() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+#define DS_WGMMA_ACC8(i)                                                                                      \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
+      "+f"(d[i + 7])
+
+// d[64 × kN] += A[64 × 16] · B[kN × 16]ᵀ, A and B K-major in shared memory (see the descriptors).
+template <int kN>
+__device__ __forceinline__ void mma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b) {
+  static_assert(kN == 16 || kN == 32 || kN == 64, "instantiated widths");
+  if constexpr (kN == 16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : DS_WGMMA_ACC8(0)
+        : "l"(a), "l"(b), "r"(1));
+  } else if constexpr (kN == 32) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8)
+        : "l"(a), "l"(b), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, "
+        "p, 1, 1, 0, 0;\n}\n"
+        : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8), DS_WGMMA_ACC8(16), DS_WGMMA_ACC8(24)
+        : "l"(a), "l"(b), "r"(1));
+  }
+}
+
+#undef DS_WGMMA_ACC8
+
+}  // namespace ds::kernels::wgmma
