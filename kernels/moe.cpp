@@ -29,10 +29,11 @@ void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_
   std::vector<uint8_t> taken(static_cast<size_t>(num_experts));
   for (int64_t t = 0; t < T; ++t) {
     const float* row = logits + t * num_experts;
+    const auto logit = [&](int64_t e) { return std::isnan(row[e]) ? -INFINITY : row[e]; };  // NaN: never preferred
     float max_logit = -INFINITY;
-    for (int64_t e = 0; e < num_experts; ++e) max_logit = std::max(max_logit, row[e]);
+    for (int64_t e = 0; e < num_experts; ++e) max_logit = std::max(max_logit, logit(e));
     float sum = 0;
-    for (int64_t e = 0; e < num_experts; ++e) sum += probs[size_t(e)] = std::exp(row[e] - max_logit);
+    for (int64_t e = 0; e < num_experts; ++e) sum += probs[size_t(e)] = std::exp(logit(e) - max_logit);
     std::fill(taken.begin(), taken.end(), 0);
     float picked_sum = 0;
     for (int64_t j = 0; j < top_k; ++j) {

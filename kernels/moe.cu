@@ -30,18 +30,21 @@ void check_cuda(cudaError_t err, const char* what) {
 }
 
 // One warp per token: softmax over E logits, k rounds of warp argmax (lower expert id on ties),
-// renormalisation. Lane l owns experts l, l+32, ... (at most 32 of them: E <= 1024).
+// renormalisation. Lane l owns experts l, l+32, ... (at most 32 of them: E <= 1024). A NaN logit
+// counts as -inf (see cpu::moe_route): comparisons stay a total order, so every lane agrees on each
+// round's expert and the k ids are distinct whatever the router produced.
 __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob,
                              int32_t* topk_ids, float* topk_weights) {
   const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (t >= T) return;
   const float* row = logits + t * E;
+  const auto logit = [&](int64_t e) { return isnan(row[e]) ? -INFINITY : row[e]; };
   float mx = -INFINITY;
-  for (int64_t e = lane; e < E; e += 32) mx = fmaxf(mx, row[e]);
+  for (int64_t e = lane; e < E; e += 32) mx = fmaxf(mx, logit(e));
   for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
   float sum = 0.f;
-  for (int64_t e = lane; e < E; e += 32) sum += expf(row[e] - mx);
+  for (int64_t e = lane; e < E; e += 32) sum += expf(logit(e) - mx);
   sum = cuda_utils::warp_sum(sum);
 
   uint32_t taken = 0;  // bit i: expert lane + 32·i already chosen
@@ -51,8 +54,8 @@ __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t 
     int32_t best_e = INT32_MAX;
     for (int64_t i = 0; lane + 32 * i < E; ++i) {
       const int64_t e = lane + 32 * i;
-      if (!(taken >> i & 1u) && (row[e] > best || best_e == INT32_MAX)) {
-        best = row[e];
+      if (!(taken >> i & 1u) && (logit(e) > best || best_e == INT32_MAX)) {
+        best = logit(e);
         best_e = int32_t(e);
       }
     }

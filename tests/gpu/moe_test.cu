@@ -1,4 +1,6 @@
 // MoE router and the whole MoE block (BF16) against the fp32 reference.
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -26,6 +28,39 @@ TEST(GpuMoeRoute, MatchesReference) {
   cpu::moe_route(logits.values.data(), T, E, k, true, ids.data(), w.data());
   EXPECT_EQ(di.download(), ids);
   EXPECT_TRUE(all_close(dw.download(), w, 1e-5f, 1e-4f));
+}
+
+// NaN logits (a broken router input) count as -inf: a row with a few still routes to its best finite
+// experts, an all-NaN row to experts 0..k-1, and no token ever gets one expert twice (which would
+// give that expert more rows than the batch has tokens).
+TEST(GpuMoeRoute, NanLogitsStillGiveDistinctExperts) {
+  const int64_t T = 40, E = 256, k = 8;
+  auto logits = random_bf16(size_t(T * E), 3, 2.f).values;
+  std::mt19937 rng(4);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int i = 0; i < 3; ++i) logits[size_t(t * E + int64_t(rng() % E))] = NAN;
+  }
+  std::fill(logits.begin() + 5 * E, logits.begin() + 6 * E, NAN);  // token 5: every logit NaN
+  DeviceBuffer<float> dl(logits), dw(size_t(T * k));
+  DeviceBuffer<int32_t> di(size_t(T * k));
+  cuda::moe_route(dl.get(), T, E, k, true, di.get(), dw.get(), nullptr);
+  std::vector<int32_t> ids(size_t(T * k));
+  std::vector<float> w(size_t(T * k));
+  cpu::moe_route(logits.data(), T, E, k, true, ids.data(), w.data());
+  const auto got_ids = di.download();
+  EXPECT_EQ(got_ids, ids);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> row(got_ids.begin() + t * k, got_ids.begin() + (t + 1) * k);
+    std::sort(row.begin(), row.end());
+    EXPECT_EQ(std::adjacent_find(row.begin(), row.end()), row.end()) << "token " << t << " has an expert twice";
+    EXPECT_GE(row.front(), 0);
+    EXPECT_LT(row.back(), E);
+  }
+  auto finite_rows = [&](std::vector<float> v) {
+    v.erase(v.begin() + 5 * k, v.begin() + 6 * k);
+    return v;
+  };
+  EXPECT_TRUE(all_close(finite_rows(dw.download()), finite_rows(w), 1e-5f, 1e-4f));
 }
 
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
