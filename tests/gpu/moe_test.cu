@@ -63,31 +63,94 @@ TEST(GpuMoeRoute, NanLogitsStillGiveDistinctExperts) {
   EXPECT_TRUE(all_close(finite_rows(dw.download()), finite_rows(w), 1e-5f, 1e-4f));
 }
 
+// Random BF16 weights of one MoE block: exact fp32 images for the reference, BF16 on the device.
+struct Bf16MoeBlock {
+  explicit Bf16MoeBlock(const MoeDims& d)
+      : router(random_bf16(size_t(d.num_experts * d.hidden), 2, 0.1f)),
+        gate_up(random_bf16(size_t(d.num_experts * 2 * d.expert_intermediate * d.hidden), 3, 0.06f)),
+        down(random_bf16(size_t(d.num_experts * d.hidden * d.expert_intermediate), 4, 0.09f)),
+        s_gate_up(random_bf16(size_t(2 * d.shared_intermediate * d.hidden), 5, 0.06f)),
+        s_down(random_bf16(size_t(d.hidden * d.shared_intermediate), 6, 0.07f)),
+        s_gate(random_bf16(size_t(d.hidden), 7, 0.1f)) {}
+  MoeWeights<float> cpu() const {
+    return {router.values.data(),    gate_up.values.data(), down.values.data(),
+            s_gate_up.values.data(), s_down.values.data(),  s_gate.values.data()};
+  }
+  testing_util::Bf16Data router, gate_up, down, s_gate_up, s_down, s_gate;
+};
+
+struct DeviceMoeBlock {
+  explicit DeviceMoeBlock(const Bf16MoeBlock& b)
+      : router(b.router.bits),
+        gate_up(b.gate_up.bits),
+        down(b.down.bits),
+        s_gate_up(b.s_gate_up.bits),
+        s_down(b.s_down.bits),
+        s_gate(b.s_gate.bits) {}
+  MoeWeights<bf16> weights() const {
+    return {router.get(), gate_up.get(), down.get(), s_gate_up.get(), s_down.get(), s_gate.get()};
+  }
+  DeviceBuffer<bf16> router, gate_up, down, s_gate_up, s_down, s_gate;
+};
+
+// The block on T tokens of x against cpu::moe_forward.
+void expect_block_matches(cuda::MoeRunner& runner, cuda::GemmRunner& gemm, const MoeDims& dims,
+                          const Bf16MoeBlock& block, const DeviceMoeBlock& device, const testing_util::Bf16Data& x,
+                          int64_t T) {
+  DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * dims.hidden));
+  runner.forward(gemm, dx.get(), T, device.weights(), dout.get(), nullptr);
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<float> want(size_t(T * dims.hidden));
+  cpu::moe_forward(x.values.data(), T, dims, block.cpu(), want.data());
+  EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
+}
+
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
   const MoeDims dims{256, 16, 4, 128, 192, true};
-  const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
-  const auto router = random_bf16(size_t(E * H), 2, 0.1f), gate_up = random_bf16(size_t(E * 2 * Ie * H), 3, 0.06f),
-             down = random_bf16(size_t(E * H * Ie), 4, 0.09f), s_gate_up = random_bf16(size_t(2 * Is * H), 5, 0.06f),
-             s_down = random_bf16(size_t(H * Is), 6, 0.07f), s_gate = random_bf16(size_t(H), 7, 0.1f);
-  DeviceBuffer<bf16> d_router(router.bits), d_gate_up(gate_up.bits), d_down(down.bits), d_s_gate_up(s_gate_up.bits),
-      d_s_down(s_down.bits), d_s_gate(s_gate.bits);
-  const MoeWeights<bf16> gpu_w{d_router.get(),    d_gate_up.get(), d_down.get(),
-                               d_s_gate_up.get(), d_s_down.get(),  d_s_gate.get()};
-  const MoeWeights<float> cpu_w{router.values.data(),    gate_up.values.data(), down.values.data(),
-                                s_gate_up.values.data(), s_down.values.data(),  s_gate.values.data()};
+  const Bf16MoeBlock block(dims);
+  const DeviceMoeBlock device(block);
   cuda::GemmRunner gemm;
   cuda::MoeRunner runner(dims, 128);
   for (int64_t T : {1, 32, 37, 100}) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
     SCOPED_TRACE("T=" + std::to_string(T));
-    const auto x = random_bf16(size_t(T * H), uint32_t(10 + T));
-    DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
-    runner.forward(gemm, dx.get(), T, gpu_w, dout.get(), nullptr);
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    std::vector<float> want(size_t(T * H));
-    cpu::moe_forward(x.values.data(), T, dims, cpu_w, want.data());
-    EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
+    expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(10 + T)), T);
   }
-  EXPECT_THROW(runner.forward(gemm, nullptr, 129, gpu_w, nullptr, nullptr), std::invalid_argument);
+  EXPECT_THROW(runner.forward(gemm, nullptr, 129, device.weights(), nullptr, nullptr), std::invalid_argument);
+}
+
+// The published expert count (256, top 8) with every token's first choice the same expert: that
+// expert gets as many rows as the batch has tokens (the most the grouped skinny launch takes at
+// T = 32), the other slots few or none.
+TEST(GpuMoeRunner, OneExpertTakingEveryTokenMatchesReference) {
+  const MoeDims dims{256, 256, 8, 128, 128, true};
+  Bf16MoeBlock block(dims);
+  const int64_t favourite = 200;
+  for (int64_t h = 0; h < dims.hidden; ++h) {  // x has mean 1, so this row's logit is ~0.5·H, far above the rest
+    block.router.values[size_t(favourite * dims.hidden + h)] = 0.5f;
+    block.router.bits[size_t(favourite * dims.hidden + h)] = float_to_bf16(0.5f);
+  }
+  const DeviceMoeBlock device(block);
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, 100);
+  for (int64_t T : {1, 32, 100}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const auto x = random_bf16(size_t(T * dims.hidden), uint32_t(40 + T), 1.f, 1.f);
+    std::vector<float> logits(size_t(T * dims.num_experts));
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t e = 0; e < dims.num_experts; ++e) {
+        float dot = 0.f;
+        for (int64_t h = 0; h < dims.hidden; ++h) {
+          dot += x.values[size_t(t * dims.hidden + h)] * block.router.values[size_t(e * dims.hidden + h)];
+        }
+        logits[size_t(t * dims.num_experts + e)] = dot;
+      }
+    }
+    std::vector<int32_t> ids(size_t(T * dims.top_k));
+    std::vector<float> weights(ids.size());
+    cpu::moe_route(logits.data(), T, dims.num_experts, dims.top_k, true, ids.data(), weights.data());
+    for (int64_t t = 0; t < T; ++t) ASSERT_EQ(ids[size_t(t * dims.top_k)], favourite) << "token " << t;
+    expect_block_matches(runner, gemm, dims, block, device, x, T);
+  }
 }
 
 // Block-FP8 experts and shared expert: the reference runs on the dequantized weights.

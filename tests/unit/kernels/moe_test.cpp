@@ -59,13 +59,15 @@ TEST(CpuMoeRoute, NanLogitsAreNeverPreferred) {
 
 TEST(CpuMoeForward, MatchesDenseFormulation) {
   const MoeDims dims{16, 6, 2, 8, 12, true};
-  const int64_t T = 5, H = dims.hidden, E = dims.num_experts, I = dims.expert_intermediate, Is = dims.shared_intermediate;
+  const int64_t T = 5, H = dims.hidden, E = dims.num_experts, I = dims.expert_intermediate,
+                Is = dims.shared_intermediate;
   const auto x = random_floats(size_t(T * H), 1), router = random_floats(size_t(E * H), 2),
              gate_up = random_floats(size_t(E * 2 * I * H), 3, 0.3f), down = random_floats(size_t(E * H * I), 4, 0.3f),
              s_gate_up = random_floats(size_t(2 * Is * H), 5, 0.3f), s_down = random_floats(size_t(H * Is), 6, 0.3f),
              s_gate = random_floats(size_t(H), 7);
   std::vector<float> out(size_t(T * H), NAN);
-  cpu::moe_forward(x.data(), T, dims, {router.data(), gate_up.data(), down.data(), s_gate_up.data(), s_down.data(), s_gate.data()},
+  cpu::moe_forward(x.data(), T, dims,
+                   {router.data(), gate_up.data(), down.data(), s_gate_up.data(), s_down.data(), s_gate.data()},
                    out.data());
 
   auto silu = [](double a) { return a / (1 + std::exp(-a)); };
