@@ -383,7 +383,7 @@ void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const fl
     throw std::invalid_argument("cuda::GemmRunner::skinny_gemm: cannot run " + shape_string(T, N, K, ldx, ldy) +
                                 " as " + tiling_name(tiling) +
                                 " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
-                                "block or for T <= 8 32 or (BF16) 48, 1 <= splits <= K/128 with partials fitting "
+                                "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with partials fitting "
                                 "the workspace)");
   }
   run_skinny(x, ldx, w, scale_inv, scale_inv != nullptr, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);

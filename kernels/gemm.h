@@ -96,8 +96,8 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
 // Whether grouped_skinny_gemm takes these operands.
 bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w);
 
-// How GemmRunner's skinny kernel covers a shape: weight rows per block (64; for T <= 8 also 32 and,
-// BF16 only, 48) and K splits; zeros: the kernel's default for the shape.
+// How GemmRunner's skinny kernel covers a shape: weight rows per block (64; for T <= 8 also 32, and 48
+// for BF16, 128 for FP8 weights) and K splits; zeros: the kernel's default for the shape.
 struct SkinnyTiling {
   int tile_rows = 0;
   int splits = 0;
@@ -151,7 +151,7 @@ class GemmRunner {
                 int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, Fp8Path path = Fp8Path::kAuto);
   // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
   // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
-  // and W 16-byte aligned; tile_rows 64, or for T <= 8 32 or (BF16) 48; 1 <= splits <= K / 128 with
+  // and W 16-byte aligned; tile_rows 64, or for T <= 8 32, (BF16) 48 or (FP8) 128; 1 <= splits <= K / 128 with
   // the split partials fitting the workspace. Throws std::invalid_argument otherwise.
   void skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy, int64_t T,
                    int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream);

@@ -64,7 +64,7 @@ struct Params {
   int T;
   int64_t N, K;
   bool out_f32;
-  int tile_rows;  // kRows, 32 or 48 (see has_tile_rows)
+  int tile_rows;  // kRows, 32, 48 or 128 (see has_tile_rows)
   int splits;
   float* partial = nullptr;      // [splits][T][N] when splits > 1
   unsigned* counters = nullptr;  // [ceil(N/tile_rows)], zero between calls
@@ -116,9 +116,9 @@ struct Config {
   // One n8 token tile: a warp per m16 tile of each stream (8 warps per 32 rows), which hides the
   // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
-  // instead of 8; BF16 alike within noise). More tokens: a warpgroup per stream (BF16, wgmma), or 8
-  // warps (FP8; registers).
-  static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 : kWgmma ? 128 * kStreams : 256;
+  // instead of 8; BF16 alike within noise); 128-row tiles keep 16 warps of 2 m16 tiles each. More tokens: a warpgroup
+  // per stream (BF16, wgmma), or 8 warps (FP8; registers).
+  static constexpr int kThreads = kNT == 1 ? std::min(512, 32 * kStreams * kRows / 16) : kWgmma ? 128 * kStreams : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;         // m16 tiles of weight rows per warp
@@ -463,7 +463,10 @@ inline SkinnyTiling default_tiling(int64_t T, int64_t N, int64_t K, int sms, siz
 // Tilings worth timing (the autotune), the default first: 64-row tiles with one split and with
 // many_splits and, for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16: 48-row tiles
 // would straddle FP8's 128-row scale blocks) 48-row tiles with one split: more blocks, each
-// streaming its rows' whole K (measured on the H100: 4096×4096 12.3 µs with 32 rows, 13.2 with 64;
+// streaming its rows' whole K; and for FP8 at T <= 8 128-row tiles (one scale block), fewer blocks
+// each streaming as many bytes as a BF16 64-row block, where 64-row tiles take more than a wave
+// (measured on the H100: FP8 9B in_proj 24.2 -> 22.6 µs, 35B-A3B in_proj 14.8 -> 12.9, 27B in_proj
+// 33.1 -> 32.0; smaller matrices keep 64 or 32). (BF16: 4096×4096 12.3 µs with 32 rows, 13.2 with 64;
 // at T = 64 32-row tiles took it from 23.1 to 16.9 µs, still behind cuBLASLt's 16.1, so larger T
 // keeps 64). (A split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost to one split
 // everywhere: 78.5 vs 65.9 µs there.)
@@ -476,12 +479,13 @@ inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool f
     out.push_back({32, 1});
     if (!fp8) out.push_back({48, 1});
   }
+  if (T <= 8 && fp8 && (N + kRows - 1) / kRows > sms) out.push_back({128, 1});
   return out;
 }
 
 // Whether the kernel has tile_rows for this weight type and T (see tilings).
 inline bool has_tile_rows(int tile_rows, bool fp8, int64_t T) {
-  return tile_rows == kRows || (T <= 8 && (tile_rows == 32 || (tile_rows == 48 && !fp8)));
+  return tile_rows == kRows || (T <= 8 && (tile_rows == 32 || (tile_rows == 48 && !fp8) || (tile_rows == 128 && fp8)));
 }
 
 template <typename WeightT, int kNT, int kTileRows>
@@ -503,6 +507,8 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
       launch_tiles<WeightT, 1, 32>(p, y, stream);
     } else if (sizeof(WeightT) == 2 && p.tile_rows == 48) {
       if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, 48>(p, y, stream);
+    } else if (sizeof(WeightT) == 1 && p.tile_rows == 128) {
+      if constexpr (sizeof(WeightT) == 1) launch_tiles<WeightT, 1, 128>(p, y, stream);
     } else {
       launch_tiles<WeightT, 1, kRows>(p, y, stream);
     }
