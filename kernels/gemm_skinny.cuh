@@ -2,21 +2,22 @@
 // once is the whole cost. Internal to gemm.cu (GemmRunner picks it per shape, see gemm.h; and
 // grouped_skinny_gemm, the experts of a small MoE batch in one launch).
 //
-// A block owns 64 weight rows and every token (padded to n8 tiles) over one K range, so W is read
-// exactly once and x (small) from L2. MMAs are BF16 with fp32 accumulation, W as the A operand (rows
-// = outputs), x as B: mma.m16n8k16 from registers for one n8 token tile and for FP8, and for BF16
-// with more tokens wgmma m64nN on the ring's shared memory (measured on the H100 at T = 64: 4096×4096
-// 22.6 -> 17.3 µs, 9B q_proj 27.6 -> 26.3, ahead of cuBLASLt's 27.8; the mma.sync form was bound by
-// its ldmatrix traffic: x as large as W, read by every warp).
+// A block owns 64 weight rows (32/48/128 as alternatives, see tilings) and every token (padded to n8 tiles) over one K
+// range, so W is read exactly once and x (small) from L2. MMAs are BF16 with fp32 accumulation, W as the A operand
+// (rows = outputs), x as B: mma.m16n8k16 from registers for one n8 token tile and for FP8, and for BF16 with more
+// tokens wgmma m64nN on the ring's shared memory (measured on the H100 at T = 64: 4096×4096 22.6 -> 17.3 µs, 9B
+// q_proj 27.6 -> 26.3, ahead of cuBLASLt's 27.8; the mma.sync form was bound by its ldmatrix traffic: x as large as W,
+// read by every warp).
 //
-// The block's K range is read as streams (4, or 2 where x is too large for 4 rings), each one step
-// at a time: a 128-byte line of each of the 64 rows (64 BF16 or 128 FP8 weights), interleaved so
+// The block's K range is read as streams (4, or 2 where a step is too large for 4 rings), each one
+// step at a time: a 128-byte line of each of the block's rows (64 BF16 or 128 FP8 weights), interleaved so
 // the streams together read 256–512 contiguous bytes per row. Each stream has its own cp.async ring
 // and its own warps (16 or 32 rows each), which meet at a named barrier per step; the whole
 // block meets only at the end, where the streams' sums are added in shared memory. One block per
-// SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: 128–256
-// threads) with ~200 KB of rings keeps 48–160 KB of weights in flight per SM. A thread loads the same chunks of every
-// step (addresses computed once), x only for the T real tokens (the padding rows of the ring are zeroed once).
+// SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
+// warpgroup per stream (BF16, 512 threads) or 256 threads (FP8)) with ~200 KB of rings keeps 48–160 KB of weights in
+// flight per SM. A thread loads the same chunks of every step (addresses computed once), x only for the T real tokens
+// (the padding rows of the ring are zeroed once).
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
 // before it is still finishing and waits for that kernel only before it reads x. Each row tile is
@@ -49,7 +50,7 @@
 
 namespace ds::kernels::skinny {
 
-constexpr int kRows = 64;  // weight rows (outputs) per block; 32 or 48 (BF16) as alternatives for T <= 8
+constexpr int kRows = 64;  // weight rows (outputs) per block; 32, 48 (BF16) or 128 (FP8) as alternatives for T <= 8
 constexpr int kMaxTokens = 64;
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
@@ -116,9 +117,9 @@ struct Config {
   // One n8 token tile: a warp per m16 tile of each stream (8 warps per 32 rows), which hides the
   // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
-  // instead of 8; BF16 alike within noise); 128-row tiles keep 16 warps of 2 m16 tiles each. More tokens: a warpgroup
-  // per stream (BF16, wgmma), or 8 warps (FP8; registers).
-  static constexpr int kThreads = kNT == 1 ? std::min(512, 32 * kStreams * kRows / 16) : kWgmma ? 128 * kStreams : 256;
+  // instead of 8; BF16 alike within noise; FP8's 128-row tiles: 2 streams of 8 warps, 5 steps deep).
+  // More tokens: a warpgroup per stream (BF16, wgmma), or 8 warps (FP8; registers).
+  static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 : kWgmma ? 128 * kStreams : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;         // m16 tiles of weight rows per warp
@@ -132,7 +133,8 @@ struct Config {
   static constexpr size_t kSmemBytes = size_t(kStreams) * kStages * kStepBytes + kAlignSlack;
   static_assert(kStages >= 3, "the ring needs two steps in flight while one is computed");
   static_assert(kWarpTiles >= 1, "every warp owns an m16 tile");
-  static_assert(size_t(kStreams) * kTokenRows * kRedStride * 4 <= kSmemBytes, "reduction fits in the ring");
+  static_assert(size_t(kStreams) * kTokenRows * kRedStride * 4 <= kSmemBytes - kAlignSlack,
+                "reduction fits in the ring");
 };
 
 __device__ __forceinline__ void store_output(const Params& p, int t, int64_t n, float v) {
@@ -272,7 +274,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   };
 
   const int g = lane >> 2, c4 = lane & 3;
-  // BF16: sum += this warp's rows × all tokens over step j.
+  // BF16 without wgmma: sum += this warp's rows × all tokens over step j.
   auto mma_step = [&](int j, float(&sum)[C::kWarpTiles][kNT][4]) {
     const uint8_t* w_step = slot(j);
     const uint32_t x_addr = mma::smem_address(w_step + C::kWBytes);
@@ -344,6 +346,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   float acc[C::kWarpTiles][kNT][4] = {};
   auto compute = [&](int j) {
     if constexpr (C::kWgmma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
       // The stream's warpgroup multiplies the step's W [64 rows] by its x [8·kNT tokens] (acc[0]
       // is the m64 accumulator: warp `part` holds rows 16part.., see wgmma.cuh) and waits until the
       // tensor cores have read the slot: it is refilled after the next barrier.
@@ -357,6 +360,9 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
       }
       wgmma::commit_group();
       wgmma::wait_group<0>();
+#else  // built for a card without wgmma (not sm_90a): the same warps and layout through mma.sync
+      mma_step(j, acc);
+#endif
     } else if constexpr (C::kFp8) {
       float step_sum[C::kWarpTiles][kNT][4] = {};
       mma_step_fp8(j, step_sum);

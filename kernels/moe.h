@@ -59,7 +59,8 @@ struct MoeFp8Weights {
 namespace cpu {
 
 // Router: logits [T, E] fp32 -> topk_ids int32 [T, k], topk_weights fp32 [T, k] (descending prob;
-// ties go to the lower expert id). A NaN logit counts as -inf, so the k ids are always distinct.
+// ties go to the lower expert id). A NaN logit counts as -inf, so the k ids are always distinct (a
+// row of NaNs gets experts 0..k-1 with NaN weights).
 void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_k, bool norm_topk_prob,
                int32_t* topk_ids, float* topk_weights);
 

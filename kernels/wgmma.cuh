@@ -1,4 +1,5 @@
-// Warpgroup-level tensor-core building blocks (sm_90a PTX): wgmma.mma_async m64nNk16 BF16 with fp32
+// Warpgroup-level tensor-core building blocks (sm_90a PTX; callers compile them only under
+// __CUDA_ARCH_FEAT_SM90_ALL and fall back to mma.sync elsewhere): wgmma.mma_async m64nNk16 BF16 with fp32
 // accumulation, both operands read from shared memory by the tensor cores themselves (no ldmatrix
 // into registers, one read of each operand per warpgroup instead of one per warp).
 //
@@ -35,7 +36,9 @@ __device__ __forceinline__ void wait_group() {
 // tensor cores' reads (the async proxy); each writing thread calls it before the barrier that
 // precedes the wgmma.
 __device__ __forceinline__ void fence_shared_for_async_proxy() {
+#if __CUDA_ARCH__ >= 900
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
 }
 
 #define DS_WGMMA_ACC8(i)                                                                                      \

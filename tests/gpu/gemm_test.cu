@@ -435,6 +435,60 @@ TEST(GpuGemm, Fp8CublasLtPaddedCallReplaysFromAGraph) {
   cudaStreamDestroy(stream);
 }
 
+// A chain of dependent skinny GEMMs (programmatic launches, each waiting for the one before), one of
+// them split-K (its tile counters must reset for the next replay) and one with FP8 weights, captured
+// in a graph: every replay gives the bits of the same chain run directly, at T = 1 (mma.sync) and
+// T = 40 (wgmma).
+TEST(GpuGemm, SkinnyChainReplaysFromAGraph) {
+  cuda::GemmRunner runner;
+  std::mt19937 rng(51);
+  const int64_t K1 = 512, N1 = 768, N2 = 1024, N3 = 256;
+  const auto w1 = random_bf16(size_t(N1 * K1), 52, 0.05f), w2 = random_bf16(size_t(N2 * N1), 53, 0.05f);
+  const Fp8Weight w3(N3, N2, rng);
+  DeviceBuffer<bf16> dw1(w1.bits), dw2(w2.bits);
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int64_t T : {1, 40}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const auto x = random_bf16(size_t(T * K1), uint32_t(54 + T));
+    DeviceBuffer<bf16> dx(x.bits), y1(size_t(T * N1)), y2(size_t(T * N2)), y3(size_t(T * N3));
+    const auto chain = [&] {
+      runner.skinny_gemm(dx.get(), K1, dw1.get(), nullptr, y1.get(), N1, T, N1, K1, {64, 1}, stream);
+      runner.skinny_gemm(y1.get(), N1, dw2.get(), nullptr, y2.get(), N2, T, N2, N1, {64, 3}, stream);
+      runner.skinny_gemm(y2.get(), N2, w3.dw.get(), w3.dscale.get(), y3.get(), N3, T, N3, N2, {64, 1}, stream);
+    };
+    chain();
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    const auto want = y3.download();
+    cudaGraph_t graph;
+    ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    chain();
+    ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      y1.poison();
+      y2.poison();
+      y3.poison();
+      ASSERT_CUDA(cudaDeviceSynchronize());  // the poison is on the legacy stream, the graph on `stream`
+      ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+      ASSERT_CUDA(cudaStreamSynchronize(stream));
+      const auto got = y3.download();
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(bf16)), 0) << "replay " << replay;
+    }
+    std::vector<float> h1(size_t(T * N1)), h2(size_t(T * N2)), ref(size_t(T * N3));
+    cpu::gemm(x.values.data(), K1, w1.values.data(), h1.data(), N1, T, N1, K1);
+    h1 = testing_util::to_float(testing_util::to_bf16(h1));  // the device chain rounds each y to BF16
+    cpu::gemm(h1.data(), N1, w2.values.data(), h2.data(), N2, T, N2, N1);
+    h2 = testing_util::to_float(testing_util::to_bf16(h2));
+    cpu::gemm_fp8(h2.data(), N2, w3.w.data(), w3.scales.data(), ref.data(), N3, T, N3, N2);
+    EXPECT_TRUE(all_close(testing_util::to_float(want), ref, 2e-2f, 2e-2f));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(stream);
+}
+
 // kAuto at T <= 64 times the skinny W8A16 kernel against cuBLASLt W8A8 on the first call of a shape
 // and keeps the faster: whichever it reports, the result is that path's math, and the choice sticks.
 TEST(GpuGemm, Fp8AutoKeepsTheFasterPathPerShape) {

@@ -124,10 +124,12 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
 TEST(GpuMoeRunner, OneExpertTakingEveryTokenMatchesReference) {
   const MoeDims dims{256, 256, 8, 128, 128, true};
   Bf16MoeBlock block(dims);
+  // x has mean 1, so this row's logit is ~0.04·H ≈ 10, a few units above the others' largest: first
+  // for every token, while the other seven picks keep weights of a few percent that the comparison sees.
   const int64_t favourite = 200;
-  for (int64_t h = 0; h < dims.hidden; ++h) {  // x has mean 1, so this row's logit is ~0.5·H, far above the rest
-    block.router.values[size_t(favourite * dims.hidden + h)] = 0.5f;
-    block.router.bits[size_t(favourite * dims.hidden + h)] = float_to_bf16(0.5f);
+  for (int64_t h = 0; h < dims.hidden; ++h) {
+    block.router.bits[size_t(favourite * dims.hidden + h)] = float_to_bf16(0.04f);
+    block.router.values[size_t(favourite * dims.hidden + h)] = bf16_to_float(float_to_bf16(0.04f));
   }
   const DeviceMoeBlock device(block);
   cuda::GemmRunner gemm;
@@ -148,7 +150,12 @@ TEST(GpuMoeRunner, OneExpertTakingEveryTokenMatchesReference) {
     std::vector<int32_t> ids(size_t(T * dims.top_k));
     std::vector<float> weights(ids.size());
     cpu::moe_route(logits.data(), T, dims.num_experts, dims.top_k, true, ids.data(), weights.data());
-    for (int64_t t = 0; t < T; ++t) ASSERT_EQ(ids[size_t(t * dims.top_k)], favourite) << "token " << t;
+    double other_weight = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      ASSERT_EQ(ids[size_t(t * dims.top_k)], favourite) << "token " << t;
+      other_weight += 1.0 - weights[size_t(t * dims.top_k)];
+    }
+    EXPECT_GT(other_weight / double(T), 0.02) << "the other picks must carry weight for the test to see them";
     expect_block_matches(runner, gemm, dims, block, device, x, T);
   }
 }

@@ -40,23 +40,26 @@ TEST(CpuMoeRoute, TiesPickTheLowerExpertId) {
   EXPECT_EQ(ids[1], 2);
 }
 
-// The block computed the dense way: every expert on every token, weighted by a routing mask.
+// A NaN logit counts as -inf: never preferred, no probability; an all-NaN row still gets k distinct
+// experts (its weights are NaN: nothing to normalise by).
 TEST(CpuMoeRoute, NanLogitsAreNeverPreferred) {
   const std::vector<float> logits = {NAN, std::log(1.f), NAN, std::log(3.f), std::log(2.f)};
   int32_t ids[3];
   float w[3];
-  cpu::moe_route(logits.data(), 1, 5, 3, true, ids, w);
+  cpu::moe_route(logits.data(), 1, 5, 3, /*norm_topk_prob=*/false, ids, w);
   EXPECT_EQ(ids[0], 3);
   EXPECT_EQ(ids[1], 4);
   EXPECT_EQ(ids[2], 1);
-  EXPECT_FLOAT_EQ(w[0], 0.5f);  // 3 / (3 + 2 + 1): the NaNs carry no probability
+  EXPECT_FLOAT_EQ(w[0], 0.5f);  // 3 / (3 + 2 + 1) of the softmax itself: the NaNs carry nothing
+  EXPECT_FLOAT_EQ(w[2], 1.f / 6.f);
   const std::vector<float> all_nan(4, NAN);
   cpu::moe_route(all_nan.data(), 1, 4, 3, true, ids, w);
-  EXPECT_EQ(ids[0], 0);  // still k distinct experts
+  EXPECT_EQ(ids[0], 0);
   EXPECT_EQ(ids[1], 1);
   EXPECT_EQ(ids[2], 2);
 }
 
+// The block computed the dense way: every expert on every token, weighted by a routing mask.
 TEST(CpuMoeForward, MatchesDenseFormulation) {
   const MoeDims dims{16, 6, 2, 8, 12, true};
   const int64_t T = 5, H = dims.hidden, E = dims.num_experts, I = dims.expert_intermediate,
