@@ -109,8 +109,8 @@ __global__ void evict_l2_kernel(const uint4* buffer, size_t words, unsigned* sin
 // each follows a read of `evict_bytes` of `evict` (zeroed; its last 16 bytes are the read's sink):
 // the queue's time minus that of the reads alone. The reads evict the operands from L2: in a
 // forward pass a layer's weights come from memory, while back-to-back runs of one small GEMM would
-// find them in L2 and favour whichever path streams memory worst. Queued, as in a forward pass, a call's start overlaps the
-// end of what precedes it (launch latency, programmatic dependent launch).
+// find them in L2 and favour whichever path streams memory worst. Queued, as in a forward pass, a
+// call's start overlaps the end of what precedes it (launch latency, programmatic dependent launch).
 template <typename Call>
 float time_runs(const Call& call, void* evict, size_t evict_bytes, cudaStream_t stream) {
   cudaEvent_t start, stop;
@@ -383,8 +383,8 @@ void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const fl
     throw std::invalid_argument("cuda::GemmRunner::skinny_gemm: cannot run " + shape_string(T, N, K, ldx, ldy) +
                                 " as " + tiling_name(tiling) +
                                 " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
-                                "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with partials fitting "
-                                "the workspace)");
+                                "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with "
+                                "partials fitting the workspace)");
   }
   run_skinny(x, ldx, w, scale_inv, scale_inv != nullptr, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
 }

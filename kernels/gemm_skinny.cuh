@@ -467,15 +467,14 @@ inline SkinnyTiling default_tiling(int64_t T, int64_t N, int64_t K, int sms, siz
 }
 
 // Tilings worth timing (the autotune), the default first: 64-row tiles with one split and with
-// many_splits and, for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16: 48-row tiles
-// would straddle FP8's 128-row scale blocks) 48-row tiles with one split: more blocks, each
-// streaming its rows' whole K; and for FP8 at T <= 8 128-row tiles (one scale block), fewer blocks
-// each streaming as many bytes as a BF16 64-row block, where 64-row tiles take more than a wave
-// (measured on the H100: FP8 9B in_proj 24.2 -> 22.6 µs, 35B-A3B in_proj 14.8 -> 12.9, 27B in_proj
-// 33.1 -> 32.0; smaller matrices keep 64 or 32). (BF16: 4096×4096 12.3 µs with 32 rows, 13.2 with 64;
-// at T = 64 32-row tiles took it from 23.1 to 16.9 µs, still behind cuBLASLt's 16.1, so larger T
-// keeps 64). (A split count filling the waves best, e.g. 13 for 27B mlp down's 80 tiles, lost to one split
-// everywhere: 78.5 vs 65.9 µs there.)
+// many_splits; for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16 only: they would
+// straddle FP8's 128-row scale blocks) 48-row tiles with one split, more blocks each streaming its
+// rows' whole K; for FP8 at T <= 8 where 64-row tiles take more than a wave, 128-row tiles (one
+// scale block), fewer blocks each streaming as many bytes as a BF16 64-row block. Measured on the
+// H100: BF16 4096×4096 12.3 µs with 32 rows vs 13.2 with 64; FP8 9B in_proj 24.2 -> 22.6 µs with
+// 128 rows, 35B-A3B in_proj 14.8 -> 12.9. Dropped: 32-row tiles at T = 64 (4096×4096 16.9 µs,
+// behind cuBLASLt's 16.1), a split count filling the waves best (27B mlp down 13 splits: 78.5 vs
+// 65.9 µs with one).
 inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool fp8, int sms, size_t workspace_bytes) {
   const SkinnyTiling first = default_tiling(T, N, K, sms, workspace_bytes);
   std::vector<SkinnyTiling> out{first};
