@@ -119,12 +119,19 @@ struct Config {
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
   // instead of 8; BF16 alike within noise; FP8's 128-row tiles: 2 streams of 8 warps, 5 steps deep).
   // More tokens: a warpgroup per stream (BF16, wgmma), or 8 warps (FP8; registers).
-  static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 : kWgmma ? 128 * kStreams : 256;
+  // FP8 32-row tiles with one token tile also split each step's k in two halves between two warps (each with
+  // its own sums, added in the final reduction; 16 warps in all): the widening makes a step's work long enough
+  // that one warp per m16 tile delays the stream's next loads (measured on the H100: 9B mlp down 21.8 -> 20.9 µs
+  // at T = 1, 24.7 -> 23.4 at T = 8; the same split with 64 rows, at 1024 threads or 2 streams, was slower).
+  static constexpr int kKSplit = kFp8 && kNT == 1 && kRows == 32 ? 2 : 1;
+  static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit : kWgmma ? 128 * kStreams : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
-  static constexpr int kWarpTiles = kRows / 16 / kWarpsPerStream;         // m16 tiles of weight rows per warp
+  static constexpr int kRowWarps = kWarpsPerStream / kKSplit;             // warps of a stream splitting its rows
+  static constexpr int kWarpTiles = kRows / 16 / kRowWarps;               // m16 tiles of weight rows per warp
   static constexpr int kRowsPerPass = kStreamThreads / (kRowBytes / 16);  // rows one pass of a stream's loads covers
-  static_assert(kRows % (16 * kWarpsPerStream) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
+  static constexpr int kSums = kStreams * kKSplit;                        // partial sums per output, reduced at the end
+  static_assert(kRows % (16 * kRowWarps) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
   static_assert(!kWgmma || (kRows == 64 && kStepBytes % 1024 == 0 && kWBytes % 1024 == 0),
                 "wgmma: one m64 tile per stream, every step's W and x on 1024-byte boundaries");
   static constexpr int kStages = kSmemBudget / kStreams / kStepBytes;
@@ -133,8 +140,7 @@ struct Config {
   static constexpr size_t kSmemBytes = size_t(kStreams) * kStages * kStepBytes + kAlignSlack;
   static_assert(kStages >= 3, "the ring needs two steps in flight while one is computed");
   static_assert(kWarpTiles >= 1, "every warp owns an m16 tile");
-  static_assert(size_t(kStreams) * kTokenRows * kRedStride * 4 <= kSmemBytes - kAlignSlack,
-                "reduction fits in the ring");
+  static_assert(size_t(kSums) * kTokenRows * kRedStride * 4 <= kSmemBytes - kAlignSlack, "reduction fits in the ring");
 };
 
 __device__ __forceinline__ void store_output(const Params& p, int t, int64_t n, float v) {
@@ -217,7 +223,8 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   }
   const int split = grouped ? 0 : int(blockIdx.y);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int stream = warp / C::kWarpsPerStream, part = warp % C::kWarpsPerStream;
+  const int stream = warp / C::kWarpsPerStream, part = warp % C::kRowWarps;  // part: which of the stream's rows
+  const int k_part = warp % C::kWarpsPerStream / C::kRowWarps;               // FP8 T <= 8: which half of a step's k
   const int stream_tid = tid % C::kStreamThreads;
   const int64_t n0 = int64_t(blockIdx.x) * kRows;
   const int64_t all_steps = p.K / C::kStepK;
@@ -312,7 +319,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
     const uint8_t* w_step = slot(j);
     const uint4* x_step = reinterpret_cast<const uint4*>(w_step + C::kWBytes);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = k_part; h < 2; h += C::kKSplit) {
       uint32_t a[C::kWarpTiles][4][4];  // [mt][i % 4][fragment register]
 #pragma unroll
       for (int mt = 0; mt < C::kWarpTiles; ++mt) {
@@ -394,17 +401,33 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
     if (j < num) load_x(j);
   }
   mma::cp_async_commit();
-  for (int j = 0; j < num; ++j) {
-    // Groups so far: W of steps 0..S-2, x of those, then one (W + x) per iteration. Step j's data
-    // is complete once at most min(j, S-2) newer groups are pending.
-    mma::cp_async_wait_at_most<C::kStages - 2>(j);
-    if constexpr (C::kWgmma) wgmma::fence_shared_for_async_proxy();
-    sync_stream(stream, C::kStreamThreads);  // all of step j landed; every warp is done with step j-1
-    if (j + C::kStages - 1 < num) {
-      load_w(j + C::kStages - 1);
-      load_x(j + C::kStages - 1);
+  // BF16: the ring's last slot is still free, so its step streams now rather than once step 0's x
+  // has come from L2, which leaves this SM's memory pipe idle meanwhile when the prefetched weights
+  // all landed during the previous kernel (measured on the H100: 9B q_proj 23.0 -> 22.4 µs at T = 1,
+  // 26.5 -> 25.9 at T = 64, 35B-A3B q_proj 14.5 -> 14.0 at T = 64; FP8 lost 0.5-2 µs, so it keeps
+  // loading step S-1 after step 0's barrier).
+  constexpr int kEarlySteps = C::kFp8 ? 0 : 1;
+  if constexpr (kEarlySteps == 1) {
+    if (C::kStages - 1 < num) {
+      load_w(C::kStages - 1);
+      load_x(C::kStages - 1);
     }
     mma::cp_async_commit();
+  }
+  for (int j = 0; j < num; ++j) {
+    // Groups so far: W of steps 0..S-2, x of those, (BF16) step S-1, then one (W + x) per iteration
+    // j >= kEarlySteps (step j + S - 1). Step j's data is complete once at most
+    // min(max(j, kEarlySteps), S-2) newer groups are pending.
+    mma::cp_async_wait_at_most<C::kStages - 2>(std::max(j, kEarlySteps));
+    if constexpr (C::kWgmma) wgmma::fence_shared_for_async_proxy();
+    sync_stream(stream, C::kStreamThreads);  // all of step j landed; every warp is done with step j-1
+    if (j >= kEarlySteps) {
+      if (j + C::kStages - 1 < num) {
+        load_w(j + C::kStages - 1);
+        load_x(j + C::kStages - 1);
+      }
+      mma::cp_async_commit();
+    }
     compute(j);
   }
   mma::cp_async_wait<0>();
@@ -412,7 +435,8 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
 
   // C fragment (mt, jt): row (part·kWarpTiles + mt)·16 + g (+8 in e = 2, 3), token 8jt + 2c (+1 in
   // odd e).
-  float* red = reinterpret_cast<float*>(smem);  // [stream][token][row]
+  float* red = reinterpret_cast<float*>(smem);  // [stream, k part][token][row]
+  const int sum_index = stream * C::kKSplit + k_part;
 #pragma unroll
   for (int mt = 0; mt < C::kWarpTiles; ++mt) {
 #pragma unroll
@@ -420,7 +444,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = (part * C::kWarpTiles + mt) * 16 + g + (e >> 1) * 8, t = jt * 8 + 2 * c4 + (e & 1);
-        red[(stream * C::kTokenRows + t) * C::kRedStride + row] = acc[mt][jt][e];
+        red[(sum_index * C::kTokenRows + t) * C::kRedStride + row] = acc[mt][jt][e];
       }
     }
   }
@@ -431,7 +455,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
     if (row >= rows) continue;
     float v = 0.f;
 #pragma unroll
-    for (int s = 0; s < C::kStreams; ++s) v += red[(s * C::kTokenRows + t) * C::kRedStride + row];
+    for (int s = 0; s < C::kSums; ++s) v += red[(s * C::kTokenRows + t) * C::kRedStride + row];
     if (p.splits == 1) {
       store_output(p, t, n0 + row, v);
     } else {
