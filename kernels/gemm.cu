@@ -214,6 +214,9 @@ GemmRunner::GemmRunner(size_t workspace_bytes) : workspace_bytes_(workspace_byte
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device), "SM count");
+  int major = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute capability");
+  hopper_ = major == 9;
   check_cuda(cudaMalloc(&skinny_counters_, kSkinnyCounterTiles * sizeof(unsigned)), "skinny counters cudaMalloc");
   check_cuda(cudaMemset(skinny_counters_, 0, kSkinnyCounterTiles * sizeof(unsigned)), "skinny counters memset");
   int l2_bytes = 0;
@@ -333,7 +336,7 @@ void GemmRunner::run(const void* x, int64_t ldx, const void* w, void* y, int64_t
 
 void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y,
                             int64_t ldy, int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream,
-                            SkinnyTiling tiling) {
+                            SkinnyTiling tiling, const uint8_t* xq, const float* x_scales) {
   if (tiling.tile_rows == 0) tiling = skinny::default_tiling(T, N, K, sms_, workspace_bytes_);
   if (size_t((N + tiling.tile_rows - 1) / tiling.tile_rows) > kSkinnyCounterTiles) {
     throw std::invalid_argument("skinny GEMM: N=" + std::to_string(N) + " exceeds the counter tiles");
@@ -341,6 +344,8 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   skinny::Params p = skinny::make_params(x, ldx, w, scale_inv, y, ldy, T, N, K, out_f32, tiling);
   p.partial = static_cast<float*>(workspace_);
   p.counters = skinny_counters_;
+  p.xq = xq;
+  p.x_scales = x_scales;
   if (fp8) {
     skinny::launch<uint8_t>(p, stream);
   } else {
@@ -374,9 +379,10 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
 }
 
 void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
-                             int64_t T, int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream) {
+                             int64_t T, int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream, bool w8a8) {
   check_shape("cuda::GemmRunner::skinny_gemm", T, N, K, ldx, ldy);
-  const bool rows_ok = skinny::has_tile_rows(tiling.tile_rows, scale_inv != nullptr, T);
+  const bool rows_ok = skinny::has_tile_rows(tiling.tile_rows, scale_inv != nullptr, T) &&
+                       (!w8a8 || (scale_inv != nullptr && skinny_w8a8_supports(T, tiling)));
   const bool splits_ok = tiling.splits >= 1 && tiling.splits <= K / 128 &&
                          (tiling.splits == 1 || size_t(tiling.splits * T * N) * sizeof(float) <= workspace_bytes_);
   if (!skinny::supports(T, K, ldx, x, w) || !rows_ok || !splits_ok) {
@@ -384,9 +390,13 @@ void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const fl
                                 " as " + tiling_name(tiling) +
                                 " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
                                 "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with "
-                                "partials fitting the workspace)");
+                                "partials fitting the workspace; W8A8: FP8 W, 9 <= T <= 64, 64 rows, sm_90)");
   }
-  run_skinny(x, ldx, w, scale_inv, scale_inv != nullptr, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
+  if (w8a8) {
+    run_skinny_w8a8(x, ldx, static_cast<const uint8_t*>(w), scale_inv, y, ldy, T, N, K, stream, tiling);
+  } else {
+    run_skinny(x, ldx, w, scale_inv, scale_inv != nullptr, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
+  }
 }
 
 void GemmRunner::gemm(const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t N,
@@ -416,9 +426,13 @@ constexpr int kQuantWarps = 8;
 // a warp max, and lane 0 writes the scale. Plain IEEE division and cvt.rn.satfinite, so the result
 // is bit-identical to cpu::quantize_fp8_per_token_group. Rows T..T_pad-1 (the padding cuBLASLt
 // needs, see fp8_plan_for) are written as zeros with scale 1; the scale layout is [groups, T_pad].
+// A programmatic launch that lets the next one start at once: the W8A8 skinny kernel after it then
+// streams its weights while the kernels before finish (it waits for this one before reading xq).
 __global__ void __launch_bounds__(kQuantWarps * 32)
     quantize_fp8_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int64_t T, int64_t T_pad, int64_t groups,
                         uint8_t* __restrict__ xq, float* __restrict__ scales) {
+  cuda_utils::allow_dependent_launch();
+  cuda_utils::wait_for_previous_grids();
   const int64_t item = int64_t(blockIdx.x) * kQuantWarps + threadIdx.x / 32;  // t · groups + g
   if (item >= T_pad * groups) return;
   const int64_t t = item / groups, g = item % groups, K = groups * kFp8BlockSize;
@@ -443,9 +457,10 @@ void launch_quantize(const bf16* x, int64_t ldx, int64_t T, int64_t T_pad, int64
                      cudaStream_t stream) {
   const int64_t items = T_pad * (K / kFp8BlockSize);
   if (items == 0) return;
-  quantize_fp8_kernel<<<unsigned((items + kQuantWarps - 1) / kQuantWarps), kQuantWarps * 32, 0, stream>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x), ldx, T, T_pad, K / kFp8BlockSize, xq, scales);
-  check_cuda(cudaGetLastError(), "quantize_fp8_per_token_group launch");
+  cuda_utils::launch_programmatic(quantize_fp8_kernel, dim3(unsigned((items + kQuantWarps - 1) / kQuantWarps)),
+                                  dim3(kQuantWarps * 32), 0, stream, "quantize_fp8_per_token_group",
+                                  reinterpret_cast<const __nv_bfloat16*>(x), ldx, T, T_pad, K / kFp8BlockSize, xq,
+                                  scales);
 }
 
 void check_fp8_operands(const char* op, const bf16* x, int64_t ldx, const uint8_t* w, int64_t T, int64_t N, int64_t K,
@@ -465,6 +480,7 @@ const char* to_string(Fp8Path path) {
     case Fp8Path::kAuto: return "auto";
     case Fp8Path::kCublasLt: return "cublaslt-w8a8";
     case Fp8Path::kKernel: return "w8a16-kernel";
+    case Fp8Path::kSkinnyW8A8: return "w8a8-kernel";
   }
   return "?";
 }
@@ -741,6 +757,19 @@ void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8
   }
 }
 
+bool GemmRunner::skinny_w8a8_supports(int64_t T, SkinnyTiling tiling) const {
+  return hopper_ && skinny::supports_w8a8(T, tiling);
+}
+
+void GemmRunner::run_skinny_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
+                                 bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream,
+                                 SkinnyTiling tiling) {
+  ensure_fp8_scratch(T, K, 0, stream);
+  launch_quantize(x, ldx, T, T, K, fp8_x_, fp8_x_scales_, stream);
+  run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling, fp8_x_,
+             fp8_x_scales_);
+}
+
 const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8,
                                                              const float* weight_scale_inv, bf16* y, int64_t ldy,
                                                              int64_t T, int64_t N, int64_t K, float beta,
@@ -749,15 +778,24 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
   const SkinnyKey key{T, N, K, ldx, ldy};
   if (auto it = fp8_skinny_plans_.find(key); it != fp8_skinny_plans_.end()) return &it->second;
   if (!may_tune || !may_time(T, beta, stream)) return nullptr;  // decided on a later, timeable call
-  Fp8SkinnyPlan plan{{}, true};
+  Fp8SkinnyPlan plan{{}, false, true};
   last_autotune_.clear();
   float skinny_ms = INFINITY;
+  const auto consider = [&](SkinnyTiling tiling, bool w8a8, const auto& run) {
+    const float ms = time_runs(run, l2_evict_, l2_evict_bytes_, stream);
+    last_autotune_ += std::string(last_autotune_.empty() ? "" : ", ") + (w8a8 ? "w8a8-" : "") + tiling_name(tiling) +
+                      " " + per_call_us(ms);
+    if (ms < skinny_ms) skinny_ms = ms, plan.tiling = tiling, plan.w8a8 = w8a8;
+  };
+  if (skinny_w8a8_supports(T, {skinny::kRows, 1})) ensure_fp8_scratch(T, K, 0, stream);  // not inside a timing
   for (const SkinnyTiling tiling : skinny::tilings(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
-    const float ms = time_runs(
-        [&] { run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling); },
-        l2_evict_, l2_evict_bytes_, stream);
-    last_autotune_ += std::string(last_autotune_.empty() ? "" : ", ") + tiling_name(tiling) + " " + per_call_us(ms);
-    if (ms < skinny_ms) skinny_ms = ms, plan.tiling = tiling;
+    consider(tiling, false, [&] {
+      run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
+    });
+    if (skinny_w8a8_supports(T, tiling)) {
+      consider(tiling, true,
+               [&] { run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, tiling); });
+    }
   }
   if (K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run the shape
     std::string why;
@@ -765,7 +803,7 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
     if (w8a8()) {
       const float w8a8_ms = time_runs(w8a8, l2_evict_, l2_evict_bytes_, stream);
       last_autotune_ += ", cublaslt-w8a8 " + per_call_us(w8a8_ms);
-      plan.beats_w8a8 = skinny_ms < w8a8_ms;
+      plan.beats_cublaslt = skinny_ms < w8a8_ms;
     }
   }
   return &fp8_skinny_plans_.emplace(key, plan).first->second;
@@ -781,9 +819,23 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
                                      : fp8_skinny_plan(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
                                                        stream, /*may_tune=*/path == Fp8Path::kAuto);
   const SkinnyTiling tiling = skinny_plan ? skinny_plan->tiling : SkinnyTiling{};
+  const bool tuned_w8a8 = path == Fp8Path::kAuto && skinny_plan && skinny_plan->beats_cublaslt && skinny_plan->w8a8;
+  if (path == Fp8Path::kSkinnyW8A8 || tuned_w8a8) {
+    const SkinnyTiling w8a8_tiling = tuned_w8a8 ? tiling : skinny::default_tiling(T, N, K, sms_, workspace_bytes_);
+    if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8) || !skinny_w8a8_supports(T, w8a8_tiling)) {
+      throw std::invalid_argument("cuda::GemmRunner::gemm_fp8: the W8A8 skinny kernel cannot run " +
+                                  shape_string(T, N, K, ldx, ldy) +
+                                  " (needs beta 0, 9 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, sm_90)");
+    }
+    run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, w8a8_tiling);
+    last_fp8_path_ = Fp8Path::kSkinnyW8A8;
+    last_fp8_t_pad_ = 0;
+    fp8_fallback_reason_ = tuned_w8a8 ? "9 <= T <= 64: the W8A8 skinny kernel timed fastest for this shape" : "";
+    return;
+  }
   if (path == Fp8Path::kKernel) {
     reason = "W8A16 kernel requested";
-  } else if (skinny_plan && skinny_plan->beats_w8a8) {
+  } else if (skinny_plan && skinny_plan->beats_cublaslt) {
     reason = "T <= 64: the W8A16 skinny kernel timed faster than cuBLASLt W8A8 for this shape";
   } else if (K % (4 * kFp8BlockSize) != 0) {
     reason = "K=" + std::to_string(K) + " is not a multiple of 512 (see fp8_plan_for)";

@@ -7,11 +7,12 @@
 // FP8 weights (block-FP8 checkpoints, quantization_config {"quant_method": "fp8",
 // "weight_block_size": [128, 128]}): W_fp8 is E4M3 bytes [N, K]; weight_scale_inv is fp32
 // [ceil(N/128), ceil(K/128)] row-major, and the real weight is W[n][k] = fp8(W_fp8[n][k]) ·
-// weight_scale_inv[n/128][k/128]. Two CUDA paths compute it (GemmRunner::gemm_fp8):
-//  - cuBLASLt W8A8 (Hopper): x is quantized per token and 128-wide K group to E4M3 with one fp32
-//    scale amax/448 (quantize_fp8_per_token_group), and cuBLASLt's block-scaled FP8 GEMM applies
-//    the 1×128 activation scales and the 128×128 weight scales (DeepSeek-V3 style, what the FP8
-//    checkpoints were calibrated for). The CPU reference is cpu::gemm_fp8_w8a8.
+// weight_scale_inv[n/128][k/128]. Two numerics compute it (GemmRunner::gemm_fp8):
+//  - W8A8 (Hopper): x is quantized per token and 128-wide K group to E4M3 with one fp32 scale
+//    amax/448 (quantize_fp8_per_token_group), and cuBLASLt's block-scaled FP8 GEMM, or for 9–64
+//    tokens our skinny kernel's E4M3 wgmma, applies the 1×128 activation scales and the 128×128
+//    weight scales (DeepSeek-V3 style, what the FP8 checkpoints were calibrated for). The CPU
+//    reference is cpu::gemm_fp8_w8a8.
 //  - our W8A16 kernel (any card, any K % 8 == 0): activations stay BF16, 128×128 weight blocks
 //    are dequantized on the fly into shared memory, BF16 tensor-core MMA with fp32 accumulation.
 //    The CPU reference is cpu::gemm_fp8 (dequantize W, sgemm).
@@ -77,9 +78,10 @@ enum class Bf16Path {
 
 // Which implementation a block-FP8 GEMM runs (see the file comment).
 enum class Fp8Path {
-  kAuto,      // cuBLASLt W8A8 where it can (probed per shape), else the W8A16 kernel
-  kCublasLt,  // cuBLASLt W8A8 or std::runtime_error saying why not (tests, benchmarks)
-  kKernel,    // always our W8A16 kernel
+  kAuto,        // cuBLASLt W8A8 where it can (probed per shape), else the W8A16 kernel
+  kCublasLt,    // cuBLASLt W8A8 or std::runtime_error saying why not (tests, benchmarks)
+  kKernel,      // always our W8A16 kernel
+  kSkinnyW8A8,  // our skinny kernel with x quantized as for cuBLASLt (9 <= T <= 64), or std::invalid_argument
 };
 const char* to_string(Fp8Path path);
 
@@ -132,8 +134,9 @@ class GemmRunner {
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
   // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the
-  // skinny kernel at each tiling it offers against cuBLASLt W8A8 on the first timeable call of a
-  // shape (as gemm() does) and keeps the fastest; kKernel then runs the skinny kernel at that tiling.
+  // skinny kernel at each tiling it offers (W8A16, and on Hopper for 9 <= T <= 64 W8A8: x quantized
+  // as for cuBLASLt, E4M3 wgmma) against cuBLASLt W8A8 on the first timeable call of a shape (as
+  // gemm() does) and keeps the fastest; kKernel then runs the W8A16 skinny kernel at its tiling.
   // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
@@ -152,9 +155,10 @@ class GemmRunner {
   // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
   // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
   // and W 16-byte aligned; tile_rows 64, or for T <= 8 32, (BF16) 48 or (FP8) 128; 1 <= splits <= K / 128 with
-  // the split partials fitting the workspace. Throws std::invalid_argument otherwise.
+  // the split partials fitting the workspace; w8a8 (FP8 W, 9 <= T <= 64, 64 rows, Hopper): x quantized
+  // as for cuBLASLt W8A8 first. Throws std::invalid_argument otherwise.
   void skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy, int64_t T,
-                   int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream);
+                   int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream, bool w8a8 = false);
   // Whether the last gemm() call ran the skinny weight-streaming kernel instead of cuBLASLt.
   bool last_gemm_skinny() const { return last_gemm_skinny_; }
   // What the last autotune (the first timeable call of a T <= 256 shape) measured per call, e.g.
@@ -167,8 +171,8 @@ class GemmRunner {
   void reserve_fp8(int64_t max_tokens, int64_t max_k, int64_t max_n, cudaStream_t stream);
   // Bytes the FP8 scratch holds now.
   size_t fp8_scratch_bytes() const;
-  // The path the last gemm_fp8 call took (kCublasLt or kKernel; kAuto before the first call) and,
-  // when it was the kernel under kAuto, why.
+  // The path the last gemm_fp8 call took (kCublasLt, kKernel or kSkinnyW8A8; kAuto before the first
+  // call) and, when it was one of our kernels under kAuto, why.
   Fp8Path last_fp8_path() const { return last_fp8_path_; }
   const std::string& fp8_fallback_reason() const { return fp8_fallback_reason_; }
   // The token count cuBLASLt ran for the last gemm_fp8 call's (last) cuBLASLt piece: T itself, T
@@ -195,9 +199,16 @@ class GemmRunner {
   void run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
                       int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
                       SkinnyTiling tiling = {});
-  // The skinny kernel (T <= 64, beta 0; BF16 or FP8 W), its split-K partials in workspace_.
+  // The skinny kernel (T <= 64, beta 0; BF16 or FP8 W; W8A8 where xq is given), its split-K
+  // partials in workspace_.
   void run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y, int64_t ldy,
-                  int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream, SkinnyTiling tiling = {});
+                  int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream, SkinnyTiling tiling = {},
+                  const uint8_t* xq = nullptr, const float* x_scales = nullptr);
+  // The W8A8 skinny kernel: x quantized into the FP8 scratch, then E4M3 wgmma.
+  void run_skinny_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
+                       int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream, SkinnyTiling tiling);
+  // Whether the W8A8 skinny kernel can run T tokens as `tiling` on this card.
+  bool skinny_w8a8_supports(int64_t T, SkinnyTiling tiling) const;
 
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
@@ -213,12 +224,13 @@ class GemmRunner {
                          std::string& reason);
   void ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream);
   std::map<Fp8Key, Plan*> fp8_plans_;
-  // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: the skinny W8A16 kernel's fastest
-  // tiling and whether it beat cuBLASLt W8A8.
+  // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: the skinny kernel's fastest form
+  // and tiling and whether it beat cuBLASLt W8A8.
   using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // T, N, K, ldx, ldy
   struct Fp8SkinnyPlan {
     SkinnyTiling tiling;
-    bool beats_w8a8;
+    bool w8a8;  // the W8A8 skinny kernel (else W8A16) at that tiling
+    bool beats_cublaslt;
   };
   std::map<SkinnyKey, Fp8SkinnyPlan> fp8_skinny_plans_;
   // The shape's plan, timing it first where `may_time` allows; nullptr where the skinny kernel does
@@ -234,6 +246,7 @@ class GemmRunner {
   // The skinny kernel's split-K tile counters (zero between calls) and the SM count it sizes by.
   unsigned* skinny_counters_ = nullptr;
   int sms_ = 0;
+  bool hopper_ = false;  // sm_90: wgmma (the W8A8 skinny kernel)
   // Read before each autotune run so the operands come from memory, not L2 (1.5× L2, zeroed).
   void* l2_evict_ = nullptr;
   size_t l2_evict_bytes_ = 0;

@@ -32,6 +32,13 @@
 // products accumulate unscaled and are added times 2^56 and that block's scale. Activations stay
 // BF16, unrounded.
 //
+// W8A8 (block-FP8 weights with 9–64 tokens, x quantized per token and 128-group by the kernel that
+// cuBLASLt's W8A8 path uses, launched just before and programmatically, so the weights stream while
+// it runs): E4M3 wgmma m64nNk32 on the ring as it lies, each 128-k step (one scale block of W, one
+// group of each token) into its own accumulator, added times the two scales. Measured on the H100
+// against the W8A16 form (mma.sync, x through ldmatrix) and cuBLASLt W8A8: 9B q_proj at T = 64 17.4
+// µs vs 30.2 and 19.5, 9B gate_up at T = 16 38.9 vs 46.6 and 45.5.
+//
 // Split-K (few tiles): each block writes its fp32 partial [split][T][N] to a workspace and the last
 // block of a row tile to finish (a self-resetting counter per tile) adds the partials in split
 // order and writes y, so the result is deterministic.
@@ -75,6 +82,10 @@ struct Params {
   // routing kernel before writes both, so a grouped block waits for it before it streams weights.
   const int32_t* active_experts = nullptr;
   const int32_t* row_offsets = nullptr;
+  // W8A8 (FP8 weights, 9 <= T <= 64, not grouped): x quantized per token and 128-group by
+  // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
+  const uint8_t* xq = nullptr;
+  const float* x_scales = nullptr;
 };
 
 using cuda::SkinnyTiling;
@@ -98,22 +109,28 @@ inline Params make_params(const void* x, int64_t ldx, const void* w, const float
   return p;
 }
 
-// Per weight type, n8 token tiles and rows per block: the streams (4, else 2 where 4 would leave
-// fewer than 3 steps per ring), ring depth and the shared-memory layout of a step.
-template <typename WeightT, int kNT, int kTileRows>
+// Per weight type, n8 token tiles, rows per block and activation type (kXFp8: W8A8): the streams
+// (4, else 2 where 4 would leave fewer than 3 steps per ring), ring depth and the shared-memory
+// layout of a step.
+template <typename WeightT, int kNT, int kTileRows, bool kXFp8>
 struct Config {
   static constexpr int kRows = kTileRows;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
+  static_assert(kFp8 || !kXFp8, "E4M3 activations go with E4M3 weights");
+  // More than one n8 token tile with BF16 or W8A8: a warpgroup per stream runs wgmma m64n(8·kNT) on
+  // the ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
+  static constexpr bool kWgmma = (!kFp8 || kXFp8) && kNT > 1;
+  static_assert(!kXFp8 || kWgmma, "W8A8 runs on wgmma only");
+  static constexpr bool kWidenW = kFp8 && !kXFp8;  // W8A16: E4M3 weights widened to BF16 in registers
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
-  static constexpr int kWBytes = kRows * kRowBytes;  // 16-byte chunks, swizzled (w_chunk)
-  static constexpr int kXChunks = kStepK * 2 / 16;   // 16-byte chunks of a BF16 x row per step
+  static constexpr int kWBytes = kRows * kRowBytes;               // 16-byte chunks, swizzled (w_chunk)
+  static constexpr int kXChunks = kStepK * (kXFp8 ? 1 : 2) / 16;  // 16-byte chunks of an x row per step
   static constexpr int kTokenRows = 8 * kNT;
-  static constexpr int kScaleOffset = kWBytes + kTokenRows * kXChunks * 16;  // FP8: the step's scale
-  static constexpr int kStepBytes = kScaleOffset + (kFp8 ? 16 : 0);
+  static constexpr int kScaleOffset = kWBytes + kTokenRows * kXChunks * 16;  // FP8: the step's weight scale
+  static constexpr int kXScaleOffset = kScaleOffset + 16;                    // W8A8: the tokens' scales
+  static constexpr int kStepData = kScaleOffset + (kFp8 ? 16 : 0) + (kXFp8 ? kTokenRows * 4 : 0);
+  static constexpr int kStepBytes = kWgmma ? (kStepData + 1023) / 1024 * 1024 : kStepData;
   static constexpr int kStreams = kSmemBudget / 4 / kStepBytes >= 3 ? 4 : 2;
-  // BF16 with more than one n8 token tile: a warpgroup per stream runs wgmma m64n(8·kNT)k16 on the
-  // ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
-  static constexpr bool kWgmma = !kFp8 && kNT > 1;
   // One n8 token tile: a warp per m16 tile of each stream (8 warps per 32 rows), which hides the
   // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
@@ -132,7 +149,7 @@ struct Config {
   static constexpr int kRowsPerPass = kStreamThreads / (kRowBytes / 16);  // rows one pass of a stream's loads covers
   static constexpr int kSums = kStreams * kKSplit;                        // partial sums per output, reduced at the end
   static_assert(kRows % (16 * kRowWarps) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
-  static_assert(!kWgmma || (kRows == 64 && kStepBytes % 1024 == 0 && kWBytes % 1024 == 0),
+  static_assert(!kWgmma || (kRows == 64 && kWBytes % 1024 == 0),
                 "wgmma: one m64 tile per stream, every step's W and x on 1024-byte boundaries");
   static constexpr int kStages = kSmemBudget / kStreams / kStepBytes;
   static constexpr int kRedStride = kRows + 4;              // fp32 row of the final reduction, padded against conflicts
@@ -178,11 +195,12 @@ __device__ __forceinline__ void sync_stream(int stream, int threads) {
 }
 
 // Where chunk `chunk` (16 bytes) of row `row` of a step's W lies. BF16: the XOR swizzle ldmatrix
-// reads. FP8: chunk ^ 4(row & 1), so a quarter-warp's 16-byte loads (rows g and g + 1, chunks c4 or
-// c4 + 4, see mma_step_fp8) hit 8 different bank groups.
-template <bool kFp8>
+// and wgmma read (also W8A8). W8A16: chunk ^ 4(row & 1), so a quarter-warp's 16-byte loads (rows g
+// and g + 1, chunks c4 or c4 + 4, see mma_step_fp8) hit 8 different bank groups.
+template <bool kWidenW>
 __device__ __forceinline__ int w_chunk(int row, int chunk) {
-  return kFp8 ? row * (kRowBytes / 16) + (chunk ^ ((row & 1) << 2)) : mma::swizzled_chunk(row, chunk, kRowBytes / 16);
+  return kWidenW ? row * (kRowBytes / 16) + (chunk ^ ((row & 1) << 2))
+                 : mma::swizzled_chunk(row, chunk, kRowBytes / 16);
 }
 
 // Four E4M3 bytes (b0 lowest) as BF16 pairs lo = (b0, b1), hi = (b2, b3), each the byte's value
@@ -203,9 +221,9 @@ __device__ __forceinline__ uint32_t scale_x_for_fp8(uint32_t pair) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <typename WeightT, int kNT, int kTileRows>
-__global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) skinny_gemm_kernel(Params p) {
-  using C = Config<WeightT, kNT, kTileRows>;
+template <typename WeightT, int kNT, int kTileRows, bool kXFp8>
+__global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThreads, 1) skinny_gemm_kernel(Params p) {
+  using C = Config<WeightT, kNT, kTileRows, kXFp8>;
   constexpr int kRows = C::kRows;
   extern __shared__ __align__(128) uint8_t smem_raw[];
   uint8_t* const smem = C::kWgmma ? smem_raw + (1024 - mma::smem_address(smem_raw) % 1024) % 1024 : smem_raw;
@@ -257,18 +275,25 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
 #pragma unroll
     for (int i = 0; i < kWLoads; ++i) {
       const bool valid = (w_valid >> i) & 1u;
-      mma::cp_async_16(dst + 16 * w_chunk<C::kFp8>(w_r0 + kRowsPerPass * i, w_ch),
+      mma::cp_async_16(dst + 16 * w_chunk<C::kWidenW>(w_r0 + kRowsPerPass * i, w_ch),
                        valid ? src + i * kRowsPerPass * row_bytes : w, valid);
     }
     if (C::kFp8 && stream_tid == 0) mma::cp_async_4(dst + C::kScaleOffset, scale_src + j * C::kStreams);
   };
-  // x rows of tokens t < T only; the padding rows were zeroed once (zero_x_padding).
+  // x rows of tokens t < T only (W8A8: and their scales); the padding rows were zeroed once
+  // (zero_x_padding).
   auto load_x = [&](int j) {
     uint4* dst = reinterpret_cast<uint4*>(slot(j) + C::kWBytes);
-    const __nv_bfloat16* src = p.x + first_k + int64_t(j) * (C::kStreams * C::kStepK);
+    const int64_t k0 = first_k + int64_t(j) * (C::kStreams * C::kStepK);
+    const uint8_t* src = kXFp8 ? p.xq + k0 : reinterpret_cast<const uint8_t*>(p.x + k0);
+    const int64_t src_row_bytes = kXFp8 ? p.K : p.ldx * 2;
     for (int c = stream_tid; c < p.T * C::kXChunks; c += C::kStreamThreads) {
       const int r = c / C::kXChunks, ch = c % C::kXChunks;
-      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), src + r * p.ldx + ch * 8, true);
+      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), src + r * src_row_bytes + ch * 16, true);
+    }
+    if (kXFp8 && stream_tid < p.T) {
+      mma::cp_async_4(slot(j) + C::kXScaleOffset + 4 * stream_tid,
+                      p.x_scales + (k0 / kFp8BlockSize) * p.T + stream_tid);
     }
   };
   auto zero_x_padding = [&] {
@@ -276,6 +301,10 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
       uint4* x_rows = reinterpret_cast<uint4*>(ring + s * C::kStepBytes + C::kWBytes);
       for (int c = p.T * C::kXChunks + stream_tid; c < C::kTokenRows * C::kXChunks; c += C::kStreamThreads) {
         x_rows[mma::swizzled_chunk(c / C::kXChunks, c % C::kXChunks, C::kXChunks)] = make_uint4(0u, 0u, 0u, 0u);
+      }
+      if constexpr (kXFp8) {
+        float* x_scales = reinterpret_cast<float*>(ring + s * C::kStepBytes + C::kXScaleOffset);
+        for (int t = p.T + stream_tid; t < C::kTokenRows; t += C::kStreamThreads) x_scales[t] = 0.f;
       }
     }
   };
@@ -351,24 +380,47 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
   };
 
   float acc[C::kWarpTiles][kNT][4] = {};
+  [[maybe_unused]] float step_acc[kXFp8 ? 4 * kNT : 1] = {};  // W8A8: one step's products
   auto compute = [&](int j) {
     if constexpr (C::kWgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-      // The stream's warpgroup multiplies the step's W [64 rows] by its x [8·kNT tokens] (acc[0]
-      // is the m64 accumulator: warp `part` holds rows 16part.., see wgmma.cuh) and waits until the
-      // tensor cores have read the slot: it is refilled after the next barrier.
+      // The stream's warpgroup multiplies the step's W [64 rows] by its x [8·kNT tokens], 32 bytes
+      // of each row per instruction (acc[0] is the m64 accumulator: warp `part` holds rows 16part..,
+      // see wgmma.cuh) and waits until the tensor cores have read the slot: it is refilled after the
+      // next barrier.
       const uint32_t w_addr = mma::smem_address(slot(j)), x_addr = w_addr + C::kWBytes;
+      auto& sum = reinterpret_cast<float(&)[4 * kNT]>(acc[0]);
       wgmma::fence();
 #pragma unroll
-      for (int kk = 0; kk < C::kStepK / 16; ++kk) {
-        wgmma::mma_bf16<8 * kNT>(reinterpret_cast<float(&)[4 * kNT]>(acc[0]),
-                                 wgmma::descriptor_k_major_sw128(w_addr + 32 * kk),
-                                 wgmma::descriptor_k_major_sw128(x_addr + 32 * kk));
+      for (int kk = 0; kk < kRowBytes / 32; ++kk) {
+        const uint64_t a = wgmma::descriptor_k_major_sw128(w_addr + 32 * kk);
+        const uint64_t b = wgmma::descriptor_k_major_sw128(x_addr + 32 * kk);
+        if constexpr (kXFp8) {
+          wgmma::mma_e4m3<8 * kNT>(step_acc, a, b, /*accumulate=*/kk > 0);
+        } else {
+          wgmma::mma_bf16<8 * kNT>(sum, a, b);
+        }
       }
       wgmma::commit_group();
       wgmma::wait_group<0>();
-#else  // built for a card without wgmma (not sm_90a): the same warps and layout through mma.sync
-      mma_step(j, acc);
+      if constexpr (kXFp8) {
+        // The step is one 128×128 scale block of W and one 128-group of each token: its products
+        // are added times the weight scale and the token's scale (column 8jt + 2c4 + e % 2).
+        const float w_scale = *reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
+        const float* x_scales = reinterpret_cast<const float*>(slot(j) + C::kXScaleOffset);
+#pragma unroll
+        for (int jt = 0; jt < kNT; ++jt) {
+          const float scale[2] = {w_scale * x_scales[8 * jt + 2 * c4], w_scale * x_scales[8 * jt + 2 * c4 + 1]};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sum[4 * jt + e] += scale[e & 1] * step_acc[4 * jt + e];
+        }
+      }
+#else  // built for a card without wgmma (not sm_90a): BF16 through mma.sync on the same warps and layout
+      if constexpr (kXFp8) {
+        __trap();  // never launched: the W8A8 path needs sm_90 (GemmRunner checks)
+      } else {
+        mma_step(j, acc);
+      }
 #endif
     } else if constexpr (C::kFp8) {
       float step_sum[C::kWarpTiles][kNT][4] = {};
@@ -401,12 +453,12 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows>::kThreads, 1) 
     if (j < num) load_x(j);
   }
   mma::cp_async_commit();
-  // BF16: the ring's last slot is still free, so its step streams now rather than once step 0's x
-  // has come from L2, which leaves this SM's memory pipe idle meanwhile when the prefetched weights
-  // all landed during the previous kernel (measured on the H100: 9B q_proj 23.0 -> 22.4 µs at T = 1,
-  // 26.5 -> 25.9 at T = 64, 35B-A3B q_proj 14.5 -> 14.0 at T = 64; FP8 lost 0.5-2 µs, so it keeps
-  // loading step S-1 after step 0's barrier).
-  constexpr int kEarlySteps = C::kFp8 ? 0 : 1;
+  // BF16 and W8A8: the ring's last slot is still free, so its step streams now rather than once step
+  // 0's x has come from L2, which leaves this SM's memory pipe idle meanwhile when the prefetched
+  // weights all landed during the previous kernel (measured on the H100: BF16 9B q_proj 23.0 -> 22.4
+  // µs at T = 1, 26.5 -> 25.9 at T = 64, 35B-A3B q_proj 14.5 -> 14.0 at T = 64; W8A16 lost 0.5-2 µs,
+  // so it keeps loading step S-1 after step 0's barrier).
+  constexpr int kEarlySteps = C::kWidenW ? 0 : 1;
   if constexpr (kEarlySteps == 1) {
     if (C::kStages - 1 < num) {
       load_w(C::kStages - 1);
@@ -512,25 +564,45 @@ inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool f
   return out;
 }
 
+// Whether the W8A8 form (FP8 weights, x quantized as for cuBLASLt W8A8, E4M3 wgmma) runs T tokens
+// as `tiling`: 9 to 64 tokens (wgmma's N of 16–64; fewer run W8A16, as fast without the quantize
+// launch) and 64-row tiles.
+inline bool supports_w8a8(int64_t T, SkinnyTiling tiling) {
+  return T > 8 && T <= kMaxTokens && tiling.tile_rows == kRows;
+}
+
 // Whether the kernel has tile_rows for this weight type and T (see tilings).
 inline bool has_tile_rows(int tile_rows, bool fp8, int64_t T) {
   return tile_rows == kRows || (T <= 8 && (tile_rows == 32 || (tile_rows == 48 && !fp8) || (tile_rows == 128 && fp8)));
 }
 
-template <typename WeightT, int kNT, int kTileRows>
+template <typename WeightT, int kNT, int kTileRows, bool kXFp8 = false>
 void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
-  using C = Config<WeightT, kNT, kTileRows>;
-  constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT, kTileRows>;
+  using C = Config<WeightT, kNT, kTileRows, kXFp8>;
+  constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT, kTileRows, kXFp8>;
   cuda_utils::allow_shared_memory<kernel>(C::kSmemBytes, "skinny GEMM");
   const dim3 grid(unsigned((p.N + kTileRows - 1) / kTileRows), grid_y);
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
-// Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller) with
-// n8 token tiles for p.T, on a grid of N's row tiles × the splits (grouped: × the expert slots).
+// Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller; W8A8
+// where p.xq is set, see supports_w8a8) with n8 token tiles for p.T, on a grid of N's row tiles ×
+// the splits (grouped: × the expert slots).
 template <typename WeightT>
 void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
   const unsigned y = p.active_experts ? expert_slots : unsigned(p.splits);
+  if constexpr (sizeof(WeightT) == 1) {
+    if (p.xq) {
+      if (p.T <= 16) {
+        launch_tiles<WeightT, 2, kRows, true>(p, y, stream);
+      } else if (p.T <= 32) {
+        launch_tiles<WeightT, 4, kRows, true>(p, y, stream);
+      } else {
+        launch_tiles<WeightT, 8, kRows, true>(p, y, stream);
+      }
+      return;
+    }
+  }
   if (p.T <= 8) {
     if (p.tile_rows == 32) {
       launch_tiles<WeightT, 1, 32>(p, y, stream);

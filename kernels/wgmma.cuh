@@ -1,9 +1,9 @@
 // Warpgroup-level tensor-core building blocks (sm_90a PTX; callers compile them only under
 // __CUDA_ARCH_FEAT_SM90_ALL and fall back to mma.sync elsewhere): wgmma.mma_async m64nNk16 BF16 with fp32
-// accumulation, both operands read from shared memory by the tensor cores themselves (no ldmatrix
-// into registers, one read of each operand per warpgroup instead of one per warp).
+// accumulation (and E4M3 m64nNk32, for W8A8), both operands read from shared memory by the tensor cores
+// themselves (no ldmatrix into registers, one read of each operand per warpgroup instead of one per warp).
 //
-// Operands are K-major tiles of 128-byte rows (64 BF16) in the 128-byte swizzle that
+// Operands are K-major tiles of 128-byte rows (64 BF16 or 128 E4M3) in the 128-byte swizzle that
 // mma::swizzled_chunk(row, chunk, 8) lays out (chunk c of row r at c ^ (r & 7)), starting at a
 // 1024-byte aligned shared address: the hardware applies that XOR on address bits, so the tile's
 // 8-row groups must sit on 1024-byte boundaries.
@@ -45,36 +45,58 @@ __device__ __forceinline__ void fence_shared_for_async_proxy() {
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
 
-// d[64 × kN] += A[64 × 16] · B[kN × 16]ᵀ, A and B K-major in shared memory (see the descriptors).
+// One m64nNkK instruction: d (N/2 fp32 per thread) = A·Bᵀ + (accumulate ? d : 0). INSTR names shape
+// and types; IMM_TAIL is what follows the scale immediates (BF16: the two transpose flags).
+#define DS_WGMMA_N16(INSTR, IMM_TAIL)                                                 \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n" INSTR                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1" IMM_TAIL ";\n}\n" \
+               : DS_WGMMA_ACC8(0)                                                     \
+               : "l"(a), "l"(b), "r"(int(accumulate)))
+#define DS_WGMMA_N32(INSTR, IMM_TAIL)                                                                                \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n" INSTR                                                    \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1" IMM_TAIL \
+               ";\n}\n"                                                                                              \
+               : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8)                                                                  \
+               : "l"(a), "l"(b), "r"(int(accumulate)))
+#define DS_WGMMA_N64(INSTR, IMM_TAIL)                                                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" INSTR                                            \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                    \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, " \
+               "p, 1, 1" IMM_TAIL ";\n}\n"                                                                   \
+               : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8), DS_WGMMA_ACC8(16), DS_WGMMA_ACC8(24)                    \
+               : "l"(a), "l"(b), "r"(int(accumulate)))
+
+// d[64 × kN] += A[64 × 16] · B[kN × 16]ᵀ, BF16 A and B K-major in shared memory (see the descriptors).
 template <int kN>
 __device__ __forceinline__ void mma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b) {
   static_assert(kN == 16 || kN == 32 || kN == 64, "instantiated widths");
+  constexpr bool accumulate = true;
   if constexpr (kN == 16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-        : DS_WGMMA_ACC8(0)
-        : "l"(a), "l"(b), "r"(1));
+    DS_WGMMA_N16("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16", ", 0, 0");
   } else if constexpr (kN == 32) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8)
-        : "l"(a), "l"(b), "r"(1));
+    DS_WGMMA_N32("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16", ", 0, 0");
   } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, "
-        "p, 1, 1, 0, 0;\n}\n"
-        : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8), DS_WGMMA_ACC8(16), DS_WGMMA_ACC8(24)
-        : "l"(a), "l"(b), "r"(1));
+    DS_WGMMA_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ", 0, 0");
   }
 }
 
+// d[64 × kN] = A[64 × 32] · B[kN × 32]ᵀ (+ d where accumulate), E4M3 A and B K-major in shared
+// memory: the same descriptors, 32 E4M3 of k per 32-byte step.
+template <int kN>
+__device__ __forceinline__ void mma_e4m3(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
+  static_assert(kN == 16 || kN == 32 || kN == 64, "instantiated widths");
+  if constexpr (kN == 16) {
+    DS_WGMMA_N16("wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "");
+  } else if constexpr (kN == 32) {
+    DS_WGMMA_N32("wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3", "");
+  } else {
+    DS_WGMMA_N64("wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3", "");
+  }
+}
+
+#undef DS_WGMMA_N16
+#undef DS_WGMMA_N32
+#undef DS_WGMMA_N64
 #undef DS_WGMMA_ACC8
 
 }  // namespace ds::kernels::wgmma

@@ -2,7 +2,8 @@
 // 1024, 8192}: BF16 as GemmRunner runs it (auto: cuBLASLt or, for T <= 64 where it timed faster,
 // the skinny kernel) and, for T <= 64, cuBLASLt and the skinny kernel each forced; block-FP8 both
 // ways side by side: cuBLASLt W8A8 (timed with its activation-quantization kernel, part of every
-// call) and our W8A16 kernels (the skinny one for T <= 64, the 64×64 tile kernel above).
+// call) and our W8A16 kernels (the skinny one for T <= 64, the 64×64 tile kernel above), and for 9 <= T <= 64 our
+// W8A8 skinny kernel (x quantized as for cuBLASLt, E4M3 wgmma; its quantize launch included).
 // Prints TFLOP/s (BF16 also against the 790 TFLOP/s BF16 ceiling) and, since small-T GEMMs are
 // weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
 // Times are per call with 20 calls queued back to back (bench::queued_us), weights rotating over
@@ -75,10 +76,11 @@ int main(int argc, char** argv) {
   bench::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
   unsigned* sink = bench::device_alloc<unsigned>(1);
   std::printf(
-      "%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s %8s | %s\n",
+      "%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s %8s | %9s %6s "
+      "| %s\n",
       "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us", "skinny us",
-      "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "read8 us",
-      "bf16 auto | fp8 auto path");
+      "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "read8 us", "w8a8k us",
+      "%copy", "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
     if ((std::string(p.model) + " " + p.name).find(only) == std::string::npos) continue;
     // Rotate weight copies so the working set exceeds the 50 MB L2.
@@ -132,18 +134,22 @@ int main(int argc, char** argv) {
         runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
                         cuda::Fp8Path::kKernel);
       });
+      const double us_w8a8_skinny = T <= 8 || T > 64 ? NAN : bench::queued_us([&](int i) {
+        runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
+                        cuda::Fp8Path::kSkinnyW8A8);
+      });
       auto tflops = [&](double t_us) { return flops / t_us * 1e-6; };
       auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
       std::printf(
           "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f "
           "%5.1f%% | %9.1f "
-          "%8.1f %8.0f %5.1f%% %8.1f | %s | %s%s%s\n",
+          "%8.1f %8.0f %5.1f%% %8.1f | %9.1f %5.1f%% | %s | %s%s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
           gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
           tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
           tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, us_read8,
-          bf16_skinny ? "skinny" : "cublaslt", cuda::to_string(auto_path),
-          t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "",
+          us_w8a8_skinny, gbs(fp8_bytes, us_w8a8_skinny) / bench::kCopyGbS * 100, bf16_skinny ? "skinny" : "cublaslt",
+          cuda::to_string(auto_path), t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "",
           T <= 64 ? (" | autotune bf16: " + bf16_tuned + "; fp8: " + fp8_tuned).c_str() : "");
       cudaFree(x);
       cudaFree(y);

@@ -1,5 +1,6 @@
 // cuBLASLt BF16 GEMM, the block-FP8 paths (cuBLASLt W8A8 with 1×128 activation quantization, our
-// W8A16 kernel) and the activation quantization against the OpenBLAS / CPU references.
+// W8A16 kernels and W8A8 skinny kernel) and the activation quantization against the OpenBLAS / CPU
+// references.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -499,18 +500,20 @@ TEST(GpuGemm, Fp8AutoKeepsTheFasterPathPerShape) {
   if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
   cuda::GemmRunner runner;
   std::mt19937 rng(25);
-  for (const Shape& s : {Shape{1, 4096, 4096, 4096, 4096}, Shape{8, 12352, 4096, 4096, 12352}}) {
+  for (const Shape& s :
+       {Shape{1, 4096, 4096, 4096, 4096}, Shape{8, 12352, 4096, 4096, 12352}, Shape{40, 8192, 4096, 4096, 8192}}) {
     SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N));
     const Fp8Weight W(s.N, s.K, rng);
     const auto x = random_bf16(size_t(s.T * s.ldx), 26);
     DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy));
     runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
     const cuda::Fp8Path first = runner.last_fp8_path();
-    ASSERT_TRUE(first == cuda::Fp8Path::kCublasLt || first == cuda::Fp8Path::kKernel);
+    ASSERT_NE(first, cuda::Fp8Path::kAuto);
+    if (s.T <= 8) EXPECT_NE(first, cuda::Fp8Path::kSkinnyW8A8) << "W8A8 skinny only for 9 <= T <= 64";
     runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
     EXPECT_EQ(runner.last_fp8_path(), first) << "the choice is cached per shape";
     std::vector<float> want(size_t(s.T * s.ldy));
-    if (first == cuda::Fp8Path::kCublasLt) {
+    if (first == cuda::Fp8Path::kCublasLt || first == cuda::Fp8Path::kSkinnyW8A8) {
       cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
     } else {
       cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
@@ -518,6 +521,61 @@ TEST(GpuGemm, Fp8AutoKeepsTheFasterPathPerShape) {
     std::printf("  fp8 auto T=%ld N=%ld K=%ld: %s\n", long(s.T), long(s.N), long(s.K), cuda::to_string(first));
     EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
   }
+}
+
+// The W8A8 skinny kernel (9 <= T <= 64: x quantized per token and 128-group, E4M3 wgmma with the
+// scales applied per 128-k step) against the CPU reference of that math, with split-K, views and a
+// partial row tile; nothing outside y's T × N block changes; what it cannot run is refused.
+TEST(GpuGemm, Fp8SkinnyW8A8MatchesQuantizedReference) {
+  if (!is_hopper()) GTEST_SKIP() << "the W8A8 skinny kernel runs on wgmma (sm_90)";
+  cuda::GemmRunner runner;
+  std::mt19937 rng(31);
+  for (const Shape& s : {Shape{9, 200, 1024, 1024, 200}, Shape{16, 320, 512, 520, 328},
+                         Shape{33, 4096, 4096, 4096, 4096}, Shape{64, 1000, 2048, 2056, 1000}}) {
+    const Fp8Weight W(s.N, s.K, rng);
+    const auto x = random_bf16(size_t(s.T * s.ldx), 32);
+    std::vector<float> want(size_t(s.T * s.ldy));
+    cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+    want = columns(want, s.T, s.N, s.ldy);
+    DeviceBuffer<bf16> dx(x.bits), dy(size_t((s.T + 2) * s.ldy));
+    for (const cuda::SkinnyTiling& tiling : {cuda::SkinnyTiling{64, 1}, cuda::SkinnyTiling{64, 3}}) {
+      SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) + " splits " +
+                   std::to_string(tiling.splits));
+      dy.poison();
+      const auto poison = dy.download();
+      runner.skinny_gemm(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, tiling, nullptr,
+                         /*w8a8=*/true);
+      const auto got = dy.download();
+      expect_outside_unchanged(got, poison, s.T, s.N, s.ldy);
+      // The same quantized operands as the reference: the fp32 summation and y's BF16 rounding differ.
+      EXPECT_TRUE(
+          all_close(columns(testing_util::to_float(got), s.T, s.N, s.ldy), want, float(2e-3 * rms(want)), 1e-2f));
+    }
+    dy.poison();
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kSkinnyW8A8);
+    EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kSkinnyW8A8);
+    EXPECT_TRUE(all_close(columns(testing_util::to_float(dy.download()), s.T, s.N, s.ldy), want,
+                          float(2e-3 * rms(want)), 1e-2f));
+  }
+  const Fp8Weight W(256, 512, rng);
+  DeviceBuffer<bf16> dx(size_t(65 * 512)), dw(size_t(256 * 512)), dy(size_t(65 * 256));
+  for (const auto& [T, tiling] : {std::pair{8, cuda::SkinnyTiling{64, 1}}, std::pair{65, cuda::SkinnyTiling{64, 1}},
+                                  std::pair{16, cuda::SkinnyTiling{32, 1}}}) {
+    EXPECT_THROW(runner.skinny_gemm(dx.get(), 512, W.dw.get(), W.dscale.get(), dy.get(), 256, T, 256, 512, tiling,
+                                    nullptr, /*w8a8=*/true),
+                 std::invalid_argument)
+        << "T=" << T << ", " << tiling.tile_rows << " rows";
+  }
+  EXPECT_THROW(runner.skinny_gemm(dx.get(), 512, dw.get(), nullptr, dy.get(), 256, 16, 256, 512,
+                                  cuda::SkinnyTiling{64, 1}, nullptr, /*w8a8=*/true),
+               std::invalid_argument);  // BF16 weights
+  EXPECT_THROW(runner.gemm_fp8(dx.get(), 512, W.dw.get(), W.dscale.get(), dy.get(), 256, 16, 256, 512, 1.f, nullptr,
+                               cuda::Fp8Path::kSkinnyW8A8),
+               std::invalid_argument);  // beta
+  EXPECT_THROW(runner.gemm_fp8(dx.get(), 512, W.dw.get(), W.dscale.get(), dy.get(), 256, 4, 256, 512, 0.f, nullptr,
+                               cuda::Fp8Path::kSkinnyW8A8),
+               std::invalid_argument);  // T <= 8
 }
 
 TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
