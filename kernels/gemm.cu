@@ -390,7 +390,7 @@ void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const fl
                                 " as " + tiling_name(tiling) +
                                 " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
                                 "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with "
-                                "partials fitting the workspace; W8A8: FP8 W, 9 <= T <= 64, 64 rows, sm_90)");
+                                "partials fitting the workspace; W8A8: FP8 W, 64 rows, sm_90)");
   }
   if (w8a8) {
     run_skinny_w8a8(x, ldx, static_cast<const uint8_t*>(w), scale_inv, y, ldy, T, N, K, stream, tiling);
@@ -825,12 +825,12 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
     if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8) || !skinny_w8a8_supports(T, w8a8_tiling)) {
       throw std::invalid_argument("cuda::GemmRunner::gemm_fp8: the W8A8 skinny kernel cannot run " +
                                   shape_string(T, N, K, ldx, ldy) +
-                                  " (needs beta 0, 9 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, sm_90)");
+                                  " (needs beta 0, 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, sm_90)");
     }
     run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, w8a8_tiling);
     last_fp8_path_ = Fp8Path::kSkinnyW8A8;
     last_fp8_t_pad_ = 0;
-    fp8_fallback_reason_ = tuned_w8a8 ? "9 <= T <= 64: the W8A8 skinny kernel timed fastest for this shape" : "";
+    fp8_fallback_reason_ = tuned_w8a8 ? "T <= 64: the W8A8 skinny kernel timed fastest for this shape" : "";
     return;
   }
   if (path == Fp8Path::kKernel) {

@@ -9,7 +9,7 @@
 // [ceil(N/128), ceil(K/128)] row-major, and the real weight is W[n][k] = fp8(W_fp8[n][k]) ·
 // weight_scale_inv[n/128][k/128]. Two numerics compute it (GemmRunner::gemm_fp8):
 //  - W8A8 (Hopper): x is quantized per token and 128-wide K group to E4M3 with one fp32 scale
-//    amax/448 (quantize_fp8_per_token_group), and cuBLASLt's block-scaled FP8 GEMM, or for 9–64
+//    amax/448 (quantize_fp8_per_token_group), and cuBLASLt's block-scaled FP8 GEMM, or for T <= 64
 //    tokens our skinny kernel's E4M3 wgmma, applies the 1×128 activation scales and the 128×128
 //    weight scales (DeepSeek-V3 style, what the FP8 checkpoints were calibrated for). The CPU
 //    reference is cpu::gemm_fp8_w8a8.
@@ -81,7 +81,7 @@ enum class Fp8Path {
   kAuto,        // cuBLASLt W8A8 where it can (probed per shape), else the W8A16 kernel
   kCublasLt,    // cuBLASLt W8A8 or std::runtime_error saying why not (tests, benchmarks)
   kKernel,      // always our W8A16 kernel
-  kSkinnyW8A8,  // our skinny kernel with x quantized as for cuBLASLt (9 <= T <= 64), or std::invalid_argument
+  kSkinnyW8A8,  // our skinny kernel with x quantized as for cuBLASLt (T <= 64), or std::invalid_argument
 };
 const char* to_string(Fp8Path path);
 
@@ -134,7 +134,7 @@ class GemmRunner {
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
   // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the
-  // skinny kernel at each tiling it offers (W8A16, and on Hopper for 9 <= T <= 64 W8A8: x quantized
+  // skinny kernel at each tiling it offers (W8A16, and on Hopper with 64-row tiles W8A8: x quantized
   // as for cuBLASLt, E4M3 wgmma) against cuBLASLt W8A8 on the first timeable call of a shape (as
   // gemm() does) and keeps the fastest; kKernel then runs the W8A16 skinny kernel at its tiling.
   // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
@@ -155,7 +155,7 @@ class GemmRunner {
   // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
   // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
   // and W 16-byte aligned; tile_rows 64, or for T <= 8 32, (BF16) 48 or (FP8) 128; 1 <= splits <= K / 128 with
-  // the split partials fitting the workspace; w8a8 (FP8 W, 9 <= T <= 64, 64 rows, Hopper): x quantized
+  // the split partials fitting the workspace; w8a8 (FP8 W, 64 rows, Hopper): x quantized
   // as for cuBLASLt W8A8 first. Throws std::invalid_argument otherwise.
   void skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy, int64_t T,
                    int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream, bool w8a8 = false);

@@ -32,7 +32,7 @@
 // products accumulate unscaled and are added times 2^56 and that block's scale. Activations stay
 // BF16, unrounded.
 //
-// W8A8 (block-FP8 weights with 9–64 tokens, x quantized per token and 128-group by the kernel that
+// W8A8 (block-FP8 weights, x quantized per token and 128-group by the kernel that
 // cuBLASLt's W8A8 path uses, launched just before and programmatically, so the weights stream while
 // it runs): E4M3 wgmma m64nNk32 on the ring as it lies, each 128-k step (one scale block of W, one
 // group of each token) into its own accumulator, added times the two scales. Measured on the H100
@@ -82,7 +82,7 @@ struct Params {
   // routing kernel before writes both, so a grouped block waits for it before it streams weights.
   const int32_t* active_experts = nullptr;
   const int32_t* row_offsets = nullptr;
-  // W8A8 (FP8 weights, 9 <= T <= 64, not grouped): x quantized per token and 128-group by
+  // W8A8 (FP8 weights, 64-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
   const uint8_t* xq = nullptr;
   const float* x_scales = nullptr;
@@ -117,9 +117,9 @@ struct Config {
   static constexpr int kRows = kTileRows;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
   static_assert(kFp8 || !kXFp8, "E4M3 activations go with E4M3 weights");
-  // More than one n8 token tile with BF16 or W8A8: a warpgroup per stream runs wgmma m64n(8·kNT) on
+  // W8A8, and BF16 with more than one n8 token tile: a warpgroup per stream runs wgmma m64n(8·kNT) on
   // the ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
-  static constexpr bool kWgmma = (!kFp8 || kXFp8) && kNT > 1;
+  static constexpr bool kWgmma = kXFp8 || (!kFp8 && kNT > 1);
   static_assert(!kXFp8 || kWgmma, "W8A8 runs on wgmma only");
   static constexpr bool kWidenW = kFp8 && !kXFp8;  // W8A16: E4M3 weights widened to BF16 in registers
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
@@ -565,10 +565,9 @@ inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool f
 }
 
 // Whether the W8A8 form (FP8 weights, x quantized as for cuBLASLt W8A8, E4M3 wgmma) runs T tokens
-// as `tiling`: 9 to 64 tokens (wgmma's N of 16–64; fewer run W8A16, as fast without the quantize
-// launch) and 64-row tiles.
+// as `tiling`: 64-row tiles (one m64 wgmma per stream).
 inline bool supports_w8a8(int64_t T, SkinnyTiling tiling) {
-  return T > 8 && T <= kMaxTokens && tiling.tile_rows == kRows;
+  return T >= 1 && T <= kMaxTokens && tiling.tile_rows == kRows;
 }
 
 // Whether the kernel has tile_rows for this weight type and T (see tilings).
@@ -593,7 +592,9 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
   const unsigned y = p.active_experts ? expert_slots : unsigned(p.splits);
   if constexpr (sizeof(WeightT) == 1) {
     if (p.xq) {
-      if (p.T <= 16) {
+      if (p.T <= 8) {
+        launch_tiles<WeightT, 1, kRows, true>(p, y, stream);
+      } else if (p.T <= 16) {
         launch_tiles<WeightT, 2, kRows, true>(p, y, stream);
       } else if (p.T <= 32) {
         launch_tiles<WeightT, 4, kRows, true>(p, y, stream);

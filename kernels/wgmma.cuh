@@ -45,6 +45,11 @@ __device__ __forceinline__ void fence_shared_for_async_proxy() {
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
 
+#define DS_WGMMA_N8(INSTR, IMM_TAIL)                                                                           \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n" INSTR " {%0, %1, %2, %3}, %4, %5, p, 1, 1" IMM_TAIL \
+               ";\n}\n"                                                                                        \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                                \
+               : "l"(a), "l"(b), "r"(int(accumulate)))
 // One m64nNkK instruction: d (N/2 fp32 per thread) = A·Bᵀ + (accumulate ? d : 0). INSTR names shape
 // and types; IMM_TAIL is what follows the scale immediates (BF16: the two transpose flags).
 #define DS_WGMMA_N16(INSTR, IMM_TAIL)                                                 \
@@ -84,8 +89,10 @@ __device__ __forceinline__ void mma_bf16(float (&d)[kN / 2], uint64_t a, uint64_
 // memory: the same descriptors, 32 E4M3 of k per 32-byte step.
 template <int kN>
 __device__ __forceinline__ void mma_e4m3(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
-  static_assert(kN == 16 || kN == 32 || kN == 64, "instantiated widths");
-  if constexpr (kN == 16) {
+  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "instantiated widths");
+  if constexpr (kN == 8) {
+    DS_WGMMA_N8("wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3", "");
+  } else if constexpr (kN == 16) {
     DS_WGMMA_N16("wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "");
   } else if constexpr (kN == 32) {
     DS_WGMMA_N32("wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3", "");
@@ -94,6 +101,7 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[kN / 2], uint64_t a, uint64_
   }
 }
 
+#undef DS_WGMMA_N8
 #undef DS_WGMMA_N16
 #undef DS_WGMMA_N32
 #undef DS_WGMMA_N64
