@@ -52,24 +52,8 @@ ModelConfig layout_config(ModelConfig config, const GenModelOptions& options) {
                                                                     : GdnCheckpointLayout::kSeparate;
   config.fp8 = Fp8Config{};
   if (options.fp8) {
-    config.fp8.enabled = true;
-    const std::string prefix = options.layout == CheckpointLayout::kQwen35VL ? "model.language_model." : "model.";
-    config.fp8.modules_to_not_convert.push_back("lm_head");
-    for (int i = 0; i < config.num_hidden_layers; ++i) {
-      const std::string p = prefix + "layers." + std::to_string(i) + ".";
-      if (config.layer_types[i] == LayerType::kLinearAttention) {
-        if (config.gdn_layout == GdnCheckpointLayout::kSeparate) {
-          config.fp8.modules_to_not_convert.push_back(p + "linear_attn.in_proj_b");
-          config.fp8.modules_to_not_convert.push_back(p + "linear_attn.in_proj_a");
-        } else {
-          config.fp8.modules_to_not_convert.push_back(p + "linear_attn.in_proj_ba");
-        }
-      }
-      if (config.layer_is_moe(i)) {
-        config.fp8.modules_to_not_convert.push_back(p + "mlp.gate");
-        config.fp8.modules_to_not_convert.push_back(p + "mlp.shared_expert_gate");
-      }
-    }
+    quantize_like_published_fp8(config,
+                                options.layout == CheckpointLayout::kQwen35VL ? "model.language_model." : "model.");
   }
   return config;
 }

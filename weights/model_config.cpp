@@ -7,6 +7,7 @@
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 
 namespace ds::weights {
 namespace {
@@ -455,12 +456,38 @@ std::vector<std::string> preset_names() {
   return names;
 }
 
-ModelConfig preset_config(const std::string& name) {
-  auto it = presets().find(name);
-  if (it == presets().end()) {
-    throw std::invalid_argument("unknown preset \"" + name + "\" (available: " + join(preset_names()) + ")");
+void quantize_like_published_fp8(ModelConfig& config, const std::string& prefix) {
+  config.fp8.enabled = true;
+  auto& kept = config.fp8.modules_to_not_convert;
+  kept.push_back("lm_head");
+  for (int i = 0; i < config.num_hidden_layers; ++i) {
+    const std::string p = prefix + "layers." + std::to_string(i) + ".";
+    if (config.layer_types[i] == LayerType::kLinearAttention) {
+      if (config.gdn_layout == GdnCheckpointLayout::kSeparate) {
+        kept.push_back(p + "linear_attn.in_proj_b");
+        kept.push_back(p + "linear_attn.in_proj_a");
+      } else {
+        kept.push_back(p + "linear_attn.in_proj_ba");
+      }
+    }
+    if (config.layer_is_moe(i)) {
+      kept.push_back(p + "mlp.gate");
+      kept.push_back(p + "mlp.shared_expert_gate");
+    }
   }
-  return it->second();
+}
+
+ModelConfig preset_config(const std::string& name) {
+  constexpr std::string_view kFp8Suffix = "-fp8";
+  const bool fp8 = name.size() > kFp8Suffix.size() && name.ends_with(kFp8Suffix);
+  auto it = presets().find(fp8 ? name.substr(0, name.size() - kFp8Suffix.size()) : name);
+  if (it == presets().end()) {
+    throw std::invalid_argument("unknown preset \"" + name + "\" (available: " + join(preset_names()) +
+                                ", each also with -fp8)");
+  }
+  ModelConfig config = it->second();
+  if (fp8) quantize_like_published_fp8(config, "");
+  return config;
 }
 
 namespace {

@@ -79,11 +79,18 @@ struct ModelConfig {
 ModelConfig parse_model_config(const std::string& config_json_path);
 ModelConfig parse_model_config_text(const std::string& json_text, const std::string& source_name);
 
+// Marks `config` block-FP8 (128×128 E4M3) the way the published -FP8 checkpoints are: every linear
+// weight but lm_head, the GDN b/a projections and the MoE router and shared-expert gates. The
+// module names in modules_to_not_convert start with `prefix` (as in such a config.json:
+// "model.language_model." or "model."; "" for canonical names).
+void quantize_like_published_fp8(ModelConfig& config, const std::string& prefix);
+
 // Published configurations: qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, qwen3.5-27b,
 // qwen3.5-35b-a3b, qwen3.5-122b-a10b, qwen3.5-397b-a17b, qwen3-next-80b-a3b, and tiny (the
-// embedded default). Throws std::invalid_argument listing the names for an unknown one.
+// embedded default); any of them with "-fp8" appended is its block-FP8 form
+// (quantize_like_published_fp8). Throws std::invalid_argument listing the names for an unknown one.
 ModelConfig preset_config(const std::string& name);
-std::vector<std::string> preset_names();
+std::vector<std::string> preset_names();  // the BF16 names
 
 // Per-rank sizes under tensor parallelism over `world` ranks. Throws std::invalid_argument
 // naming the head count (or size) that `world` does not divide.

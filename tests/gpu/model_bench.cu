@@ -1,4 +1,5 @@
-// Real-size run of the CUDA model: the qwen3.5-9b preset with dummy weights on one GPU.
+// Real-size run of the CUDA model: the qwen3.5-9b preset (or another, e.g. qwen3.5-9b-fp8) with
+// dummy weights on one GPU.
 // Prints load time, memory (weights, free for caches, bytes per KV page and GDN slot), the time
 // of one 8k-token prefill, and decode step times at batch 1 (8k context) and batch 64.
 //   model_bench [preset=qwen3.5-9b] [projection=fused]

@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <nlohmann/json.hpp>
+
+#include "weights/rank_weights.h"
 
 namespace ds::weights {
 namespace {
@@ -157,6 +161,25 @@ TEST(ModelConfig, Presets) {
   EXPECT_EQ(preset_config("qwen3.5-397b-a17b").num_experts, 512);
   EXPECT_EQ(preset_config("qwen3-next-80b-a3b").gdn_layout, GdnCheckpointLayout::kInterleaved);
   EXPECT_THROW(preset_config("qwen9"), std::invalid_argument);
+}
+
+// The -fp8 presets: every linear in E4M3 with its 128×128 scales but lm_head and the GDN b/a
+// projection, as in the published -FP8 checkpoints.
+TEST(ModelConfig, Fp8PresetsQuantizeLikeThePublishedCheckpoints) {
+  EXPECT_FALSE(preset_config("qwen3.5-9b").fp8.enabled);
+  const ModelConfig c = preset_config("qwen3.5-9b-fp8");
+  EXPECT_TRUE(c.fp8.enabled);
+  std::map<std::string, DType> dtypes;
+  for (const TensorSpec& s : rank_tensor_specs(c, 0, 1, GdnProjectionForm::kSplit)) dtypes[s.name] = s.dtype;
+  EXPECT_EQ(dtypes.at("layers.3.self_attn.q_proj"), DType::F8_E4M3);
+  EXPECT_EQ(dtypes.at("layers.3.self_attn.q_proj_scale_inv"), DType::F32);
+  EXPECT_EQ(dtypes.at("layers.0.linear_attn.out_proj"), DType::F8_E4M3);
+  EXPECT_EQ(dtypes.at("layers.0.mlp.down_proj"), DType::F8_E4M3);
+  EXPECT_EQ(dtypes.at("layers.0.linear_attn.in_proj_ba"), DType::BF16);
+  EXPECT_EQ(dtypes.at("lm_head"), DType::BF16);
+  EXPECT_EQ(preset_config("qwen3.5-35b-a3b-fp8").num_experts, 256);
+  EXPECT_THROW(preset_config("-fp8"), std::invalid_argument);
+  EXPECT_THROW(preset_config("qwen9-fp8"), std::invalid_argument);
 }
 
 TEST(ModelConfig, RankDims) {
