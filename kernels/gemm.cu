@@ -778,14 +778,14 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
   const SkinnyKey key{T, N, K, ldx, ldy};
   if (auto it = fp8_skinny_plans_.find(key); it != fp8_skinny_plans_.end()) return &it->second;
   if (!may_tune || !may_time(T, beta, stream)) return nullptr;  // decided on a later, timeable call
-  Fp8SkinnyPlan plan{{}, false, true};
+  Fp8SkinnyPlan plan;
   last_autotune_.clear();
-  float skinny_ms = INFINITY;
+  float best_ms[2] = {INFINITY, INFINITY};  // W8A16, W8A8
   const auto consider = [&](SkinnyTiling tiling, bool w8a8, const auto& run) {
     const float ms = time_runs(run, l2_evict_, l2_evict_bytes_, stream);
     last_autotune_ += std::string(last_autotune_.empty() ? "" : ", ") + (w8a8 ? "w8a8-" : "") + tiling_name(tiling) +
                       " " + per_call_us(ms);
-    if (ms < skinny_ms) skinny_ms = ms, plan.tiling = tiling, plan.w8a8 = w8a8;
+    if (ms < best_ms[w8a8]) best_ms[w8a8] = ms, (w8a8 ? plan.w8a8 : plan.w8a16) = tiling;
   };
   if (skinny_w8a8_supports(T, {skinny::kRows, 1})) ensure_fp8_scratch(T, K, 0, stream);  // not inside a timing
   for (const SkinnyTiling tiling : skinny::tilings(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
@@ -797,6 +797,8 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
                [&] { run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, tiling); });
     }
   }
+  plan.w8a8_faster = best_ms[1] < best_ms[0];
+  const float skinny_ms = std::min(best_ms[0], best_ms[1]);
   if (K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run the shape
     std::string why;
     const auto w8a8 = [&] { return gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, 0.f, stream, why); };
@@ -818,10 +820,13 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
   const Fp8SkinnyPlan* skinny_plan = path == Fp8Path::kCublasLt ? nullptr
                                      : fp8_skinny_plan(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
                                                        stream, /*may_tune=*/path == Fp8Path::kAuto);
-  const SkinnyTiling tiling = skinny_plan ? skinny_plan->tiling : SkinnyTiling{};
-  const bool tuned_w8a8 = path == Fp8Path::kAuto && skinny_plan && skinny_plan->beats_cublaslt && skinny_plan->w8a8;
+  const SkinnyTiling tiling = skinny_plan ? skinny_plan->w8a16 : SkinnyTiling{};
+  const bool tuned_w8a8 =
+      path == Fp8Path::kAuto && skinny_plan && skinny_plan->beats_cublaslt && skinny_plan->w8a8_faster;
   if (path == Fp8Path::kSkinnyW8A8 || tuned_w8a8) {
-    const SkinnyTiling w8a8_tiling = tuned_w8a8 ? tiling : skinny::default_tiling(T, N, K, sms_, workspace_bytes_);
+    const SkinnyTiling w8a8_tiling = skinny_plan && skinny_plan->w8a8.tile_rows
+                                         ? skinny_plan->w8a8
+                                         : skinny::default_tiling(T, N, K, sms_, workspace_bytes_);
     if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8) || !skinny_w8a8_supports(T, w8a8_tiling)) {
       throw std::invalid_argument("cuda::GemmRunner::gemm_fp8: the W8A8 skinny kernel cannot run " +
                                   shape_string(T, N, K, ldx, ldy) +

@@ -224,13 +224,14 @@ class GemmRunner {
                          std::string& reason);
   void ensure_fp8_scratch(int64_t rows, int64_t K, size_t y_elems, cudaStream_t stream);
   std::map<Fp8Key, Plan*> fp8_plans_;
-  // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: the skinny kernel's fastest form
-  // and tiling and whether it beat cuBLASLt W8A8.
+  // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: each skinny form's fastest tiling
+  // (W8A8's tile_rows 0 where it cannot run), which form was faster and whether it beat cuBLASLt W8A8.
   using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // T, N, K, ldx, ldy
   struct Fp8SkinnyPlan {
-    SkinnyTiling tiling;
-    bool w8a8;  // the W8A8 skinny kernel (else W8A16) at that tiling
-    bool beats_cublaslt;
+    SkinnyTiling w8a16;
+    SkinnyTiling w8a8;
+    bool w8a8_faster = false;
+    bool beats_cublaslt = true;
   };
   std::map<SkinnyKey, Fp8SkinnyPlan> fp8_skinny_plans_;
   // The shape's plan, timing it first where `may_time` allows; nullptr where the skinny kernel does
