@@ -134,9 +134,10 @@ class GemmRunner {
   // Block-FP8 weight (layout above), BF16 x and y, fp32 accumulation; ldx and K multiples of 8, x
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
   // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the
-  // skinny kernel at each tiling it offers (W8A16, and on Hopper with 64-row tiles W8A8: x quantized
-  // as for cuBLASLt, E4M3 wgmma) against cuBLASLt W8A8 on the first timeable call of a shape (as
-  // gemm() does) and keeps the fastest; kKernel then runs the W8A16 skinny kernel at its tiling.
+  // skinny kernel at each tiling it offers (W8A16, and on Hopper with 64- or 128-row tiles W8A8: x
+  // quantized as for cuBLASLt, E4M3 wgmma) against cuBLASLt W8A8 on the first timeable call of a
+  // shape (as gemm() does) and keeps the fastest; kKernel then runs the W8A16 skinny kernel at its
+  // tiling.
   // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
@@ -155,7 +156,7 @@ class GemmRunner {
   // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
   // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
   // and W 16-byte aligned; tile_rows 64, or for T <= 8 32, (BF16) 48 or (FP8) 128; 1 <= splits <= K / 128 with
-  // the split partials fitting the workspace; w8a8 (FP8 W, 64 rows, Hopper): x quantized
+  // the split partials fitting the workspace; w8a8 (FP8 W, 64 rows or for T <= 8 128, Hopper): x quantized
   // as for cuBLASLt W8A8 first. Throws std::invalid_argument otherwise.
   void skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy, int64_t T,
                    int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream, bool w8a8 = false);

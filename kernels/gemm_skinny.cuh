@@ -82,7 +82,7 @@ struct Params {
   // routing kernel before writes both, so a grouped block waits for it before it streams weights.
   const int32_t* active_experts = nullptr;
   const int32_t* row_offsets = nullptr;
-  // W8A8 (FP8 weights, 64-row tiles, not grouped): x quantized per token and 128-group by
+  // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
   const uint8_t* xq = nullptr;
   const float* x_scales = nullptr;
@@ -135,13 +135,14 @@ struct Config {
   // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
   // instead of 8; BF16 alike within noise; FP8's 128-row tiles: 2 streams of 8 warps, 5 steps deep).
-  // More tokens: a warpgroup per stream (BF16, wgmma), or 8 warps (FP8; registers).
+  // More tokens: a warpgroup per stream (BF16, wgmma), or 8 warps (W8A16; registers). W8A8: a
+  // warpgroup per stream for any T (wgmma; 128-row tiles are two m64 tiles of the same warpgroup).
   // FP8 32-row tiles with one token tile also split each step's k in two halves between two warps (each with
   // its own sums, added in the final reduction; 16 warps in all): the widening makes a step's work long enough
   // that one warp per m16 tile delays the stream's next loads (measured on the H100: 9B mlp down 21.8 -> 20.9 µs
   // at T = 1, 24.7 -> 23.4 at T = 8; the same split with 64 rows, at 1024 threads or 2 streams, was slower).
-  static constexpr int kKSplit = kFp8 && kNT == 1 && kRows == 32 ? 2 : 1;
-  static constexpr int kThreads = kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit : kWgmma ? 128 * kStreams : 256;
+  static constexpr int kKSplit = kWidenW && kNT == 1 && kRows == 32 ? 2 : 1;
+  static constexpr int kThreads = kWgmma ? 128 * kStreams : kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kRowWarps = kWarpsPerStream / kKSplit;             // warps of a stream splitting its rows
@@ -149,8 +150,8 @@ struct Config {
   static constexpr int kRowsPerPass = kStreamThreads / (kRowBytes / 16);  // rows one pass of a stream's loads covers
   static constexpr int kSums = kStreams * kKSplit;                        // partial sums per output, reduced at the end
   static_assert(kRows % (16 * kRowWarps) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
-  static_assert(!kWgmma || (kRows == 64 && kWBytes % 1024 == 0),
-                "wgmma: one m64 tile per stream, every step's W and x on 1024-byte boundaries");
+  static_assert(!kWgmma || ((kRows == 64 || (kXFp8 && kRows == 128)) && kWBytes % 1024 == 0),
+                "wgmma: one m64 tile per stream (W8A8: or two), every step's W and x on 1024-byte boundaries");
   static constexpr int kStages = kSmemBudget / kStreams / kStepBytes;
   static constexpr int kRedStride = kRows + 4;              // fp32 row of the final reduction, padded against conflicts
   static constexpr size_t kAlignSlack = kWgmma ? 1024 : 0;  // the ring is moved to a 1024-byte boundary
@@ -380,25 +381,29 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
   };
 
   float acc[C::kWarpTiles][kNT][4] = {};
-  [[maybe_unused]] float step_acc[kXFp8 ? 4 * kNT : 1] = {};  // W8A8: one step's products
+  // W8A8: one step's products per m64 tile.
+  [[maybe_unused]] float step_acc[kXFp8 ? C::kWarpTiles : 1][kXFp8 ? 4 * kNT : 1] = {};
   auto compute = [&](int j) {
     if constexpr (C::kWgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-      // The stream's warpgroup multiplies the step's W [64 rows] by its x [8·kNT tokens], 32 bytes
-      // of each row per instruction (acc[0] is the m64 accumulator: warp `part` holds rows 16part..,
-      // see wgmma.cuh) and waits until the tensor cores have read the slot: it is refilled after the
-      // next barrier.
+      // The stream's warpgroup multiplies each m64 tile mt of the step's W (64 rows; W8A8 128-row
+      // tiles have two) by its x [8·kNT tokens], 32 bytes of each row per instruction (acc[mt] is
+      // the tile's accumulator: warp `part` holds its rows 16part.., see wgmma.cuh) and waits until
+      // the tensor cores have read the slot: it is refilled after the next barrier.
       const uint32_t w_addr = mma::smem_address(slot(j)), x_addr = w_addr + C::kWBytes;
-      auto& sum = reinterpret_cast<float(&)[4 * kNT]>(acc[0]);
       wgmma::fence();
 #pragma unroll
-      for (int kk = 0; kk < kRowBytes / 32; ++kk) {
-        const uint64_t a = wgmma::descriptor_k_major_sw128(w_addr + 32 * kk);
-        const uint64_t b = wgmma::descriptor_k_major_sw128(x_addr + 32 * kk);
-        if constexpr (kXFp8) {
-          wgmma::mma_e4m3<8 * kNT>(step_acc, a, b, /*accumulate=*/kk > 0);
-        } else {
-          wgmma::mma_bf16<8 * kNT>(sum, a, b);
+      for (int mt = 0; mt < C::kWarpTiles; ++mt) {
+        auto& sum = reinterpret_cast<float(&)[4 * kNT]>(acc[mt]);
+#pragma unroll
+        for (int kk = 0; kk < kRowBytes / 32; ++kk) {
+          const uint64_t a = wgmma::descriptor_k_major_sw128(w_addr + mt * 64 * kRowBytes + 32 * kk);
+          const uint64_t b = wgmma::descriptor_k_major_sw128(x_addr + 32 * kk);
+          if constexpr (kXFp8) {
+            wgmma::mma_e4m3<8 * kNT>(step_acc[mt], a, b, /*accumulate=*/kk > 0);
+          } else {
+            wgmma::mma_bf16<8 * kNT>(sum, a, b);
+          }
         }
       }
       wgmma::commit_group();
@@ -412,7 +417,10 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
         for (int jt = 0; jt < kNT; ++jt) {
           const float scale[2] = {w_scale * x_scales[8 * jt + 2 * c4], w_scale * x_scales[8 * jt + 2 * c4 + 1]};
 #pragma unroll
-          for (int e = 0; e < 4; ++e) sum[4 * jt + e] += scale[e & 1] * step_acc[4 * jt + e];
+          for (int mt = 0; mt < C::kWarpTiles; ++mt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][jt][e] += scale[e & 1] * step_acc[mt][4 * jt + e];
+          }
         }
       }
 #else  // built for a card without wgmma (not sm_90a): BF16 through mma.sync on the same warps and layout
@@ -486,7 +494,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
   __syncthreads();  // every stream is done with its ring: reuse it for the reduction
 
   // C fragment (mt, jt): row (part·kWarpTiles + mt)·16 + g (+8 in e = 2, 3), token 8jt + 2c (+1 in
-  // odd e).
+  // odd e); with wgmma, m64 tile mt's rows: 64mt + 16part + g (+8).
   float* red = reinterpret_cast<float*>(smem);  // [stream, k part][token][row]
   const int sum_index = stream * C::kKSplit + k_part;
 #pragma unroll
@@ -495,7 +503,8 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
     for (int jt = 0; jt < kNT; ++jt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = (part * C::kWarpTiles + mt) * 16 + g + (e >> 1) * 8, t = jt * 8 + 2 * c4 + (e & 1);
+        const int row = (C::kWgmma ? mt * 64 + part * 16 : (part * C::kWarpTiles + mt) * 16) + g + (e >> 1) * 8;
+        const int t = jt * 8 + 2 * c4 + (e & 1);
         red[(sum_index * C::kTokenRows + t) * C::kRedStride + row] = acc[mt][jt][e];
       }
     }
@@ -565,9 +574,9 @@ inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool f
 }
 
 // Whether the W8A8 form (FP8 weights, x quantized as for cuBLASLt W8A8, E4M3 wgmma) runs T tokens
-// as `tiling`: 64-row tiles (one m64 wgmma per stream).
+// as `tiling`: 64-row tiles (one m64 wgmma per stream), or for T <= 8 128-row ones (two).
 inline bool supports_w8a8(int64_t T, SkinnyTiling tiling) {
-  return T >= 1 && T <= kMaxTokens && tiling.tile_rows == kRows;
+  return T >= 1 && T <= kMaxTokens && (tiling.tile_rows == kRows || (T <= 8 && tiling.tile_rows == 128));
 }
 
 // Whether the kernel has tile_rows for this weight type and T (see tilings).
@@ -592,7 +601,9 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
   const unsigned y = p.active_experts ? expert_slots : unsigned(p.splits);
   if constexpr (sizeof(WeightT) == 1) {
     if (p.xq) {
-      if (p.T <= 8) {
+      if (p.T <= 8 && p.tile_rows == 128) {
+        launch_tiles<WeightT, 1, 128, true>(p, y, stream);
+      } else if (p.T <= 8) {
         launch_tiles<WeightT, 1, kRows, true>(p, y, stream);
       } else if (p.T <= 16) {
         launch_tiles<WeightT, 2, kRows, true>(p, y, stream);
