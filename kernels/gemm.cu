@@ -381,8 +381,8 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
 void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
                              int64_t T, int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream, bool w8a8) {
   check_shape("cuda::GemmRunner::skinny_gemm", T, N, K, ldx, ldy);
-  const bool rows_ok = skinny::has_tile_rows(tiling.tile_rows, scale_inv != nullptr, T) &&
-                       (!w8a8 || (scale_inv != nullptr && skinny_w8a8_supports(T, tiling)));
+  const bool rows_ok = w8a8 ? scale_inv != nullptr && skinny_w8a8_supports(T, tiling)
+                            : skinny::has_tile_rows(tiling.tile_rows, scale_inv != nullptr, T);
   const bool splits_ok = tiling.splits >= 1 && tiling.splits <= K / 128 &&
                          (tiling.splits == 1 || size_t(tiling.splits * T * N) * sizeof(float) <= workspace_bytes_);
   if (!skinny::supports(T, K, ldx, x, w) || !rows_ok || !splits_ok) {
@@ -390,7 +390,7 @@ void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const fl
                                 " as " + tiling_name(tiling) +
                                 " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
                                 "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with "
-                                "partials fitting the workspace; W8A8: FP8 W, 64 rows or for T <= 8 128, sm_90)");
+                                "partials fitting the workspace; W8A8: FP8 W, 64 or 128 rows, sm_90)");
   }
   if (w8a8) {
     run_skinny_w8a8(x, ldx, static_cast<const uint8_t*>(w), scale_inv, y, ldy, T, N, K, stream, tiling);
@@ -789,9 +789,11 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
   };
   if (skinny_w8a8_supports(T, {skinny::kRows, 1})) ensure_fp8_scratch(T, K, 0, stream);  // not inside a timing
   for (const SkinnyTiling tiling : skinny::tilings(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
-    consider(tiling, false, [&] {
-      run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
-    });
+    if (skinny::has_tile_rows(tiling.tile_rows, /*fp8=*/true, T)) {
+      consider(tiling, false, [&] {
+        run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
+      });
+    }
     if (skinny_w8a8_supports(T, tiling)) {
       consider(tiling, true,
                [&] { run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, tiling); });

@@ -156,7 +156,7 @@ class GemmRunner {
   // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
   // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
   // and W 16-byte aligned; tile_rows 64, or for T <= 8 32, (BF16) 48 or (FP8) 128; 1 <= splits <= K / 128 with
-  // the split partials fitting the workspace; w8a8 (FP8 W, 64 rows or for T <= 8 128, Hopper): x quantized
+  // the split partials fitting the workspace; w8a8 (FP8 W, 64 or 128 rows, Hopper): x quantized
   // as for cuBLASLt W8A8 first. Throws std::invalid_argument otherwise.
   void skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy, int64_t T,
                    int64_t N, int64_t K, SkinnyTiling tiling, cudaStream_t stream, bool w8a8 = false);

@@ -554,8 +554,9 @@ inline SkinnyTiling default_tiling(int64_t T, int64_t N, int64_t K, int sms, siz
 // Tilings worth timing (the autotune), the default first: 64-row tiles with one split and with
 // many_splits; for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16 only: they would
 // straddle FP8's 128-row scale blocks) 48-row tiles with one split, more blocks each streaming its
-// rows' whole K; for FP8 at T <= 8 where 64-row tiles take more than a wave, 128-row tiles (one
-// scale block), fewer blocks each streaming as many bytes as a BF16 64-row block. Measured on the
+// rows' whole K; for FP8 where 64-row tiles take more than a wave, 128-row tiles (one scale block;
+// W8A16 only at T <= 8, see has_tile_rows), fewer blocks each streaming as many bytes as a BF16
+// 64-row block and, with more tokens, reading x once per 128 rows. Measured on the
 // H100: BF16 4096×4096 12.3 µs with 32 rows vs 13.2 with 64; FP8 9B in_proj 24.2 -> 22.6 µs with
 // 128 rows, 35B-A3B in_proj 14.8 -> 12.9. Dropped: 32-row tiles at T = 64 (4096×4096 16.9 µs,
 // behind cuBLASLt's 16.1), a split count filling the waves best (27B mlp down 13 splits: 78.5 vs
@@ -569,14 +570,14 @@ inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool f
     out.push_back({32, 1});
     if (!fp8) out.push_back({48, 1});
   }
-  if (T <= 8 && fp8 && (N + kRows - 1) / kRows > sms) out.push_back({128, 1});
+  if (fp8 && (N + kRows - 1) / kRows > sms) out.push_back({128, 1});
   return out;
 }
 
 // Whether the W8A8 form (FP8 weights, x quantized as for cuBLASLt W8A8, E4M3 wgmma) runs T tokens
-// as `tiling`: 64-row tiles (one m64 wgmma per stream), or for T <= 8 128-row ones (two).
+// as `tiling`: 64-row tiles (one m64 wgmma per stream) or 128-row ones (two).
 inline bool supports_w8a8(int64_t T, SkinnyTiling tiling) {
-  return T >= 1 && T <= kMaxTokens && (tiling.tile_rows == kRows || (T <= 8 && tiling.tile_rows == 128));
+  return T >= 1 && T <= kMaxTokens && (tiling.tile_rows == kRows || tiling.tile_rows == 128);
 }
 
 // Whether the kernel has tile_rows for this weight type and T (see tilings).
@@ -596,21 +597,28 @@ void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
 // Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller; W8A8
 // where p.xq is set, see supports_w8a8) with n8 token tiles for p.T, on a grid of N's row tiles ×
 // the splits (grouped: × the expert slots).
+template <int kNT>
+void launch_w8a8_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
+  if (p.tile_rows == 128) {
+    launch_tiles<uint8_t, kNT, 128, true>(p, grid_y, stream);
+  } else {
+    launch_tiles<uint8_t, kNT, kRows, true>(p, grid_y, stream);
+  }
+}
+
 template <typename WeightT>
 void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
   const unsigned y = p.active_experts ? expert_slots : unsigned(p.splits);
   if constexpr (sizeof(WeightT) == 1) {
     if (p.xq) {
-      if (p.T <= 8 && p.tile_rows == 128) {
-        launch_tiles<WeightT, 1, 128, true>(p, y, stream);
-      } else if (p.T <= 8) {
-        launch_tiles<WeightT, 1, kRows, true>(p, y, stream);
+      if (p.T <= 8) {
+        launch_w8a8_tiles<1>(p, y, stream);
       } else if (p.T <= 16) {
-        launch_tiles<WeightT, 2, kRows, true>(p, y, stream);
+        launch_w8a8_tiles<2>(p, y, stream);
       } else if (p.T <= 32) {
-        launch_tiles<WeightT, 4, kRows, true>(p, y, stream);
+        launch_w8a8_tiles<4>(p, y, stream);
       } else {
-        launch_tiles<WeightT, 8, kRows, true>(p, y, stream);
+        launch_w8a8_tiles<8>(p, y, stream);
       }
       return;
     }
