@@ -475,7 +475,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
     mma::cp_async_commit();
   }
   for (int j = 0; j < num; ++j) {
-    // Groups so far: W of steps 0..S-2, x of those, (BF16) step S-1, then one (W + x) per iteration
+    // Groups so far: W of steps 0..S-2, x of those, (not W8A16) step S-1, then one (W + x) per iteration
     // j >= kEarlySteps (step j + S - 1). Step j's data is complete once at most
     // min(max(j, kEarlySteps), S-2) newer groups are pending.
     mma::cp_async_wait_at_most<C::kStages - 2>(std::max(j, kEarlySteps));
@@ -594,9 +594,6 @@ void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
-// Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller; W8A8
-// where p.xq is set, see supports_w8a8) with n8 token tiles for p.T, on a grid of N's row tiles ×
-// the splits (grouped: × the expert slots).
 template <int kNT>
 void launch_w8a8_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   if (p.tile_rows == 128) {
@@ -606,6 +603,9 @@ void launch_w8a8_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   }
 }
 
+// Runs p (tile rows as has_tile_rows allows, splits, partial and counters set by the caller; W8A8
+// where p.xq is set, see supports_w8a8) with n8 token tiles for p.T, on a grid of N's row tiles ×
+// the splits (grouped: × the expert slots).
 template <typename WeightT>
 void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
   const unsigned y = p.active_experts ? expert_slots : unsigned(p.splits);
