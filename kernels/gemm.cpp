@@ -118,4 +118,24 @@ void gemm_fp8_w8a8(const float* x, int64_t ldx, const uint8_t* w_fp8, const floa
 
 }  // namespace cpu
 
+namespace cuda {
+
+const char* to_string(Fp8Numerics numerics) {
+  switch (numerics) {
+    case Fp8Numerics::kW8A8: return "w8a8";
+    case Fp8Numerics::kW8A16: return "w8a16";
+    case Fp8Numerics::kFastest: return "fastest";
+  }
+  return "?";
+}
+
+Fp8Numerics parse_fp8_numerics(const std::string& name) {
+  for (const Fp8Numerics n : {Fp8Numerics::kW8A8, Fp8Numerics::kW8A16, Fp8Numerics::kFastest}) {
+    if (name == to_string(n)) return n;
+  }
+  throw std::invalid_argument("unknown FP8 numerics \"" + name + "\" (w8a8, w8a16 or fastest)");
+}
+
+}  // namespace cuda
+
 }  // namespace ds::kernels

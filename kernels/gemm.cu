@@ -757,6 +757,11 @@ void GemmRunner::run_fp8_kernel(const bf16* x, int64_t ldx, const uint8_t* w_fp8
   }
 }
 
+void GemmRunner::set_fp8_numerics(Fp8Numerics numerics) {
+  fp8_numerics_ = numerics;
+  fp8_skinny_plans_.clear();  // timed among the forms the old numerics allowed
+}
+
 bool GemmRunner::skinny_w8a8_supports(int64_t T, SkinnyTiling tiling) const {
   return hopper_ && skinny::supports_w8a8(T, tiling);
 }
@@ -787,21 +792,24 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
                       " " + per_call_us(ms);
     if (ms < best_ms[w8a8]) best_ms[w8a8] = ms, (w8a8 ? plan.w8a8 : plan.w8a16) = tiling;
   };
-  if (skinny_w8a8_supports(T, {skinny::kRows, 1})) ensure_fp8_scratch(T, K, 0, stream);  // not inside a timing
+  // The forms fp8_numerics_ allows: W8A8 wherever it runs, W8A16 where W8A8 cannot (see Fp8Numerics).
+  const bool w8a8_ok = fp8_numerics_ != Fp8Numerics::kW8A16 && skinny_w8a8_supports(T, {skinny::kRows, 1});
+  const bool w8a16_ok = fp8_numerics_ != Fp8Numerics::kW8A8 || !w8a8_ok;
+  if (w8a8_ok) ensure_fp8_scratch(T, K, 0, stream);  // not inside a timing
   for (const SkinnyTiling tiling : skinny::tilings(T, N, K, /*fp8=*/true, sms_, workspace_bytes_)) {
-    if (skinny::has_tile_rows(tiling.tile_rows, /*fp8=*/true, T)) {
+    if (w8a16_ok && skinny::has_tile_rows(tiling.tile_rows, /*fp8=*/true, T)) {
       consider(tiling, false, [&] {
         run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling);
       });
     }
-    if (skinny_w8a8_supports(T, tiling)) {
+    if (w8a8_ok && skinny_w8a8_supports(T, tiling)) {
       consider(tiling, true,
                [&] { run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, tiling); });
     }
   }
   plan.w8a8_faster = best_ms[1] < best_ms[0];
   const float skinny_ms = std::min(best_ms[0], best_ms[1]);
-  if (K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run the shape
+  if (fp8_numerics_ != Fp8Numerics::kW8A16 && K % (4 * kFp8BlockSize) == 0) {  // else cuBLASLt cannot run it
     std::string why;
     const auto w8a8 = [&] { return gemm_fp8_cublaslt(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, 0.f, stream, why); };
     if (w8a8()) {
@@ -842,6 +850,8 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
   }
   if (path == Fp8Path::kKernel) {
     reason = "W8A16 kernel requested";
+  } else if (fp8_numerics_ == Fp8Numerics::kW8A16) {
+    reason = "W8A16 numerics (GemmRunner::set_fp8_numerics)";
   } else if (skinny_plan && skinny_plan->beats_cublaslt) {
     reason = "T <= 64: the W8A16 skinny kernel timed faster than cuBLASLt W8A8 for this shape";
   } else if (K % (4 * kFp8BlockSize) != 0) {

@@ -7,7 +7,8 @@
 // FP8 weights (block-FP8 checkpoints, quantization_config {"quant_method": "fp8",
 // "weight_block_size": [128, 128]}): W_fp8 is E4M3 bytes [N, K]; weight_scale_inv is fp32
 // [ceil(N/128), ceil(K/128)] row-major, and the real weight is W[n][k] = fp8(W_fp8[n][k]) ·
-// weight_scale_inv[n/128][k/128]. Two numerics compute it (GemmRunner::gemm_fp8):
+// weight_scale_inv[n/128][k/128]. Two numerics compute it (GemmRunner::gemm_fp8; which one,
+// GemmRunner::set_fp8_numerics, default W8A8):
 //  - W8A8 (Hopper): x is quantized per token and 128-wide K group to E4M3 with one fp32 scale
 //    amax/448 (quantize_fp8_per_token_group), and cuBLASLt's block-scaled FP8 GEMM, or for T <= 64
 //    tokens our skinny kernel's E4M3 wgmma, applies the 1×128 activation scales and the 128×128
@@ -85,6 +86,18 @@ enum class Fp8Path {
 };
 const char* to_string(Fp8Path path);
 
+// What Fp8Path::kAuto may compute (GemmRunner::set_fp8_numerics).
+enum class Fp8Numerics {
+  kW8A8,     // activations quantized per token and 128-group wherever a W8A8 kernel runs (cuBLASLt, or
+             // our skinny kernel where it times faster at T <= 64), as vLLM and SGLang compute block-FP8;
+             // W8A16 only where none can (not Hopper, K % 128 != 0 at T <= 64 or K % 512 != 0 above)
+  kW8A16,    // activations stay BF16: our W8A16 kernels at every T (prefill far slower)
+  kFastest,  // per shape whichever of the two timed faster (numerics may differ between shapes and runs)
+};
+const char* to_string(Fp8Numerics numerics);
+// "w8a8" | "w8a16" | "fastest"; std::invalid_argument naming the choices otherwise.
+Fp8Numerics parse_fp8_numerics(const std::string& name);
+
 // The experts of a small MoE batch through the weight-streaming (skinny) kernel in one launch:
 // for every expert e in active_experts (ids ascending, then -1 up to `slots` entries; device
 // memory, written by the routing kernel before on `stream`), y rows [row_offsets[e],
@@ -135,9 +148,9 @@ class GemmRunner {
   // 16-byte and W 8-byte aligned, T, N any. Our W8A16 kernel is the skinny one (T <= 64, beta 0,
   // K % 128 == 0, W 16-byte aligned) or else the 64×64 tile kernel. For T <= 64 kAuto times the
   // skinny kernel at each tiling it offers (W8A16, and on Hopper with 64- or 128-row tiles W8A8: x
-  // quantized as for cuBLASLt, E4M3 wgmma) against cuBLASLt W8A8 on the first timeable call of a
-  // shape (as gemm() does) and keeps the fastest; kKernel then runs the W8A16 skinny kernel at its
-  // tiling.
+  // quantized as for cuBLASLt, E4M3 wgmma; which forms, see Fp8Numerics) against cuBLASLt W8A8 on
+  // the first timeable call of a shape (as gemm() does) and keeps the fastest; kKernel then runs the
+  // W8A16 skinny kernel at its tiling. Under Fp8Numerics::kW8A16 kAuto runs what kKernel does.
   // Otherwise kAuto takes the cuBLASLt W8A8 path when K % 512 == 0
   // (whole 128-groups, and a K/128 that is a multiple of 4 so the checkpoint's scale grid is
   // cuBLASLt's layout as is, see gemm.cu) and cuBLASLt has an algorithm for the shape on this card
@@ -172,6 +185,9 @@ class GemmRunner {
   void reserve_fp8(int64_t max_tokens, int64_t max_k, int64_t max_n, cudaStream_t stream);
   // Bytes the FP8 scratch holds now.
   size_t fp8_scratch_bytes() const;
+  // What gemm_fp8's kAuto may compute (default kW8A8); forgets the FP8 shapes' timed choices.
+  void set_fp8_numerics(Fp8Numerics numerics);
+  Fp8Numerics fp8_numerics() const { return fp8_numerics_; }
   // The path the last gemm_fp8 call took (kCublasLt, kKernel or kSkinnyW8A8; kAuto before the first
   // call) and, when it was one of our kernels under kAuto, why.
   Fp8Path last_fp8_path() const { return last_fp8_path_; }
@@ -255,6 +271,7 @@ class GemmRunner {
   bool last_gemm_skinny_ = false;
   std::string last_autotune_;
   Fp8Path last_fp8_path_ = Fp8Path::kAuto;
+  Fp8Numerics fp8_numerics_ = Fp8Numerics::kW8A8;
   int64_t last_fp8_t_pad_ = 0;
   std::string fp8_fallback_reason_;
 };

@@ -28,6 +28,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--device", o->device, "auto (GPUs when visible, else CPU) | cpu | cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--gdn-projection", o->gdn_projection, "fused | split")->check(CLI::IsMember({"fused", "split"}))->capture_default_str();
+  cmd->add_option("--fp8-numerics", o->fp8_numerics,
+                  "Block-FP8 checkpoints on GPUs: w8a8 (activations quantized per 128-group, as the checkpoints were "
+                  "calibrated and vLLM/SGLang compute) | w8a16 (BF16 activations; slow prefill) | fastest (per shape)")
+      ->check(CLI::IsMember({"w8a8", "w8a16", "fastest"}))->capture_default_str();
   cmd->add_option("--kv-page-size", o->kv_page_size, "Tokens per KV-cache page")->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->add_option("--mem-fraction", o->mem_fraction, "Fraction of device memory the workers may use")
       ->check(CLI::Range(0.05, 1.0))->capture_default_str();

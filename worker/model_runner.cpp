@@ -64,6 +64,7 @@ class HybridModelRunner final : public ModelRunner {
       throw std::invalid_argument("RunnerOptions: neither model_dir nor preset is set");
     }
     model_options.gdn_projection = weights::parse_gdn_projection_form(options.gdn_projection);
+    model_options.fp8_numerics = kernels::cuda::parse_fp8_numerics(options.fp8_numerics);
     model_options.max_tokens = options.max_num_batched_tokens;
     model_options.kv_page_size = options.kv_page_size;
     model_options.mem_fraction = options.mem_fraction;

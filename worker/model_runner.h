@@ -18,6 +18,7 @@ struct RunnerOptions {
   uint64_t seed = 0;                   // dummy weights
   std::string device = "cpu";          // "cpu" or "cuda:N"
   std::string gdn_projection = "fused";  // "fused" | "split"
+  std::string fp8_numerics = "w8a8";     // block-FP8 linears on GPUs: "w8a8" | "w8a16" | "fastest"
   int kv_page_size = 64;               // tokens per KV page
   double mem_fraction = 0.9;           // of the device (or host) memory the worker may use
   int max_num_batched_tokens = 8192;   // sizes the activation workspace

@@ -150,6 +150,7 @@ int serve(const ServeOptions& o) {
   w.preset = model.preset;
   w.load_format = model.load_format;
   w.gdn_projection = o.gdn_projection;
+  w.fp8_numerics = o.fp8_numerics;
   w.kv_page_size = o.kv_page_size;
   w.mem_fraction = o.mem_fraction;
   w.seed = o.seed;

@@ -25,6 +25,7 @@ struct ServeOptions {
   bool dedicated_frontend = false;  // node 0 runs only the front end; nodes 1.. host all --tp ranks
   std::string device = "auto";  // auto | cpu | cuda
   std::string gdn_projection = "fused";
+  std::string fp8_numerics = "w8a8";  // w8a8 | w8a16 | fastest (kernels/gemm.h Fp8Numerics)
   int kv_page_size = 64;
   double mem_fraction = 0.9;
   int max_kv_pages = 0;  // 0: from memory (CPU ranks: at most 2048)

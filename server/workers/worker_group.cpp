@@ -253,6 +253,7 @@ void WorkerGroup::start() {
   init->set_nccl_unique_id(ranks_.at(0)->hello.nccl_unique_id());
   for (const auto& [rank, c] : ranks_) init->add_host_comm_addresses(c->hello.host_comm_address());
   init->set_gdn_projection(options_.gdn_projection);
+  init->set_fp8_numerics(options_.fp8_numerics);
   init->set_kv_page_size(static_cast<uint32_t>(options_.kv_page_size));
   init->set_mem_fraction(options_.mem_fraction);
   init->set_seed(options_.seed);

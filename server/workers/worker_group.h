@@ -41,6 +41,7 @@ struct WorkerGroupOptions {
   std::string preset;
   std::string load_format = "auto";
   std::string gdn_projection = "fused";
+  std::string fp8_numerics = "w8a8";
   int kv_page_size = 64;
   double mem_fraction = 0.9;
   uint64_t seed = 0;

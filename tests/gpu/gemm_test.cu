@@ -494,32 +494,46 @@ TEST(GpuGemm, SkinnyChainReplaysFromAGraph) {
   cudaStreamDestroy(stream);
 }
 
-// kAuto at T <= 64 times the skinny W8A16 kernel against cuBLASLt W8A8 on the first call of a shape
-// and keeps the faster: whichever it reports, the result is that path's math, and the choice sticks.
-TEST(GpuGemm, Fp8AutoKeepsTheFasterPathPerShape) {
+// kAuto at T <= 64 times the skinny kernel's forms that the numerics allow against cuBLASLt W8A8 on
+// the first call of a shape and keeps the fastest: whichever it reports is one the numerics allow,
+// the result is that path's math, and the choice sticks. kW8A16 also holds for large T.
+TEST(GpuGemm, Fp8AutoKeepsTheFastestPathTheNumericsAllow) {
   if (!is_hopper()) GTEST_SKIP() << "cuBLASLt block-scaled FP8 is an sm_90 feature";
-  cuda::GemmRunner runner;
   std::mt19937 rng(25);
-  for (const Shape& s :
-       {Shape{1, 4096, 4096, 4096, 4096}, Shape{8, 12352, 4096, 4096, 12352}, Shape{40, 8192, 4096, 4096, 8192}}) {
-    SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N));
-    const Fp8Weight W(s.N, s.K, rng);
-    const auto x = random_bf16(size_t(s.T * s.ldx), 26);
-    DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy));
-    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
-    const cuda::Fp8Path first = runner.last_fp8_path();
-    ASSERT_NE(first, cuda::Fp8Path::kAuto);
-    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
-    EXPECT_EQ(runner.last_fp8_path(), first) << "the choice is cached per shape";
-    std::vector<float> want(size_t(s.T * s.ldy));
-    if (first == cuda::Fp8Path::kCublasLt || first == cuda::Fp8Path::kSkinnyW8A8) {
-      cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
-    } else {
-      cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+  const std::vector<Shape> shapes = {Shape{1, 4096, 4096, 4096, 4096}, Shape{8, 12352, 4096, 4096, 12352},
+                                     Shape{40, 8192, 4096, 4096, 8192}, Shape{300, 1024, 2048, 2048, 1024}};
+  for (const cuda::Fp8Numerics numerics :
+       {cuda::Fp8Numerics::kW8A8, cuda::Fp8Numerics::kW8A16, cuda::Fp8Numerics::kFastest}) {
+    cuda::GemmRunner runner;
+    runner.set_fp8_numerics(numerics);
+    for (const Shape& s : shapes) {
+      SCOPED_TRACE(std::string(cuda::to_string(numerics)) + " T=" + std::to_string(s.T) + " N=" + std::to_string(s.N));
+      const Fp8Weight W(s.N, s.K, rng);
+      const auto x = random_bf16(size_t(s.T * s.ldx), 26);
+      DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy));
+      runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+      const cuda::Fp8Path first = runner.last_fp8_path();
+      const bool w8a8 = first == cuda::Fp8Path::kCublasLt || first == cuda::Fp8Path::kSkinnyW8A8;
+      ASSERT_NE(first, cuda::Fp8Path::kAuto);
+      if (numerics == cuda::Fp8Numerics::kW8A8) EXPECT_TRUE(w8a8) << cuda::to_string(first);
+      if (numerics == cuda::Fp8Numerics::kW8A16) EXPECT_EQ(first, cuda::Fp8Path::kKernel);
+      runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr);
+      EXPECT_EQ(runner.last_fp8_path(), first) << "the choice is cached per shape";
+      std::vector<float> want(size_t(s.T * s.ldy));
+      if (w8a8) {
+        cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+      } else {
+        cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
+      }
+      std::printf("  fp8 auto (%s) T=%ld N=%ld K=%ld: %s\n", cuda::to_string(numerics), long(s.T), long(s.N),
+                  long(s.K), cuda::to_string(first));
+      EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
     }
-    std::printf("  fp8 auto T=%ld N=%ld K=%ld: %s\n", long(s.T), long(s.N), long(s.K), cuda::to_string(first));
-    EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
   }
+  for (const char* name : {"w8a8", "w8a16", "fastest"}) {
+    EXPECT_STREQ(cuda::to_string(cuda::parse_fp8_numerics(name)), name);
+  }
+  EXPECT_THROW(cuda::parse_fp8_numerics("fp8"), std::invalid_argument);
 }
 
 // The W8A8 skinny kernel (T <= 64: x quantized per token and 128-group, E4M3 wgmma with the
@@ -531,7 +545,9 @@ TEST(GpuGemm, Fp8SkinnyW8A8MatchesQuantizedReference) {
   std::mt19937 rng(31);
   for (const Shape& s :
        {Shape{1, 200, 1024, 1024, 200}, Shape{5, 384, 1024, 1032, 400}, Shape{9, 200, 1024, 1024, 200},
-        Shape{16, 320, 512, 520, 328}, Shape{33, 4096, 4096, 4096, 4096}, Shape{64, 1000, 2048, 2056, 1000}}) {
+        Shape{16, 320, 512, 520, 328}, Shape{24, 768, 256, 256, 768}, Shape{24, 256, 384, 384, 256},
+        Shape{24, 256, 128, 136, 264},
+        Shape{33, 4096, 4096, 4096, 4096}, Shape{64, 1000, 2048, 2056, 1000}}) {
     const Fp8Weight W(s.N, s.K, rng);
     const auto x = random_bf16(size_t(s.T * s.ldx), 32);
     std::vector<float> want(size_t(s.T * s.ldy));
@@ -540,6 +556,7 @@ TEST(GpuGemm, Fp8SkinnyW8A8MatchesQuantizedReference) {
     DeviceBuffer<bf16> dx(x.bits), dy(size_t((s.T + 2) * s.ldy));
     for (const cuda::SkinnyTiling& tiling : {cuda::SkinnyTiling{64, 1}, cuda::SkinnyTiling{64, 3},
                                              cuda::SkinnyTiling{128, 1}, cuda::SkinnyTiling{128, 2}}) {
+      if (tiling.splits > s.K / 128) continue;  // each split needs a 128-k step
       SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) + " rows " +
                    std::to_string(tiling.tile_rows) + " splits " + std::to_string(tiling.splits));
       dy.poison();
@@ -578,21 +595,31 @@ TEST(GpuGemm, Fp8SkinnyW8A8MatchesQuantizedReference) {
 
 TEST(GpuGemm, Fp8FallsBackToTheKernelWhereCublasLtCannot) {
   // K = 384: K/128 = 3 is not a multiple of 4, so the checkpoint's scale grid is not cuBLASLt's.
+  // Above 64 tokens only the W8A16 kernel can run it; up to 64 the W8A8 skinny kernel (on Hopper)
+  // keeps the default numerics.
   cuda::GemmRunner runner;
   std::mt19937 rng(17);
-  const int64_t T = 9, N = 256, K = 384;
+  const int64_t N = 256, K = 384;
   const Fp8Weight W(N, K, rng);
-  const auto x = random_bf16(size_t(T * K), 18);
-  DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
-  runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr);
-  EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
-  EXPECT_FALSE(runner.fp8_fallback_reason().empty());
-  std::vector<float> want(size_t(T * N));
-  cpu::gemm_fp8(x.values.data(), K, W.w.data(), W.scales.data(), want.data(), N, T, N, K);
-  EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
-  EXPECT_THROW(runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr,
-                               cuda::Fp8Path::kCublasLt),
-               std::runtime_error);
+  for (const int64_t T : {100, 9}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const auto x = random_bf16(size_t(T * K), 18);
+    DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * N));
+    runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr);
+    std::vector<float> want(size_t(T * N));
+    if (T <= 64 && is_hopper()) {
+      EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kSkinnyW8A8);
+      cpu::gemm_fp8_w8a8(x.values.data(), K, W.w.data(), W.scales.data(), want.data(), N, T, N, K);
+    } else {
+      EXPECT_EQ(runner.last_fp8_path(), cuda::Fp8Path::kKernel);
+      EXPECT_FALSE(runner.fp8_fallback_reason().empty());
+      cpu::gemm_fp8(x.values.data(), K, W.w.data(), W.scales.data(), want.data(), N, T, N, K);
+    }
+    EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), want, 2e-2f, 1e-2f));
+    EXPECT_THROW(runner.gemm_fp8(dx.get(), K, W.dw.get(), W.dscale.get(), dy.get(), N, T, N, K, 0.f, nullptr,
+                                 cuda::Fp8Path::kCublasLt),
+                 std::runtime_error);
+  }
 }
 
 TEST(GpuGemm, RejectsBadShape) {

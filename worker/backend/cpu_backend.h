@@ -10,6 +10,7 @@
 #include "kernels/gdn_decode.h"
 #include "kernels/gdn_projection.h"
 #include "kernels/gdn_types.h"
+#include "kernels/gemm.h"
 #include "kernels/moe.h"
 #include "kernels/rope.h"
 #include "kernels/sampling.h"
@@ -30,6 +31,7 @@ struct BackendLimits {
   // GEMM scratch once.
   int64_t fp8_max_k = 0;
   int64_t fp8_max_n = 0;
+  kernels::cuda::Fp8Numerics fp8_numerics = kernels::cuda::Fp8Numerics::kW8A8;  // what those GEMMs compute
 };
 
 // A linear layer's weight [N, K] as the model holds it: in the backend's dtype (w), or as block-FP8

@@ -26,6 +26,7 @@ CudaBackend::CudaBackend(const BackendLimits& limits) : limits_(limits) {
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   gemm_ = std::make_unique<kc::GemmRunner>();
   if (limits.fp8_max_k > 0) gemm_->reserve_fp8(limits.max_tokens, limits.fp8_max_k, limits.fp8_max_n, stream_);
+  gemm_->set_fp8_numerics(limits.fp8_numerics);
   if (limits.moe.num_experts > 0) moe_ = std::make_unique<kc::MoeRunner>(limits.moe, limits.max_tokens);
   if (limits.gdn.num_v_heads > 0) {
     gdn_prefill_workspace_ = Buffer(kMemory, kc::gated_delta_rule_prefill_workspace_bytes(

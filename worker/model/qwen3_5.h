@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/gemm.h"
 #include "kernels/sampling.h"
 #include "weights/checkpoint.h"
 #include "weights/model_config.h"
@@ -20,6 +21,7 @@ namespace ds::worker {
 struct ModelOptions {
   weights::ModelConfig config;
   weights::GdnProjectionForm gdn_projection = weights::GdnProjectionForm::kFused;
+  kernels::cuda::Fp8Numerics fp8_numerics = kernels::cuda::Fp8Numerics::kW8A8;  // CUDA, block-FP8 only
   int max_tokens = 8192;  // most tokens one step may carry (sizes the activation workspace)
   int kv_page_size = 64;
   double mem_fraction = 0.9;

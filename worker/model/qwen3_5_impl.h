@@ -171,6 +171,7 @@ class HybridModel final : public Model {
       limits.fp8_max_k = std::max({config_.hidden_size, gdn_dims_.value_dim(), dims_.q_heads * D, dims_.intermediate});
       limits.fp8_max_n = std::max({gdn_dims_.merged_width(), dims_.q_heads * 2 * D, 2 * dims_.intermediate,
                                    config_.hidden_size});
+      limits.fp8_numerics = options_.fp8_numerics;
     }
     return limits;
   }

@@ -74,6 +74,7 @@ RunnerOptions runner_options(const pb::Init& init, Communicator* comm) {
   o.seed = init.seed();
   o.device = init.device();
   if (!init.gdn_projection().empty()) o.gdn_projection = init.gdn_projection();
+  if (!init.fp8_numerics().empty()) o.fp8_numerics = init.fp8_numerics();
   if (init.kv_page_size() > 0) o.kv_page_size = int(init.kv_page_size());
   if (init.mem_fraction() > 0) o.mem_fraction = init.mem_fraction();
   if (init.max_num_batched_tokens() > 0) o.max_num_batched_tokens = int(init.max_num_batched_tokens());
