@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "tests/unit/kernels/random_data.h"
@@ -145,6 +146,17 @@ TEST(CpuGemm, Fp8W8A8IsGemmOfTheDequantizedActivations) {
   cpu::gemm_fp8(xd.data(), K, w.data(), scales.data(), want.data(), N, T, N, K);
   cpu::gemm_fp8_w8a8(x.data(), K, w.data(), scales.data(), got.data(), N, T, N, K);
   EXPECT_EQ(got, want);
+}
+
+// The names serve --fp8-numerics and the worker's Init carry.
+TEST(Fp8, NumericsNamesRoundTripAndUnknownOnesAreRefused) {
+  for (const char* name : {"w8a8", "w8a16", "fastest"}) {
+    EXPECT_STREQ(cuda::to_string(cuda::parse_fp8_numerics(name)), name);
+  }
+  EXPECT_EQ(cuda::parse_fp8_numerics("w8a8"), cuda::Fp8Numerics::kW8A8);
+  for (const char* bad : {"fp4", "", "W8A8"}) {
+    EXPECT_THROW(cuda::parse_fp8_numerics(bad), std::invalid_argument) << bad;
+  }
 }
 
 }  // namespace
