@@ -178,6 +178,13 @@ TEST(ModelConfig, Fp8PresetsQuantizeLikeThePublishedCheckpoints) {
   EXPECT_EQ(dtypes.at("layers.0.linear_attn.in_proj_ba"), DType::BF16);
   EXPECT_EQ(dtypes.at("lm_head"), DType::BF16);
   EXPECT_EQ(preset_config("qwen3.5-35b-a3b-fp8").num_experts, 256);
+  // Qwen3-Next: interleaved in_proj_qkvz / in_proj_ba, MoE experts and shared expert.
+  const ModelConfig next = preset_config("qwen3-next-80b-a3b-fp8");
+  std::map<std::string, DType> next_dtypes;
+  for (const TensorSpec& s : rank_tensor_specs(next, 0, 4, GdnProjectionForm::kSplit)) next_dtypes[s.name] = s.dtype;
+  EXPECT_EQ(next_dtypes.at("layers.0.linear_attn.in_proj_ba"), DType::BF16);
+  EXPECT_EQ(next_dtypes.at("layers.0.mlp.experts.down_proj"), DType::F8_E4M3);
+  EXPECT_EQ(next_dtypes.at("layers.0.mlp.gate"), DType::BF16);
   EXPECT_THROW(preset_config("-fp8"), std::invalid_argument);
   EXPECT_THROW(preset_config("qwen9-fp8"), std::invalid_argument);
 }
