@@ -79,7 +79,7 @@ enum class Bf16Path {
 
 // Which implementation a block-FP8 GEMM runs (see the file comment).
 enum class Fp8Path {
-  kAuto,        // cuBLASLt W8A8 where it can (probed per shape), else the W8A16 kernel
+  kAuto,        // what the runner's Fp8Numerics allows, the fastest of it per shape (see gemm_fp8)
   kCublasLt,    // cuBLASLt W8A8 or std::runtime_error saying why not (tests, benchmarks)
   kKernel,      // always our W8A16 kernel
   kSkinnyW8A8,  // our skinny kernel with x quantized as for cuBLASLt (T <= 64), or std::invalid_argument
@@ -90,7 +90,7 @@ const char* to_string(Fp8Path path);
 enum class Fp8Numerics {
   kW8A8,     // activations quantized per token and 128-group wherever a W8A8 kernel runs (cuBLASLt, or
              // our skinny kernel where it times faster at T <= 64), as vLLM and SGLang compute block-FP8;
-             // W8A16 only where none can (not Hopper, K % 128 != 0 at T <= 64 or K % 512 != 0 above)
+             // W8A16 only where none can (not Hopper; K % 512 != 0 with beta != 0 or T > 64; K % 128 != 0)
   kW8A16,    // activations stay BF16: our W8A16 kernels at every T (prefill far slower)
   kFastest,  // per shape whichever of the two timed faster (numerics may differ between shapes and runs)
 };

@@ -2,22 +2,24 @@
 // once is the whole cost. Internal to gemm.cu (GemmRunner picks it per shape, see gemm.h; and
 // grouped_skinny_gemm, the experts of a small MoE batch in one launch).
 //
-// A block owns 64 weight rows (32/48/128 as alternatives, see tilings) and every token (padded to n8 tiles) over one K
-// range, so W is read exactly once and x (small) from L2. MMAs are BF16 with fp32 accumulation, W as the A operand
-// (rows = outputs), x as B: mma.m16n8k16 from registers for one n8 token tile and for FP8, and for BF16 with more
-// tokens wgmma m64nN on the ring's shared memory (measured on the H100 at T = 64: 4096×4096 22.6 -> 17.3 µs, 9B
-// q_proj 27.6 -> 26.3, ahead of cuBLASLt's 27.8; the mma.sync form was bound by its ldmatrix traffic: x as large as W,
+// A block owns 64 weight rows (32/48/128 as alternatives, see tilings) and every token (padded to n8
+// tiles) over one K range, so W is read exactly once and x (small) from L2. MMAs are BF16 with fp32
+// accumulation, W as the A operand (rows = outputs), x as B: mma.m16n8k16 from registers for one n8
+// token tile and for W8A16, and for BF16 with more tokens (and W8A8, below) wgmma m64nN on the ring's
+// shared memory (measured on the H100 at T = 64: 4096×4096 22.6 -> 17.3 µs, 9B q_proj 27.6 -> 26.3,
+// ahead of cuBLASLt's 27.8; the mma.sync form was bound by its ldmatrix traffic: x as large as W,
 // read by every warp).
 //
 // The block's K range is read as streams (4, or 2 where a step is too large for 4 rings), each one
-// step at a time: a 128-byte line of each of the block's rows (64 BF16 or 128 FP8 weights), interleaved so
-// the streams together read 256–512 contiguous bytes per row. Each stream has its own cp.async ring
-// and its own warps (16 or 32 rows each), which meet at a named barrier per step; the whole
-// block meets only at the end, where the streams' sums are added in shared memory. One block per
-// SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
-// warpgroup per stream (BF16, 512 threads) or 256 threads (FP8)) with ~200 KB of rings keeps 48–160 KB of weights in
-// flight per SM. A thread loads the same chunks of every step (addresses computed once), x only for the T real tokens
-// (the padding rows of the ring are zeroed once).
+// step at a time: a 128-byte line of each of the block's rows (64 BF16 or 128 FP8 weights),
+// interleaved so the streams together read 256–512 contiguous bytes per row. Each stream has its own
+// cp.async ring and its own warps (16 or 32 rows each), which meet at a named barrier per step; the
+// whole block meets only at the end, where the streams' sums are added in shared memory. One block
+// per SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
+// warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per stream)
+// with ~200 KB of rings keeps 48–160 KB of weights in flight per SM. A thread loads the same chunks
+// of every step (addresses computed once), x only for the T real tokens (the padding rows of the
+// ring are zeroed once).
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
 // before it is still finishing and waits for that kernel only before it reads x. Each row tile is
