@@ -16,12 +16,18 @@
 // "auto" call took (under Fp8Numerics::kFastest), with, for cuBLASLt, the token count it ran (T padded up where
 // cuBLASLt has no algorithm for T itself, e.g. T = 1: the w8a8 column then includes the scratch copy-out), and for
 // T <= 64 what the autotunes measured per candidate (GemmRunner::last_autotune).
+// "after norm" (T <= 64): in a forward pass these GEMMs follow a norm or SiLU-mul, which lets the
+// GEMM launch early and stream its weights meanwhile (one block per SM leaves no room for that
+// beside the previous GEMM's blocks). The column is a GEMM's marginal time there: an RMSNorm of x
+// followed by the GEMM (BF16 auto; FP8 auto, its quantize launch included) on the normed x, queued,
+// minus the RMSNorms alone.
 #include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/norm.h"
 #include "tests/gpu/kernels_bench_util.h"
 
 using namespace ds::kernels;
@@ -79,10 +85,10 @@ int main(int argc, char** argv) {
   unsigned* sink = bench::device_alloc<unsigned>(1);
   std::printf(
       "%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s %8s | %9s %6s "
-      "| %s\n",
+      "| %9s %6s %9s %6s | %s\n",
       "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us", "skinny us",
       "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "read8 us", "w8a8k us",
-      "%copy", "bf16 auto | fp8 auto path");
+      "%copy", "norm+bf16", "%copy", "norm+fp8", "%copy", "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
     if ((std::string(p.model) + " " + p.name).find(only) == std::string::npos) continue;
     // Rotate weight copies so the working set exceeds the 50 MB L2.
@@ -140,17 +146,37 @@ int main(int argc, char** argv) {
         runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
                         cuda::Fp8Path::kSkinnyW8A8);
       });
+      double after_norm_bf16 = NAN, after_norm_fp8 = NAN;
+      if (T <= 64) {
+        bf16* xn = bench::device_alloc<bf16>(size_t(T * p.K));
+        bf16* gamma = bench::device_alloc<bf16>(size_t(p.K));
+        bench::fill_random_bf16(gamma, size_t(p.K), 0.2f, 3);
+        const auto norm = [&] { cuda::rms_norm(x, p.K, gamma, xn, p.K, T, p.K, 1e-6f, nullptr); };
+        const double us_norm = bench::queued_us([&](int) { norm(); });
+        after_norm_bf16 = bench::queued_us([&](int i) {
+          norm();
+          runner.gemm(xn, p.K, w + w_elems * size_t(i % copies), y, p.N, T, p.N, p.K, 0.f, nullptr);
+        }) - us_norm;
+        after_norm_fp8 = bench::queued_us([&](int i) {
+          norm();
+          runner.gemm_fp8(xn, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
+        }) - us_norm;
+        cudaFree(xn);
+        cudaFree(gamma);
+      }
       auto tflops = [&](double t_us) { return flops / t_us * 1e-6; };
       auto gbs = [&](double bytes, double t_us) { return bytes / t_us * 1e-3; };
       std::printf(
           "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f "
           "%5.1f%% | %9.1f "
-          "%8.1f %8.0f %5.1f%% %8.1f | %9.1f %5.1f%% | %s | %s%s%s\n",
+          "%8.1f %8.0f %5.1f%% %8.1f | %9.1f %5.1f%% | %9.1f %5.1f%% %9.1f %5.1f%% | %s | %s%s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
           gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
           tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
           tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, us_read8,
-          us_w8a8_skinny, gbs(fp8_bytes, us_w8a8_skinny) / bench::kCopyGbS * 100, bf16_skinny ? "skinny" : "cublaslt",
+          us_w8a8_skinny, gbs(fp8_bytes, us_w8a8_skinny) / bench::kCopyGbS * 100, after_norm_bf16,
+          gbs(bf16_bytes, after_norm_bf16) / bench::kCopyGbS * 100, after_norm_fp8,
+          gbs(fp8_bytes, after_norm_fp8) / bench::kCopyGbS * 100, bf16_skinny ? "skinny" : "cublaslt",
           cuda::to_string(auto_path), t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "",
           T <= 64 ? (" | autotune bf16: " + bf16_tuned + "; fp8: " + fp8_tuned).c_str() : "");
       cudaFree(x);
