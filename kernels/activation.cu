@@ -6,6 +6,7 @@
 
 #include "kernels/activation.h"
 #include "kernels/cuda_utils.cuh"
+#include "kernels/fp8_quant.cuh"
 
 namespace ds::kernels::cuda {
 
@@ -17,14 +18,43 @@ using cuda_utils::grid_dim;
 
 constexpr int kThreads = 256;
 
+__device__ __forceinline__ __nv_bfloat16 silu_mul(const __nv_bfloat16* x_row, int64_t I, int64_t i) {
+  const float gate = __bfloat162float(x_row[i]), up = __bfloat162float(x_row[I + i]);
+  return __float2bfloat16(gate / (1.f + expf(-gate)) * up);
+}
+
 __global__ void silu_and_mul_kernel(const __nv_bfloat16* x, int64_t ldx, __nv_bfloat16* y, int64_t ldy, int64_t T,
                                     int64_t I) {
   cuda_utils::allow_dependent_launch();  // down_proj starts streaming its weights
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= T * I) return;
   const int64_t t = idx / I, i = idx % I;
-  const float gate = __bfloat162float(x[t * ldx + i]), up = __bfloat162float(x[t * ldx + I + i]);
-  y[t * ldy + i] = __float2bfloat16(gate / (1.f + expf(-gate)) * up);
+  y[t * ldy + i] = silu_mul(x + t * ldx, I, i);
+}
+
+// The same with the output also quantized (Fp8Rows): a warp per (token, 128-group), 4 values per
+// lane (kernels/fp8_quant.cuh), so bit-identical to quantizing y after.
+__global__ void silu_and_mul_fp8_kernel(const __nv_bfloat16* x, int64_t ldx, __nv_bfloat16* y, int64_t ldy, int64_t T,
+                                        int64_t I, uint8_t* codes, float* scales) {
+  cuda_utils::allow_dependent_launch();
+  const int64_t groups = I / kFp8BlockSize;
+  const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // t · groups + g
+  if (item >= T * groups) return;
+  const int64_t t = item / groups, g = item % groups;
+  const int lane = threadIdx.x & 31;
+  float v[4], amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int64_t i = g * kFp8BlockSize + lane * 4 + j;
+    const __nv_bfloat16 out = silu_mul(x + t * ldx, I, i);
+    y[t * ldy + i] = out;
+    v[j] = __bfloat162float(out);
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+  amax = cuda_utils::warp_max(amax);
+  const float scale = fp8_quant::group_scale(amax);
+  reinterpret_cast<uint32_t*>(codes + t * I + g * kFp8BlockSize)[lane] = fp8_quant::codes4(v, scale);
+  if (lane == 0) scales[g * T + t] = scale;
 }
 
 // One block per token; threads copy (or zero) the row in 16-byte pieces when `vectorized`
@@ -62,12 +92,23 @@ __global__ void float_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n
 
 }  // namespace
 
-void silu_and_mul(const bf16* x, int64_t ldx, bf16* y, int64_t ldy, int64_t T, int64_t I, cudaStream_t stream) {
+void silu_and_mul(const bf16* x, int64_t ldx, bf16* y, int64_t ldy, int64_t T, int64_t I, cudaStream_t stream,
+                  const Fp8Rows* fp8_out) {
   if (T < 0 || I <= 0 || ldx < 2 * I || ldy < I) {
     throw std::invalid_argument("cuda::silu_and_mul: bad shape T=" + std::to_string(T) + " I=" + std::to_string(I));
   }
+  if (fp8_out &&
+      (I % kFp8BlockSize != 0 || !fp8_out->codes || !fp8_out->scales || !cuda_utils::is_aligned(fp8_out->codes, 4))) {
+    throw std::invalid_argument("cuda::silu_and_mul: the FP8 output needs I % 128 == 0 (I=" + std::to_string(I) +
+                                ") and 4-byte aligned codes");
+  }
   if (T == 0) return;
-  silu_and_mul_kernel<<<grid_dim(T * I, kThreads), kThreads, 0, stream>>>(as_nv(x), ldx, as_nv(y), ldy, T, I);
+  if (fp8_out) {
+    silu_and_mul_fp8_kernel<<<grid_dim(T * I / kFp8BlockSize * 32, kThreads), kThreads, 0, stream>>>(
+        as_nv(x), ldx, as_nv(y), ldy, T, I, fp8_out->codes, fp8_out->scales);
+  } else {
+    silu_and_mul_kernel<<<grid_dim(T * I, kThreads), kThreads, 0, stream>>>(as_nv(x), ldx, as_nv(y), ldy, T, I);
+  }
   check_launch("cuda::silu_and_mul");
 }
 

@@ -27,8 +27,10 @@ void add_inplace(float* y, const float* x, int64_t n);
 
 namespace cuda {
 
-// BF16 in/out, fp32 math.
-void silu_and_mul(const bf16* x, int64_t ldx, bf16* y, int64_t ldy, int64_t T, int64_t I, cudaStream_t stream);
+// BF16 in/out, fp32 math. With fp8_out (I % 128 == 0): y as BF16 and also quantized into fp8_out,
+// bit-identical to quantize_fp8_per_token_group(y) (kernels/gemm.h).
+void silu_and_mul(const bf16* x, int64_t ldx, bf16* y, int64_t ldy, int64_t T, int64_t I, cudaStream_t stream,
+                  const Fp8Rows* fp8_out = nullptr);
 
 // ids int32 in device memory; table BF16 [rows, H]; out BF16 [T, H].
 void embedding_lookup(const int32_t* ids, int64_t T, const bf16* table, int64_t vocab_start, int64_t rows,

@@ -17,4 +17,13 @@ struct bf16 {
 float bf16_to_float(bf16 v);
 bf16 float_to_bf16(float v);  // round to nearest even, NaN preserved
 
+// Activation rows quantized for the W8A8 GEMMs, per token and 128-group, in the layout of
+// quantize_fp8_per_token_group (kernels/gemm.h): codes [T][K] E4M3, scales [K/128][T], T the rows
+// of the op that writes them (device memory). The norms and SiLU-mul can write them beside their
+// BF16 output, which spares the GEMM after them its own quantize launch.
+struct Fp8Rows {
+  uint8_t* codes = nullptr;
+  float* scales = nullptr;
+};
+
 }  // namespace ds::kernels

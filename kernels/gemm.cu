@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/fp8_quant.cuh"
 #include "kernels/gemm.h"
 #include "kernels/gemm_skinny.cuh"
 #include "kernels/gemm_tile.cuh"
@@ -441,15 +442,10 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
       t < T ? *reinterpret_cast<const uint2*>(x + t * ldx + g * kFp8BlockSize + lane * 4) : make_uint2(0u, 0u);
   const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
   const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  float amax = fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y)));
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-  const float scale = amax > 0.f ? amax / kFp8E4M3Max : 1.f;
-  const float v[4] = {lo.x / scale, lo.y / scale, hi.x / scale, hi.y / scale};
-  uint32_t packed = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) packed |= uint32_t(__nv_cvt_float_to_fp8(v[i], __NV_SATFINITE, __NV_E4M3)) << (8 * i);
-  *reinterpret_cast<uint32_t*>(xq + t * K + g * kFp8BlockSize + lane * 4) = packed;
+  const float amax = cuda_utils::warp_max(fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y))));
+  const float scale = fp8_quant::group_scale(amax);
+  const float v[4] = {lo.x, lo.y, hi.x, hi.y};
+  *reinterpret_cast<uint32_t*>(xq + t * K + g * kFp8BlockSize + lane * 4) = fp8_quant::codes4(v, scale);
   if (lane == 0) scales[g * T_pad + t] = scale;
 }
 
@@ -768,11 +764,13 @@ bool GemmRunner::skinny_w8a8_supports(int64_t T, SkinnyTiling tiling) const {
 
 void GemmRunner::run_skinny_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                  bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream,
-                                 SkinnyTiling tiling) {
-  ensure_fp8_scratch(T, K, 0, stream);
-  launch_quantize(x, ldx, T, T, K, fp8_x_, fp8_x_scales_, stream);
-  run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling, fp8_x_,
-             fp8_x_scales_);
+                                 SkinnyTiling tiling, const Fp8Rows* x_fp8) {
+  if (!x_fp8) {
+    ensure_fp8_scratch(T, K, 0, stream);
+    launch_quantize(x, ldx, T, T, K, fp8_x_, fp8_x_scales_, stream);
+  }
+  run_skinny(x, ldx, w_fp8, weight_scale_inv, true, y, ldy, T, N, K, /*out_f32=*/false, stream, tiling,
+             x_fp8 ? x_fp8->codes : fp8_x_, x_fp8 ? x_fp8->scales : fp8_x_scales_);
 }
 
 const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8,
@@ -822,8 +820,8 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
 }
 
 void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                          int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream,
-                          Fp8Path path) {
+                          int64_t ldy, int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, Fp8Path path,
+                          const Fp8Rows* x_fp8) {
   check_fp8_operands("cuda::GemmRunner::gemm_fp8", x, ldx, w_fp8, T, N, K, ldy);
   if (T == 0) return;
   std::string reason;
@@ -842,7 +840,7 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
                                   shape_string(T, N, K, ldx, ldy) +
                                   " (needs beta 0, 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, sm_90)");
     }
-    run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, w8a8_tiling);
+    run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, w8a8_tiling, x_fp8);
     last_fp8_path_ = Fp8Path::kSkinnyW8A8;
     last_fp8_t_pad_ = 0;
     fp8_fallback_reason_ = tuned_w8a8 ? "T <= 64: the W8A8 skinny kernel timed fastest for this shape" : "";

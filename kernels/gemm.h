@@ -163,9 +163,12 @@ class GemmRunner {
   // runner-owned buffers that grow on first use of a larger T·K or T_pad·N (synchronising the
   // stream; not allowed while capturing a graph), and each call sets the two scale pointers on its
   // cached descriptor (host-side stores, no GPU work). Its numerics differ from the kernel's by the
-  // activation quantization (~3% relative RMS on random data).
+  // activation quantization (~3% relative RMS on random data). x_fp8: x already quantized (T rows of
+  // K, e.g. by the norm that wrote x, see Fp8Rows): the W8A8 skinny kernel reads it instead of
+  // launching its own quantization (2-3 µs a call on the H100); the other paths ignore it.
   void gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y, int64_t ldy,
-                int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, Fp8Path path = Fp8Path::kAuto);
+                int64_t T, int64_t N, int64_t K, float beta, cudaStream_t stream, Fp8Path path = Fp8Path::kAuto,
+                const Fp8Rows* x_fp8 = nullptr);
   // The skinny kernel with a given tiling (tests and benchmarks; gemm() and gemm_fp8() choose one by
   // timing): BF16 W (scale_inv nullptr) or block-FP8 W, beta 0, 1 <= T <= 64, K % 128 == 0, x rows
   // and W 16-byte aligned; tile_rows 64, or for T <= 8 32, (BF16) 48 or (FP8) 128; 1 <= splits <= K / 128 with
@@ -221,9 +224,10 @@ class GemmRunner {
   void run_skinny(const void* x, int64_t ldx, const void* w, const float* scale_inv, bool fp8, void* y, int64_t ldy,
                   int64_t T, int64_t N, int64_t K, bool out_f32, cudaStream_t stream, SkinnyTiling tiling = {},
                   const uint8_t* xq = nullptr, const float* x_scales = nullptr);
-  // The W8A8 skinny kernel: x quantized into the FP8 scratch, then E4M3 wgmma.
+  // The W8A8 skinny kernel: x quantized into the FP8 scratch (unless x_fp8 holds it), then E4M3 wgmma.
   void run_skinny_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv, bf16* y,
-                       int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream, SkinnyTiling tiling);
+                       int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream, SkinnyTiling tiling,
+                       const Fp8Rows* x_fp8 = nullptr);
   // Whether the W8A8 skinny kernel can run T tokens as `tiling` on this card.
   bool skinny_w8a8_supports(int64_t T, SkinnyTiling tiling) const;
 

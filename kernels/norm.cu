@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/cuda_utils.cuh"
+#include "kernels/fp8_quant.cuh"
 #include "kernels/norm.h"
 
 namespace ds::kernels::cuda {
@@ -43,12 +44,31 @@ __device__ __forceinline__ void store_vec(__nv_bfloat16* p, const Vec<VEC>& v) {
   *reinterpret_cast<Vec<VEC>*>(p) = v;
 }
 
+// The 8 BF16 outputs of a thread (VEC = 8) into E4M3 codes of their 128-group, which the 16
+// threads of this half-warp hold (kernels/fp8_quant.cuh).
+__device__ __forceinline__ void quantize_group_of_8(const Vec<8>& out, int64_t t, int64_t i, int64_t H, int64_t T,
+                                                    uint8_t* codes, float* scales) {
+  const unsigned half = (threadIdx.x & 16) ? 0xffff0000u : 0x0000ffffu;
+  float v[8], amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(out.v[j]), amax = fmaxf(amax, fabsf(v[j]));
+#pragma unroll
+  for (int offset = 8; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(half, amax, offset));
+  const float scale = fp8_quant::group_scale(amax);
+  *reinterpret_cast<uint2*>(codes + t * H + i) =
+      make_uint2(fp8_quant::codes4(v, scale), fp8_quant::codes4(v + 4, scale));
+  if ((threadIdx.x & 15) == 0) scales[(i / kFp8BlockSize) * T + t] = scale;
+}
+
 // One block per row. With residual != nullptr: residual += x (rounded to bf16, written back), and
-// the normalised row is the new residual; otherwise the row is x itself.
-template <int VEC>
-__global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(__nv_bfloat16* residual, const __nv_bfloat16* x,
-                                                               int64_t ldx, const __nv_bfloat16* w,
-                                                               __nv_bfloat16* y, int64_t ldy, int64_t H, float eps) {
+// the normalised row is the new residual; otherwise the row is x itself. kFp8Out (VEC = 8, H % 128
+// == 0): the BF16 row is also quantized into codes / scales (Fp8Rows, T = gridDim.x rows).
+template <int VEC, bool kFp8Out = false>
+__global__ void __launch_bounds__(kRowThreads)
+    rms_norm_kernel(__nv_bfloat16* residual, const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
+                    __nv_bfloat16* y, int64_t ldy, int64_t H, float eps, uint8_t* codes = nullptr,
+                    float* scales = nullptr) {
+  static_assert(!kFp8Out || VEC == 8, "the FP8 output takes the vector path");
   cuda_utils::allow_dependent_launch();  // the projection after the norm starts streaming its weights
   const int64_t t = blockIdx.x;
   const __nv_bfloat16* x_row = x + t * ldx;
@@ -79,13 +99,14 @@ __global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(__nv_bfloat16* re
       out.v[j] = __float2bfloat16(__bfloat162float(v.v[j]) * inv_rms * (1.f + __bfloat162float(wv.v[j])));
     }
     store_vec<VEC>(y + t * ldy + i, out);
+    if constexpr (kFp8Out) quantize_group_of_8(out, t, i, H, gridDim.x, codes, scales);
   }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void launch_rms_norm(bf16* residual, const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T,
-                     int64_t H, float eps, cudaStream_t stream, const char* op) {
+                     int64_t H, float eps, cudaStream_t stream, const char* op, const Fp8Rows* fp8_out) {
   if (T < 0 || H <= 0 || ldx < H || ldy < H || T > INT32_MAX) {
     throw std::invalid_argument(std::string(op) + ": bad shape T=" + std::to_string(T) + " H=" + std::to_string(H));
   }
@@ -96,7 +117,15 @@ void launch_rms_norm(bf16* residual, const bf16* x, int64_t ldx, const bf16* w, 
   auto* ys = reinterpret_cast<__nv_bfloat16*>(y);
   const bool vec = H % 8 == 0 && ldx % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(y) &&
                    (residual == nullptr || aligned16(residual));
-  if (vec) {
+  if (fp8_out) {
+    if (!vec || H % kFp8BlockSize != 0 || !fp8_out->codes || !fp8_out->scales ||
+        !cuda_utils::is_aligned(fp8_out->codes, 8)) {
+      throw std::invalid_argument(std::string(op) + ": the FP8 output needs H % 128 == 0 (H=" + std::to_string(H) +
+                                  "), 16-byte aligned rows with ldx, ldy % 8 == 0 and 8-byte aligned codes");
+    }
+    rms_norm_kernel<8, true>
+        <<<unsigned(T), kRowThreads, 0, stream>>>(r, xs, ldx, ws, ys, ldy, H, eps, fp8_out->codes, fp8_out->scales);
+  } else if (vec) {
     rms_norm_kernel<8><<<unsigned(T), kRowThreads, 0, stream>>>(r, xs, ldx, ws, ys, ldy, H, eps);
   } else {
     rms_norm_kernel<1><<<unsigned(T), kRowThreads, 0, stream>>>(r, xs, ldx, ws, ys, ldy, H, eps);
@@ -128,13 +157,13 @@ __global__ void head_rms_norm_kernel(const __nv_bfloat16* x, int64_t ldx, int64_
 }  // namespace
 
 void rms_norm(const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t H, float eps,
-              cudaStream_t stream) {
-  launch_rms_norm(nullptr, x, ldx, w, y, ldy, T, H, eps, stream, "cuda::rms_norm");
+              cudaStream_t stream, const Fp8Rows* fp8_out) {
+  launch_rms_norm(nullptr, x, ldx, w, y, ldy, T, H, eps, stream, "cuda::rms_norm", fp8_out);
 }
 
-void add_rms_norm(bf16* residual, const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T,
-                  int64_t H, float eps, cudaStream_t stream) {
-  launch_rms_norm(residual, x, ldx, w, y, ldy, T, H, eps, stream, "cuda::add_rms_norm");
+void add_rms_norm(bf16* residual, const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t H,
+                  float eps, cudaStream_t stream, const Fp8Rows* fp8_out) {
+  launch_rms_norm(residual, x, ldx, w, y, ldy, T, H, eps, stream, "cuda::add_rms_norm", fp8_out);
 }
 
 void head_rms_norm(const bf16* x, int64_t ldx, int64_t head_stride_x, const bf16* w, bf16* y, int64_t ldy,

@@ -34,14 +34,15 @@ void head_rms_norm(const float* x, int64_t ldx, int64_t head_stride_x, const flo
 namespace cuda {
 
 // BF16 x, w, y; fp32 math. One block per row; H up to 16384, any H (vector path when H % 8 == 0
-// and rows are 16-byte aligned).
+// and rows are 16-byte aligned). With fp8_out (H % 128 == 0, the vector path, 8-byte aligned
+// codes): y as BF16 and also quantized into fp8_out, bit-identical to quantize_fp8_per_token_group(y).
 void rms_norm(const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t H, float eps,
-              cudaStream_t stream);
+              cudaStream_t stream, const Fp8Rows* fp8_out = nullptr);
 
 // residual BF16 [T, H] dense, updated in place (the sum is rounded to bf16 before normalising,
-// as in transformers where the residual stream is bf16).
-void add_rms_norm(bf16* residual, const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T,
-                  int64_t H, float eps, cudaStream_t stream);
+// as in transformers where the residual stream is bf16). fp8_out as for rms_norm.
+void add_rms_norm(bf16* residual, const bf16* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int64_t T, int64_t H,
+                  float eps, cudaStream_t stream, const Fp8Rows* fp8_out = nullptr);
 
 // Per-head RMSNorm, same strides as the CPU version; one warp per (token, head).
 void head_rms_norm(const bf16* x, int64_t ldx, int64_t head_stride_x, const bf16* w, bf16* y, int64_t ldy,

@@ -27,6 +27,24 @@ TEST(GpuSiluAndMul, StridedRows) {
   }
 }
 
+// With FP8 output (kernels::Fp8Rows, for down_proj's W8A8 GEMM): the same BF16 bits as without, and
+// the FP8 rows exactly their quantization; I must be a whole number of 128-groups.
+TEST(GpuSiluAndMul, Fp8OutputIsTheQuantizedOutput) {
+  const int64_t T = 9, I = 1536, ldx = 2 * I + 8, ldy = I + 8;
+  const auto x = random_bf16(size_t(T * ldx), 11, 2.f);
+  DeviceBuffer<bf16> dx(x.bits), dy(size_t(T * ldy)), dy_plain(size_t(T * ldy));
+  testing_util::DeviceFp8Rows fp8(T, I);
+  const Fp8Rows rows = fp8.rows();
+  cuda::silu_and_mul(dx.get(), ldx, dy.get(), ldy, T, I, nullptr, &rows);
+  cuda::silu_and_mul(dx.get(), ldx, dy_plain.get(), ldy, T, I, nullptr);
+  const auto y = dy.download(), y_plain = dy_plain.download();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < I; ++i) ASSERT_EQ(y[size_t(t * ldy + i)].bits, y_plain[size_t(t * ldy + i)].bits);
+  }
+  EXPECT_TRUE(testing_util::fp8_rows_quantize(fp8, y, ldy));
+  EXPECT_THROW(cuda::silu_and_mul(dx.get(), ldx, dy.get(), ldy, T, 1000, nullptr, &rows), std::invalid_argument);
+}
+
 TEST(GpuEmbedding, ShardRowsAndZeros) {
   for (int64_t H : {1024, 100}) {
     const int64_t rows = 500, start = 1000, T = 64;

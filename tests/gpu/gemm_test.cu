@@ -532,6 +532,33 @@ TEST(GpuGemm, Fp8AutoKeepsTheFastestPathTheNumericsAllow) {
   }
 }
 
+// x already quantized (Fp8Rows, as the norms and SiLU-mul write them): the W8A8 skinny kernel reads
+// those rows instead of x (given zeros for x here) and gives the same bits as quantizing x itself.
+TEST(GpuGemm, Fp8SkinnyW8A8ReadsPrequantizedRows) {
+  if (!is_hopper()) GTEST_SKIP() << "the W8A8 skinny kernel runs on wgmma (sm_90)";
+  cuda::GemmRunner runner;
+  std::mt19937 rng(51);
+  for (const Shape& s : {Shape{1, 512, 1024, 1024, 512}, Shape{24, 768, 2048, 2056, 776}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T));
+    const Fp8Weight W(s.N, s.K, rng);
+    const auto x = random_bf16(size_t(s.T * s.ldx), 52);
+    DeviceBuffer<bf16> dx(x.bits), zeros(std::vector<bf16>(x.bits.size(), bf16{0})), dy(size_t(s.T * s.ldy)),
+        dy_rows(size_t(s.T * s.ldy));
+    testing_util::DeviceFp8Rows fp8(s.T, s.K);
+    cuda::quantize_fp8_per_token_group(dx.get(), s.ldx, s.T, s.K, fp8.codes.get(), fp8.scales.get(), nullptr);
+    const Fp8Rows rows = fp8.rows();
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kSkinnyW8A8);
+    runner.gemm_fp8(zeros.get(), s.ldx, W.dw.get(), W.dscale.get(), dy_rows.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kSkinnyW8A8, &rows);
+    const auto want = dy.download(), got = dy_rows.download();
+    EXPECT_GT(rms(columns(testing_util::to_float(want), s.T, s.N, s.ldy)), 1e-2);
+    for (int64_t t = 0; t < s.T; ++t) {
+      for (int64_t n = 0; n < s.N; ++n) ASSERT_EQ(got[size_t(t * s.ldy + n)].bits, want[size_t(t * s.ldy + n)].bits);
+    }
+  }
+}
+
 // The W8A8 skinny kernel (T <= 64: x quantized per token and 128-group, E4M3 wgmma with the
 // scales applied per 128-k step) against the CPU reference of that math, with split-K, views and a
 // partial row tile; nothing outside y's T × N block changes; what it cannot run is refused.

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/common.h"
+#include "kernels/gemm.h"
 
 namespace ds::kernels::testing_util {
 
@@ -115,6 +116,41 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& got, const
   if (bad == 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << bad << " of " << got.size() << " elements off; worst [" << worst
                                        << "] got " << got[worst] << " want " << want[worst];
+}
+
+// Device Fp8Rows for T rows of K, poisoned (so rows a kernel leaves unwritten show).
+struct DeviceFp8Rows {
+  DeviceFp8Rows(int64_t T, int64_t K) : T(T), K(K), codes(size_t(T * K)), scales(size_t(T * K / kFp8BlockSize)) {}
+  Fp8Rows rows() const { return {codes.get(), scales.get()}; }
+  int64_t T, K;
+  DeviceBuffer<uint8_t> codes;
+  DeviceBuffer<float> scales;
+};
+
+// The FP8 rows an op wrote beside its BF16 output y [T, K] (row stride ldy) are exactly
+// cpu::quantize_fp8_per_token_group(y): every code and scale.
+inline ::testing::AssertionResult fp8_rows_quantize(const DeviceFp8Rows& got, const std::vector<bf16>& y, int64_t ldy) {
+  std::vector<float> values(size_t(got.T * got.K));
+  for (int64_t t = 0; t < got.T; ++t) {
+    for (int64_t k = 0; k < got.K; ++k) values[size_t(t * got.K + k)] = bf16_to_float(y[size_t(t * ldy + k)]);
+  }
+  std::vector<uint8_t> codes(values.size());
+  std::vector<float> scales(values.size() / kFp8BlockSize);
+  cpu::quantize_fp8_per_token_group(values.data(), got.K, got.T, got.K, codes.data(), scales.data());
+  const auto got_codes = got.codes.download();
+  const auto got_scales = got.scales.download();
+  for (size_t i = 0; i < codes.size(); ++i) {
+    if (got_codes[i] != codes[i]) {
+      return ::testing::AssertionFailure()
+             << "code [" << i / got.K << "][" << i % got.K << "] " << int(got_codes[i]) << " want " << int(codes[i]);
+    }
+  }
+  for (size_t i = 0; i < scales.size(); ++i) {
+    if (std::memcmp(&got_scales[i], &scales[i], sizeof(float)) != 0) {
+      return ::testing::AssertionFailure() << "scale " << i << " " << got_scales[i] << " want " << scales[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
 }
 
 }  // namespace ds::kernels::testing_util

@@ -1,6 +1,8 @@
 #include "worker/backend/cpu_backend.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/activation.h"
 #include "kernels/gated_delta_rule.h"
@@ -14,10 +16,19 @@ namespace ds::worker {
 
 namespace kc = ds::kernels::cpu;
 
+namespace {
+void refuse_fp8_rows(const kernels::Fp8Rows* rows, const char* op) {
+  if (rows != nullptr) {
+    throw std::logic_error(std::string("CpuBackend::") + op + ": FP8 activation rows on the fp32 reference backend");
+  }
+}
+}  // namespace
+
 CpuBackend::CpuBackend(const BackendLimits& limits) : limits_(limits) {}
 
 void CpuBackend::linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n,
-                        int64_t k) {
+                        int64_t k, const kernels::Fp8Rows* x_fp8) {
+  refuse_fp8_rows(x_fp8, "linear");
   if (rows == 0) return;
   if (w.fp8 != nullptr) {
     kc::gemm_fp8(x, ldx, w.fp8, w.scale_inv, y, ldy, rows, n, k);
@@ -40,15 +51,20 @@ void CpuBackend::gather_rows(const T* x, int64_t ldx, const int32_t* row_ids, in
   for (int64_t i = 0; i < rows; ++i) std::copy_n(x + row_ids[i] * ldx, width, out + i * width);
 }
 
-void CpuBackend::rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps) {
+void CpuBackend::rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                          const kernels::Fp8Rows* fp8_out) {
+  refuse_fp8_rows(fp8_out, "rms_norm");
   kc::rms_norm(x, hidden, w, y, hidden, rows, hidden, eps);
 }
 
-void CpuBackend::add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps) {
+void CpuBackend::add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                              const kernels::Fp8Rows* fp8_out) {
+  refuse_fp8_rows(fp8_out, "add_rms_norm");
   kc::add_rms_norm(residual, x, hidden, w, y, hidden, rows, hidden, eps);
 }
 
-void CpuBackend::silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate) {
+void CpuBackend::silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate, const kernels::Fp8Rows* fp8_out) {
+  refuse_fp8_rows(fp8_out, "silu_and_mul");
   kc::silu_and_mul(x, 2 * intermediate, y, intermediate, rows, intermediate);
 }
 

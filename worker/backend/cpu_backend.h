@@ -58,15 +58,19 @@ class CpuBackend {
   cudaStream_t stream() const { return nullptr; }
   size_t workspace_bytes() const { return 0; }
 
-  // y [rows, n] = x [rows, k] · Wᵀ.
-  void linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
+  // y [rows, n] = x [rows, k] · Wᵀ. The FP8 activation rows (x_fp8 here, fp8_out below) belong to
+  // backends that keep FP8 weights; the model never hands them to this one (it throws if it does).
+  void linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k,
+              const kernels::Fp8Rows* x_fp8 = nullptr);
   void gemm_f32(const T* x, int64_t ldx, const T* w, float* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
   void embedding(const int32_t* ids, int64_t rows, const T* table, int64_t vocab_start, int64_t table_rows,
                  int64_t hidden, T* out);
   void gather_rows(const T* x, int64_t ldx, const int32_t* row_ids, int64_t rows, int64_t width, T* out);
-  void rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps);
-  void add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps);
-  void silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate);
+  void rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                const kernels::Fp8Rows* fp8_out = nullptr);
+  void add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                    const kernels::Fp8Rows* fp8_out = nullptr);
+  void silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate, const kernels::Fp8Rows* fp8_out = nullptr);
   void moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& weights, T* out);
 
   void gdn_split(const T* qkvz, const T* ba, int64_t rows, const kernels::GdnDims& dims, kernels::QkvzLayout layout,

@@ -49,10 +49,10 @@ size_t CudaBackend::workspace_bytes() const {
 }
 
 void CudaBackend::linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n,
-                         int64_t k) {
+                         int64_t k, const kernels::Fp8Rows* x_fp8) {
   if (rows == 0) return;
   if (w.fp8 != nullptr) {
-    gemm_->gemm_fp8(x, ldx, w.fp8, w.scale_inv, y, ldy, rows, n, k, 0.f, stream_);
+    gemm_->gemm_fp8(x, ldx, w.fp8, w.scale_inv, y, ldy, rows, n, k, 0.f, stream_, kc::Fp8Path::kAuto, x_fp8);
   } else {
     gemm_->gemm(x, ldx, w.w, y, ldy, rows, n, k, 0.f, stream_);
   }
@@ -72,16 +72,18 @@ void CudaBackend::gather_rows(const T* x, int64_t ldx, const int32_t* row_ids, i
   cuda_gather_rows(x, ldx, row_ids, rows, width, out, stream_);
 }
 
-void CudaBackend::rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps) {
-  kc::rms_norm(x, hidden, w, y, hidden, rows, hidden, eps, stream_);
+void CudaBackend::rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                           const kernels::Fp8Rows* fp8_out) {
+  kc::rms_norm(x, hidden, w, y, hidden, rows, hidden, eps, stream_, fp8_out);
 }
 
-void CudaBackend::add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps) {
-  kc::add_rms_norm(residual, x, hidden, w, y, hidden, rows, hidden, eps, stream_);
+void CudaBackend::add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                               const kernels::Fp8Rows* fp8_out) {
+  kc::add_rms_norm(residual, x, hidden, w, y, hidden, rows, hidden, eps, stream_, fp8_out);
 }
 
-void CudaBackend::silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate) {
-  kc::silu_and_mul(x, 2 * intermediate, y, intermediate, rows, intermediate, stream_);
+void CudaBackend::silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate, const kernels::Fp8Rows* fp8_out) {
+  kc::silu_and_mul(x, 2 * intermediate, y, intermediate, rows, intermediate, stream_, fp8_out);
 }
 
 void CudaBackend::moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& weights, T* out) {

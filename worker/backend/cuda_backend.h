@@ -39,15 +39,20 @@ class CudaBackend {
   cudaStream_t stream() const { return stream_; }
   size_t workspace_bytes() const;
 
-  // y [rows, n] = x [rows, k] · Wᵀ: cuBLASLt for BF16 W, GemmRunner::gemm_fp8 for block-FP8 W.
-  void linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
+  // y [rows, n] = x [rows, k] · Wᵀ: cuBLASLt for BF16 W, GemmRunner::gemm_fp8 for block-FP8 W (which
+  // reads x_fp8, x quantized by the op that wrote it, where its W8A8 kernel runs).
+  void linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n, int64_t k,
+              const kernels::Fp8Rows* x_fp8 = nullptr);
   void gemm_f32(const T* x, int64_t ldx, const T* w, float* y, int64_t ldy, int64_t rows, int64_t n, int64_t k);
   void embedding(const int32_t* ids, int64_t rows, const T* table, int64_t vocab_start, int64_t table_rows,
                  int64_t hidden, T* out);
   void gather_rows(const T* x, int64_t ldx, const int32_t* row_ids, int64_t rows, int64_t width, T* out);
-  void rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps);
-  void add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps);
-  void silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate);
+  // fp8_out: y also quantized for the W8A8 linears that read it (kernels/norm.h, activation.h).
+  void rms_norm(const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                const kernels::Fp8Rows* fp8_out = nullptr);
+  void add_rms_norm(T* residual, const T* x, const T* w, T* y, int64_t rows, int64_t hidden, float eps,
+                    const kernels::Fp8Rows* fp8_out = nullptr);
+  void silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate, const kernels::Fp8Rows* fp8_out = nullptr);
   void moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& weights, T* out);
   void moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out);
 

@@ -96,7 +96,8 @@ class HybridModel final : public Model {
     const float eps = static_cast<float>(config_.rms_norm_eps);
     backend_.embedding(meta.token_ids, n, embed_tokens_, dims_.rank * dims_.vocab_rows, dims_.vocab_rows, H, residual_);
     all_reduce(residual_, n * H);
-    backend_.rms_norm(residual_, layers_[0].input_ln, normed_, n, H, eps);
+    normed_fp8_ = fp8_rows(normed_rows_, n);  // the mixers' projections read it
+    backend_.rms_norm(residual_, layers_[0].input_ln, normed_, n, H, eps, normed_fp8_);
     for (size_t i = 0; i < layers_.size(); ++i) {
       const Layer& layer = layers_[i];
       if (layer.type == weights::LayerType::kLinearAttention) {
@@ -105,11 +106,14 @@ class HybridModel final : public Model {
         attention_forward(layer, in, meta);
       }
       all_reduce(delta_, n * H);
-      backend_.add_rms_norm(residual_, delta_, layer.post_ln, normed_, n, H, eps);
+      normed_fp8_ = layer.moe ? nullptr : fp8_rows(normed_rows_, n);  // gate_up reads it, the MoE does not
+      backend_.add_rms_norm(residual_, delta_, layer.post_ln, normed_, n, H, eps, normed_fp8_);
       mlp_forward(layer, n);
       all_reduce(delta_, n * H);
-      const T* next_norm = i + 1 < layers_.size() ? layers_[i + 1].input_ln : final_norm_;
-      backend_.add_rms_norm(residual_, delta_, next_norm, normed_, n, H, eps);
+      const bool last = i + 1 == layers_.size();
+      normed_fp8_ = last ? nullptr : fp8_rows(normed_rows_, n);  // the last feeds the BF16 lm_head
+      backend_.add_rms_norm(residual_, delta_, last ? final_norm_ : layers_[i + 1].input_ln, normed_, n, H, eps,
+                            normed_fp8_);
     }
     compute_logits(meta, static_cast<int64_t>(logit_rows.size()));
   }
@@ -375,7 +379,8 @@ class HybridModel final : public Model {
     const int64_t H = config_.hidden_size;
     const Widths wd = widths();
     const int64_t elements = n * (3 * H + wd.proj + wd.split + wd.a + wd.b + wd.c);
-    workspace_bytes_ = static_cast<uint64_t>(elements) * sizeof(T) + n * wd.gates * sizeof(float) + 16 * 256;
+    workspace_bytes_ = static_cast<uint64_t>(elements) * sizeof(T) + n * wd.gates * sizeof(float) + 16 * 256 +
+                       fp8_rows_bytes(fp8_rows_k(H)) + fp8_rows_bytes(fp8_rows_k(dims_.intermediate));
     workspace_ = Buffer(Backend::kMemory, workspace_bytes_);
     residual_ = carve(n * H);
     normed_ = carve(n * H);
@@ -386,7 +391,39 @@ class HybridModel final : public Model {
     buf_b_ = carve(n * wd.b);
     buf_c_ = carve(n * wd.c);
     gates_ = reinterpret_cast<float*>(carve_bytes(n * wd.gates * sizeof(float)));
+    normed_rows_ = carve_fp8_rows(fp8_rows_k(H));
+    act_rows_ = carve_fp8_rows(fp8_rows_k(dims_.intermediate));
     workspace_bytes_ += backend_.workspace_bytes();
+  }
+
+  // ---- FP8 activation rows ----------------------------------------------------------------------
+  // With block-FP8 weights kept as FP8 and W8A8 numerics, the norms and SiLU-mul also write their
+  // output quantized per token and 128-group (kernels::Fp8Rows), and the FP8 linears that read it
+  // pass it on: their W8A8 skinny kernel then skips its own quantize launch (2-3 µs per GEMM on the
+  // H100). Only for steps the skinny kernel takes (kFp8RowsMaxTokens); larger steps' GEMMs quantize
+  // for themselves (cuBLASLt pads its rows its own way).
+  static constexpr int64_t kFp8RowsMaxTokens = 64;
+
+  // K of rows worth quantizing for the FP8 linears (0: none, e.g. BF16 weights or W8A16 numerics).
+  int64_t fp8_rows_k(int64_t k) const {
+    const bool w8a8 =
+        Backend::kKeepsFp8 && config_.fp8.enabled && options_.fp8_numerics != kernels::cuda::Fp8Numerics::kW8A16;
+    return w8a8 && k > 0 && k % kernels::kFp8BlockSize == 0 ? k : 0;
+  }
+  static uint64_t fp8_rows_bytes(int64_t k) {  // as carve_fp8_rows carves them
+    const auto carved = [](uint64_t bytes) { return (bytes + 255) / 256 * 256; };
+    return k == 0 ? 0 : carved(kFp8RowsMaxTokens * k) + carved(kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4);
+  }
+  kernels::Fp8Rows carve_fp8_rows(int64_t k) {
+    if (k == 0) return {};
+    kernels::Fp8Rows rows;
+    rows.codes = reinterpret_cast<uint8_t*>(carve_bytes(kFp8RowsMaxTokens * k));
+    rows.scales = reinterpret_cast<float*>(carve_bytes(kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4));
+    return rows;
+  }
+  // `rows` for a step of n tokens, or null where it has none or the step is too large.
+  static const kernels::Fp8Rows* fp8_rows(const kernels::Fp8Rows& rows, int64_t n) {
+    return rows.codes != nullptr && n <= kFp8RowsMaxTokens ? &rows : nullptr;
   }
 
   // ---- step metadata ----------------------------------------------------------------------------
@@ -429,7 +466,7 @@ class HybridModel final : public Model {
     if (options_.gdn_projection == weights::GdnProjectionForm::kFused) {
       const int64_t mw = d.merged_width();
       const bool ba_apart = layer.in_proj_ba.w != nullptr || layer.in_proj_ba.fp8 != nullptr;
-      backend_.linear(normed_, H, layer.in_proj, proj_, mw, n, ba_apart ? d.b_offset() : mw, H);
+      backend_.linear(normed_, H, layer.in_proj, proj_, mw, n, ba_apart ? d.b_offset() : mw, H, normed_fp8_);
       if (ba_apart) backend_.linear(normed_, H, layer.in_proj_ba, proj_ + d.b_offset(), mw, n, 2 * d.num_v_heads, H);
       mixed = {proj_, mw};
       z = {proj_ + d.z_offset(), mw};
@@ -438,7 +475,7 @@ class HybridModel final : public Model {
     } else {
       const int64_t qkvz_width = d.conv_dim() + d.value_dim();
       T* ba = proj_ + n * qkvz_width;
-      backend_.linear(normed_, H, layer.in_proj_qkvz, proj_, qkvz_width, n, qkvz_width, H);
+      backend_.linear(normed_, H, layer.in_proj_qkvz, proj_, qkvz_width, n, qkvz_width, H, normed_fp8_);
       backend_.linear(normed_, H, layer.in_proj_ba, ba, 2 * d.num_v_heads, n, 2 * d.num_v_heads, H);
       T* s_mixed = split_;
       T* s_z = s_mixed + n * d.conv_dim();
@@ -506,9 +543,9 @@ class HybridModel final : public Model {
     T* qg = proj_;
     T* k = proj_ + hq * 2 * D;
     T* v = k + hkv * D;
-    backend_.linear(normed_, H, layer.q_proj, qg, width, n, hq * 2 * D, H);
-    backend_.linear(normed_, H, layer.k_proj, k, width, n, hkv * D, H);
-    backend_.linear(normed_, H, layer.v_proj, v, width, n, hkv * D, H);
+    backend_.linear(normed_, H, layer.q_proj, qg, width, n, hq * 2 * D, H, normed_fp8_);
+    backend_.linear(normed_, H, layer.k_proj, k, width, n, hkv * D, H, normed_fp8_);
+    backend_.linear(normed_, H, layer.v_proj, v, width, n, hkv * D, H, normed_fp8_);
     T* q_out = buf_a_;
     T* k_out = buf_a_ + n * hq * D;
     const kernels::RopeParams rope{D, config_.rotary_dim(), static_cast<float>(config_.rope_theta)};
@@ -547,9 +584,10 @@ class HybridModel final : public Model {
       return;
     }
     const int64_t I = dims_.intermediate;
-    backend_.linear(normed_, H, layer.gate_up, proj_, 2 * I, n, 2 * I, H);
-    backend_.silu_and_mul(proj_, buf_a_, n, I);
-    backend_.linear(buf_a_, I, layer.down, delta_, H, n, H, I);
+    backend_.linear(normed_, H, layer.gate_up, proj_, 2 * I, n, 2 * I, H, normed_fp8_);
+    const kernels::Fp8Rows* act_fp8 = fp8_rows(act_rows_, n);
+    backend_.silu_and_mul(proj_, buf_a_, n, I, act_fp8);
+    backend_.linear(buf_a_, I, layer.down, delta_, H, n, H, I, act_fp8);
   }
 
   // lm_head over the requested rows: each rank's vocab slice [rows][Vp_r], all-gathered into
@@ -630,6 +668,9 @@ class HybridModel final : public Model {
   T* buf_b_ = nullptr;
   T* buf_c_ = nullptr;
   float* gates_ = nullptr;
+  kernels::Fp8Rows normed_rows_;                  // normed_ quantized (see fp8_rows_k), and
+  const kernels::Fp8Rows* normed_fp8_ = nullptr;  // it where the last norm into normed_ wrote it
+  kernels::Fp8Rows act_rows_;                     // the SiLU-mul output quantized
   Buffer meta_;
   Buffer logits_buffer_;
   float* logits_ = nullptr;  // [logit_rows_][Vp] fp32, where the backend computes
