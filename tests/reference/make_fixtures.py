@@ -125,11 +125,21 @@ def relative_error(actual, expected):
 
 @torch.no_grad()
 def bf16_self_check(name, folder, tensors):
-    """transformers' own BF16 forward (on the GPU) against the fp32 reference just recorded: the
-    worst logits error and, per prompt, the greedy steps that agree before the first difference."""
+    """transformers' own BF16 forward (on the GPU) against the fp32 reference just recorded."""
     model_cls = FIXTURES[name][1]
     model = getattr(transformers, model_cls).from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
     model.config._attn_implementation = "eager"
+    worst, agree = teacher_forced_check(model, tensors)
+    print(f"  transformers BF16 vs fp32: logits max relative error {worst:.3e}; greedy steps agreeing "
+          f"before the first difference: {agree} of {GREEDY_STEPS}")
+    return worst, agree
+
+
+@torch.no_grad()
+def teacher_forced_check(model, tensors):
+    """`model` (on the GPU) teacher-forced over each recorded prompt and its greedy tokens: the worst
+    logits error against the record and, per prompt, the greedy steps that agree before the first
+    difference."""
     worst, agree = 0.0, []
     for p in range(len(PROMPT_LENGTHS)):
         ids = tensors[f"prompt{p}.input_ids"].long()
@@ -142,8 +152,6 @@ def bf16_self_check(name, folder, tensors):
         worst = max(worst, relative_error(greedy_rows, tensors[f"prompt{p}.greedy_logits"]))
         same = (greedy_rows.argmax(-1) == tokens).int()
         agree.append(int(same.numel() if same.all() else same.argmin()))
-    print(f"  transformers BF16 vs fp32: logits max relative error {worst:.3e}; greedy steps agreeing "
-          f"before the first difference: {agree} of {GREEDY_STEPS}")
     return worst, agree
 
 

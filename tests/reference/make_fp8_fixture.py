@@ -111,21 +111,12 @@ def build(seed, folder):
 
 @torch.no_grad()
 def bf16_w8a8_check(model, tensors):
-    """The same hooked model in BF16 on the GPU, teacher-forced over each prompt and its greedy
-    tokens: worst logits error against the fp32 reference and greedy steps agreeing."""
+    """The same hooked model in BF16 on the GPU against the fp32 W8A8 record (make_fixtures'
+    teacher-forced check): worst logits error and greedy steps agreeing."""
     model.to(torch.bfloat16).cuda()
-    worst, agree = 0.0, []
-    for p in range(len(make_fixtures.PROMPT_LENGTHS)):
-        ids, tokens = tensors[f"prompt{p}.input_ids"].long(), tensors[f"prompt{p}.greedy_tokens"].long()
-        logits = model(torch.cat([ids, tokens]).unsqueeze(0).cuda()).logits[0].float().cpu()
-        T = ids.numel()
-        worst = max(worst, make_fixtures.relative_error(logits[:T], tensors[f"prompt{p}.prefill_logits"]))
-        rows = logits[T - 1:T - 1 + tokens.numel()]
-        worst = max(worst, make_fixtures.relative_error(rows, tensors[f"prompt{p}.greedy_logits"]))
-        same = (rows.argmax(-1) == tokens).int()
-        agree.append(int(same.numel() if same.all() else same.argmin()))
+    result = make_fixtures.teacher_forced_check(model, tensors)
     model.float().cpu()
-    return worst, agree
+    return result
 
 
 def make(out_dir, seed):
