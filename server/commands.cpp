@@ -41,6 +41,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-running-requests", o->max_running_requests, "Requests running at once")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "Tokens per step (decodes + prefill chunks)")
       ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--cuda-graph-max-bs", o->cuda_graph_max_bs,
+                  "GPUs: decode steps of up to this many sequences are captured as CUDA graphs and replayed (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--max-waiting-requests", o->max_waiting_requests, "Queued requests beyond which new ones get 503")
       ->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--context-length", o->context_length, "Cap on prompt + generated tokens (0: the model's)")

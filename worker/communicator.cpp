@@ -18,6 +18,7 @@ class SingleRankCommunicator final : public Communicator {
 
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
+  bool graph_capturable() const override { return device_memory_; }
 
   void all_reduce_sum(void*, size_t, CommDType, cudaStream_t) override {}
 

@@ -20,6 +20,8 @@ class Communicator {
   virtual void all_reduce_sum(void* data, size_t count, CommDType dtype, cudaStream_t stream) = 0;
   // out holds world_size * count elements; rank r's `in` lands at out + r * count.
   virtual void all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) = 0;
+  // Whether the collectives can be recorded into a CUDA graph (enqueued on the stream, no host work).
+  virtual bool graph_capturable() const { return false; }
 };
 
 // World size 1: every collective is the identity (all_gather copies).

@@ -67,6 +67,8 @@ class HybridModelRunner final : public ModelRunner {
     model_options.fp8_numerics = kernels::cuda::parse_fp8_numerics(options.fp8_numerics);
     model_options.max_tokens = options.max_num_batched_tokens;
     model_options.kv_page_size = options.kv_page_size;
+    if (options.cuda_graph_max_bs < 0) throw std::invalid_argument("cuda_graph_max_bs must be >= 0");
+    model_options.cuda_graph_max_bs = options.cuda_graph_max_bs;
     model_options.mem_fraction = options.mem_fraction;
     model_options.cuda_device = cuda_device.value_or(0);
     model_options.comm = options.comm != nullptr ? options.comm : owned_comm_.get();
@@ -109,6 +111,7 @@ class HybridModelRunner final : public ModelRunner {
     return last_logits_;
   }
   int vocab_size() const override { return static_cast<int>(model_->config().vocab_size); }
+  size_t cuda_graphs() const override { return model_->cuda_graphs(); }
 
  private:
   RunnerOptions options_;

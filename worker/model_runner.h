@@ -22,6 +22,7 @@ struct RunnerOptions {
   int kv_page_size = 64;               // tokens per KV page
   double mem_fraction = 0.9;           // of the device (or host) memory the worker may use
   int max_num_batched_tokens = 8192;   // sizes the activation workspace
+  int cuda_graph_max_bs = 64;          // GPUs: decode steps of up to this many sequences replay CUDA graphs (0: off)
   Communicator* comm = nullptr;        // not owned; single rank when null
 };
 
@@ -73,6 +74,8 @@ class ModelRunner {
   // For tests: the fp32 logits [num sampling sequences][vocab] of the last step().
   virtual const std::vector<float>& last_logits() const = 0;
   virtual int vocab_size() const = 0;
+  // Decode-step CUDA graphs captured and held now (0 on the CPU or with graphs off).
+  virtual size_t cuda_graphs() const = 0;
 };
 
 }  // namespace ds::worker

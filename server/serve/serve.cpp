@@ -155,6 +155,7 @@ int serve(const ServeOptions& o) {
   w.mem_fraction = o.mem_fraction;
   w.seed = o.seed;
   w.max_num_batched_tokens = o.max_num_batched_tokens;
+  w.cuda_graph_max_bs = o.cuda_graph_max_bs;
   w.max_running_requests = o.max_running_requests;
   w.max_kv_pages = o.max_kv_pages;
   w.cpu_max_kv_pages = kCpuMaxKvPages;

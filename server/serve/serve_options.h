@@ -34,6 +34,7 @@ struct ServeOptions {
   // Scheduling.
   int max_running_requests = 256;
   int max_num_batched_tokens = 8192;
+  int cuda_graph_max_bs = 64;  // decode steps of up to this many sequences replay CUDA graphs (0: off)
   int max_waiting_requests = 4096;
   int context_length = 0;  // 0: the model's
 

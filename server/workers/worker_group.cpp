@@ -258,6 +258,7 @@ void WorkerGroup::start() {
   init->set_mem_fraction(options_.mem_fraction);
   init->set_seed(options_.seed);
   init->set_max_num_batched_tokens(static_cast<uint32_t>(options_.max_num_batched_tokens));
+  init->set_cuda_graph_max_bs(static_cast<uint32_t>(options_.cuda_graph_max_bs));
   std::vector<std::shared_ptr<Connection>> connections;
   for (const auto& [rank, c] : ranks_) connections.push_back(c);
   lock.unlock();

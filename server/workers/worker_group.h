@@ -46,6 +46,7 @@ struct WorkerGroupOptions {
   double mem_fraction = 0.9;
   uint64_t seed = 0;
   int max_num_batched_tokens = 8192;
+  int cuda_graph_max_bs = 64;
 
   int max_running_requests = 256;  // sizes the GDN slot pool
   int max_kv_pages = 0;            // 0: as many as memory allows, or cpu_max_kv_pages when every

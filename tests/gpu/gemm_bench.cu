@@ -21,6 +21,9 @@
 // beside the previous GEMM's blocks). The column is a GEMM's marginal time there: an RMSNorm of x
 // followed by the GEMM (BF16 auto; FP8 auto, its quantize launch included) on the normed x, queued,
 // minus the RMSNorms alone.
+// "graph" (T <= 64): the same 20 calls captured in a CUDA graph and replayed, per call: the BF16 and
+// FP8 auto paths, and "norm+fp8 rows" the RMSNorm writing its output quantized (kernels::Fp8Rows) and
+// the FP8 auto GEMM reading those rows, minus that RMSNorm alone — the decode step's sequence.
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -28,6 +31,7 @@
 
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "tests/gpu/gdn_bench_util.h"
 #include "tests/gpu/kernels_bench_util.h"
 
 using namespace ds::kernels;
@@ -83,12 +87,15 @@ int main(int argc, char** argv) {
   int sms = 0;
   bench::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
   unsigned* sink = bench::device_alloc<unsigned>(1);
+  cudaStream_t stream;  // the graph columns' (capture needs a stream other than the legacy default)
+  bench::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
   std::printf(
       "%-8s %-20s %6s %6s %5s | %9s %8s %6s %8s %6s | %9s %9s %8s | %9s %8s %8s %6s | %9s %8s %8s %6s %8s | %9s %6s "
-      "| %9s %6s %9s %6s | %s\n",
+      "| %9s %6s %9s %6s | %9s %6s %9s %6s %9s %6s | %s\n",
       "model", "projection", "N", "K", "T", "bf16 us", "TFLOP/s", "%peak", "GB/s", "%copy", "cublas us", "skinny us",
       "read us", "w8a8 us", "TFLOP/s", "GB/s", "%copy", "w8a16 us", "TFLOP/s", "GB/s", "%copy", "read8 us", "w8a8k us",
-      "%copy", "norm+bf16", "%copy", "norm+fp8", "%copy", "bf16 auto | fp8 auto path");
+      "%copy", "norm+bf16", "%copy", "norm+fp8", "%copy", "graph bf16", "%copy", "graph fp8", "%copy", "g norm+fp8r",
+      "%copy", "bf16 auto | fp8 auto path");
   for (const Projection& p : shapes) {
     if ((std::string(p.model) + " " + p.name).find(only) == std::string::npos) continue;
     // Rotate weight copies so the working set exceeds the 50 MB L2.
@@ -146,7 +153,7 @@ int main(int argc, char** argv) {
         runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr,
                         cuda::Fp8Path::kSkinnyW8A8);
       });
-      double after_norm_bf16 = NAN, after_norm_fp8 = NAN;
+      double after_norm_bf16 = NAN, after_norm_fp8 = NAN, graph_bf16 = NAN, graph_fp8 = NAN, graph_norm_fp8 = NAN;
       if (T <= 64) {
         bf16* xn = bench::device_alloc<bf16>(size_t(T * p.K));
         bf16* gamma = bench::device_alloc<bf16>(size_t(p.K));
@@ -161,6 +168,31 @@ int main(int argc, char** argv) {
           norm();
           runner.gemm_fp8(xn, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, nullptr);
         }) - us_norm;
+        // The graph columns: the same calls on `stream`, captured once and replayed.
+        graph_bf16 = gpu_bench::graph_us(
+            [&](int i) { runner.gemm(x, p.K, w + w_elems * size_t(i % copies), y, p.N, T, p.N, p.K, 0.f, stream); },
+            stream);
+        graph_fp8 = gpu_bench::graph_us(
+            [&](int i) {
+              runner.gemm_fp8(x, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N, p.K, 0.f, stream);
+            },
+            stream);
+        if (p.K % 128 == 0) {
+          const Fp8Rows rows{bench::device_alloc<uint8_t>(size_t(T * p.K)),
+                             bench::device_alloc<float>(size_t(T * p.K / 128))};
+          const auto norm_rows = [&] { cuda::rms_norm(x, p.K, gamma, xn, p.K, T, p.K, 1e-6f, stream, &rows); };
+          const double graph_norm = gpu_bench::graph_us([&](int) { norm_rows(); }, stream);
+          graph_norm_fp8 = gpu_bench::graph_us(
+                               [&](int i) {
+                                 norm_rows();
+                                 runner.gemm_fp8(xn, p.K, w8 + w_elems * size_t(i % copies), scales, y, p.N, T, p.N,
+                                                 p.K, 0.f, stream, cuda::Fp8Path::kAuto, &rows);
+                               },
+                               stream) -
+                           graph_norm;
+          cudaFree(rows.codes);
+          cudaFree(rows.scales);
+        }
         cudaFree(xn);
         cudaFree(gamma);
       }
@@ -169,14 +201,18 @@ int main(int argc, char** argv) {
       std::printf(
           "%-8s %-20s %6ld %6ld %5ld | %9.1f %8.1f %5.1f%% %8.0f %5.1f%% | %9.1f %9.1f %8.1f | %9.1f %8.1f %8.0f "
           "%5.1f%% | %9.1f "
-          "%8.1f %8.0f %5.1f%% %8.1f | %9.1f %5.1f%% | %9.1f %5.1f%% %9.1f %5.1f%% | %s | %s%s%s\n",
+          "%8.1f %8.0f %5.1f%% %8.1f | %9.1f %5.1f%% | %9.1f %5.1f%% %9.1f %5.1f%% | %9.1f %5.1f%% %9.1f %5.1f%% %9.1f "
+          "%5.1f%% | %s | %s%s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
           gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
           tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
           tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, us_read8,
           us_w8a8_skinny, gbs(fp8_bytes, us_w8a8_skinny) / bench::kCopyGbS * 100, after_norm_bf16,
           gbs(bf16_bytes, after_norm_bf16) / bench::kCopyGbS * 100, after_norm_fp8,
-          gbs(fp8_bytes, after_norm_fp8) / bench::kCopyGbS * 100, bf16_skinny ? "skinny" : "cublaslt",
+          gbs(fp8_bytes, after_norm_fp8) / bench::kCopyGbS * 100, graph_bf16,
+          gbs(bf16_bytes, graph_bf16) / bench::kCopyGbS * 100, graph_fp8,
+          gbs(fp8_bytes, graph_fp8) / bench::kCopyGbS * 100, graph_norm_fp8,
+          gbs(fp8_bytes, graph_norm_fp8) / bench::kCopyGbS * 100, bf16_skinny ? "skinny" : "cublaslt",
           cuda::to_string(auto_path), t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "",
           T <= 64 ? (" | autotune bf16: " + bf16_tuned + "; fp8: " + fp8_tuned).c_str() : "");
       cudaFree(x);

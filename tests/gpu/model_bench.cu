@@ -2,16 +2,18 @@
 // dummy weights on one GPU.
 // Prints load time, memory (weights, free for caches, bytes per KV page and GDN slot), the time
 // of one 8k-token prefill, and decode step times at batch 1 (8k context) and batch 64.
-//   model_bench [preset=qwen3.5-9b] [projection=fused]
+//   model_bench [preset=qwen3.5-9b] [projection=fused] [cuda_graph_max_bs=64]
+// (decode steps replay CUDA graphs unless cuda_graph_max_bs is 0; the two warm-up steps capture them)
 // Times are wall-clock around ModelRunner::step(), which includes the host copy of the sampled
 // rows' fp32 logits and host sampling (the worker's real cost today).
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime_api.h>
 
 #include "kernels/device.h"
 #include "weights/model_config.h"
@@ -82,6 +84,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log even if a later step aborts
   const std::string preset = argc > 1 ? argv[1] : "qwen3.5-9b";
   const std::string projection = argc > 2 ? argv[2] : "fused";
+  const int graph_max_bs = argc > 3 ? std::atoi(argv[3]) : 64;
   const auto devices = ds::kernels::list_cuda_devices();
   if (devices.empty()) {
     std::printf("SKIPPED: no GPU\n");
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
   options.gdn_projection = projection;
   options.kv_page_size = kPageSize;
   options.max_num_batched_tokens = kLongPrompt;
+  options.cuda_graph_max_bs = graph_max_bs;
   auto start = Clock::now();
   auto runner = ds::worker::ModelRunner::create(options);
   std::printf("%s (%s projection): load (dummy weights) %.1f s\n", preset.c_str(), projection.c_str(),
@@ -153,5 +157,6 @@ int main(int argc, char** argv) {
   const double decode64 = time_decode(*runner, batch);
   std::printf("decode batch %d (context %d): %.2f ms/step (%.0f tokens/s)\n", kBatch, kShortPrompt, decode64 * 1e3,
               kBatch / decode64);
+  std::printf("CUDA graphs (cuda_graph_max_bs %d): %zu held\n", graph_max_bs, runner->cuda_graphs());
   return 0;
 }

@@ -170,6 +170,82 @@ TEST_P(CudaModelFixtureTest, MixedBatchAndChunkedPrefillEqualEachSequenceAlone) 
   }
 }
 
+// Decode steps replayed from CUDA graphs compute what the same steps launched one by one compute:
+// two sequences of 240+ tokens (the second joins later and leaves earlier, so graphs of 1 and 2
+// decodes) decoding past 256 tokens of context (graphs laid out for 256, then 320 keys), against a
+// runner with graphs off.
+TEST_P(CudaModelFixtureTest, CudaGraphDecodeEqualsEagerDecode) {
+  constexpr int kPages = kNumKvPages / 2;  // each sequence's own half of the pool: up to 512 tokens
+  constexpr int kRounds = 40;
+  struct Seq {
+    std::vector<int32_t> prompt;
+    int start_round, end_round;
+  };
+  std::vector<Seq> seqs;
+  for (int s = 0; s < 2; ++s) {
+    Seq seq{{}, s == 0 ? 0 : 5, s == 0 ? kRounds : kRounds - 8};
+    while (seq.prompt.size() < size_t(240 + 8 * s)) {
+      seq.prompt.insert(seq.prompt.end(), prompts_[s].input_ids.begin(), prompts_[s].input_ids.end());
+    }
+    seq.prompt.resize(240 + 8 * s);
+    seqs.push_back(seq);
+  }
+  // Greedy tokens and logits rows of every sampling step, per sequence.
+  auto run = [&](int graph_max_bs, size_t& graphs) {
+    RunnerOptions options;
+    options.model_dir = fixture_dir(GetParam());
+    options.device = "cuda:0";
+    options.kv_page_size = kPageSize;
+    options.max_num_batched_tokens = 256;
+    options.cuda_graph_max_bs = graph_max_bs;
+    auto runner = ModelRunner::create(options);
+    runner->allocate_pools(kNumKvPages, kMaxSeqs + 1);
+    std::vector<std::vector<int32_t>> tokens(seqs.size());
+    std::vector<std::vector<std::vector<float>>> logits(seqs.size());
+    std::vector<int> position(seqs.size(), 0);
+    for (int round = 0; round < kRounds; ++round) {
+      std::vector<SequenceStep> batch;
+      for (size_t s = 0; s < seqs.size(); ++s) {
+        if (round < seqs[s].start_round || round >= seqs[s].end_round) continue;
+        SequenceStep step = make_step(int(s), position[s],
+                                      position[s] == 0 ? seqs[s].prompt : std::vector<int32_t>{tokens[s].back()}, true);
+        step.page_table.clear();
+        for (int j = 0; j < kPages; ++j) step.page_table.push_back(int(s) * kPages + j);
+        position[s] += int(step.tokens.size());
+        batch.push_back(step);
+      }
+      const std::vector<SampledToken> sampled = runner->step(batch);
+      EXPECT_EQ(sampled.size(), batch.size());
+      for (size_t i = 0; i < sampled.size(); ++i) {
+        const size_t s = sampled[i].seq_id - 100;
+        tokens[s].push_back(sampled[i].token_id);
+        const float* row = runner->last_logits().data() + i * runner->vocab_size();
+        logits[s].emplace_back(row, row + runner->vocab_size());
+      }
+    }
+    graphs = runner->cuda_graphs();
+    return std::make_pair(tokens, logits);
+  };
+  size_t eager_graphs = 0, graphs = 0;
+  const auto [eager_tokens, eager_logits] = run(0, eager_graphs);
+  const auto [graph_tokens, graph_logits] = run(kMaxSeqs, graphs);
+  EXPECT_EQ(eager_graphs, 0u);
+  // (1 decode, 256 keys) was captured and replayed, then dropped when the second sequence's prefill
+  // grew the step buffers; (2, 256), (2, 320), (1, 320) remain, each replayed from its second step.
+  EXPECT_EQ(graphs, 3u);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    ASSERT_EQ(graph_tokens[s], eager_tokens[s]) << "sequence " << s;
+    double worst = 0;
+    for (size_t k = 0; k < eager_logits[s].size(); ++k) {
+      worst = std::max(worst, relative_error(graph_logits[s][k].data(), eager_logits[s][k].data(),
+                                             int64_t(eager_logits[s][k].size())));
+    }
+    std::printf("%s sequence %zu: %zu steps, graphs vs eager logits max relative diff %.3e\n", GetParam().c_str(), s,
+                eager_logits[s].size(), worst);
+    EXPECT_LT(worst, kBatchInvarianceTolerance) << "sequence " << s;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixtureTest,
                          ::testing::Values("qwen3_5_dense", "qwen3_5_moe", "qwen3_next"));
 

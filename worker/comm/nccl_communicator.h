@@ -43,6 +43,7 @@ class NcclCommunicator final : public Communicator {
   // Enqueued on `stream`; data is device memory of this rank's GPU.
   void all_reduce_sum(void* data, size_t count, CommDType dtype, cudaStream_t stream) override;
   void all_gather(const void* in, void* out, size_t count, CommDType dtype, cudaStream_t stream) override;
+  bool graph_capturable() const override { return true; }
 
  private:
   // Waits while NCCL reports `comm`'s call in progress; throws on an error or after `timeout`

@@ -24,6 +24,9 @@ struct ModelOptions {
   kernels::cuda::Fp8Numerics fp8_numerics = kernels::cuda::Fp8Numerics::kW8A8;  // CUDA, block-FP8 only
   int max_tokens = 8192;  // most tokens one step may carry (sizes the activation workspace)
   int kv_page_size = 64;
+  // CUDA: decode steps of up to this many sequences are captured once per shape as a CUDA graph and
+  // replayed (0: every step launches its kernels one by one). Needs a capturable communicator.
+  int cuda_graph_max_bs = 64;
   double mem_fraction = 0.9;
   int cuda_device = 0;
   Communicator* comm = nullptr;  // required (a single-rank communicator for world 1)
@@ -48,6 +51,8 @@ class Model {
                       std::vector<float>& logprobs) = 0;
   // The last forward's logits on the host, [rows][vocab_size] (padded vocabulary columns removed).
   virtual void copy_logits(std::vector<float>& logits) const = 0;
+  // Decode-step CUDA graphs held now (0 on the CPU or with graphs off).
+  virtual size_t cuda_graphs() const = 0;
 };
 
 // Loads the rank's weights from `checkpoint`, or dummy weights from `seed` when it is null.

@@ -8,7 +8,10 @@
 //   logits = lm_head(normed[rows]) (vocab-parallel, all-gathered)
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -25,6 +28,7 @@
 #include "kernels/rope.h"
 #include "weights/rank_weights.h"
 #include "worker/backend/memory.h"
+#include "worker/backend/step_graphs.h"
 #include "worker/cache/gdn_state_pool.h"
 #include "worker/cache/kv_page_pool.h"
 #include "worker/model/qwen3_5.h"
@@ -35,6 +39,18 @@ template <class Backend>
 class HybridModel final : public Model {
   using T = typename Backend::T;
   using Linear = LinearWeight<T>;
+
+  // Device pointers into the step's uploaded int32 metadata.
+  struct Meta {
+    const int32_t* token_ids;
+    const int32_t* positions;
+    const int32_t* cu_seqlens;
+    const int32_t* prefill_cu_seqlens;
+    const int32_t* gdn_slots;
+    const int32_t* context_lens;
+    const int32_t* page_table;
+    const int32_t* logit_rows;
+  };
 
  public:
   HybridModel(const ModelOptions& options, const weights::Checkpoint* checkpoint, uint64_t seed)
@@ -88,9 +104,77 @@ class HybridModel final : public Model {
       throw std::invalid_argument("step of " + std::to_string(in.num_tokens) + " tokens exceeds max_num_batched_tokens " +
                                   std::to_string(options_.max_tokens));
     }
+    const int64_t rows = static_cast<int64_t>(logit_rows.size());
+    if (graphable(in)) {
+      forward_graphed(in, logit_rows);
+      return;
+    }
     const Meta meta = upload_meta(in, logit_rows);
     for (int32_t slot : in.reset_slots) gdn_pool_->reset_slot(slot, backend_.stream());
+    place_logits(rows);
+    run_layers(in, meta);
+  }
 
+  size_t cuda_graphs() const override { return graphs_.size(); }
+
+ private:
+  // ---- decode-step CUDA graphs ------------------------------------------------------------------
+  // A pure decode step of up to cuda_graph_max_bs sequences replays the graph captured for its key
+  // (StepGraphs::Key: sequences, logits rows, KV length): the first step of a key runs eagerly (its
+  // GEMM shapes get timed, see GemmRunner) and is then captured. Attention is laid out for the KV
+  // length rounded up (graph_kv_len), so one graph serves a range of contexts. Steps with prefill
+  // chunks or slot resets, the CPU backend and host communicators run eagerly.
+  static constexpr size_t kMaxGraphs = 256;  // each holds ~10 nodes per layer
+
+  bool graphable(const StepInputs& in) const {
+    return Backend::kMemory == MemoryKind::kCuda && graphs_on_ && in.num_seqs <= options_.cuda_graph_max_bs &&
+           in.num_decodes == in.num_seqs && in.reset_slots.empty() && comm_->graph_capturable();
+  }
+
+  // max_kv_len rounded up to a multiple of an eighth of its power of two (whole pages, at least
+  // 256 tokens): at most a quarter more keys than the longest context decide the attention's split,
+  // and a sequence's graph is recaptured every eighth of an octave as it grows.
+  int64_t graph_kv_len(int64_t max_kv_len) const {
+    const int64_t page = options_.kv_page_size;
+    const auto round_up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
+    const int64_t len = std::max<int64_t>(max_kv_len, 256);
+    const int64_t granule = round_up(static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(len))) / 8, page);
+    return round_up(len, granule);
+  }
+
+  // `in` with its page tables and attention laid out for graph_kv_len.
+  StepInputs at_graph_kv_len(const StepInputs& in) const {
+    StepInputs out = in;
+    out.max_kv_len = static_cast<int>(graph_kv_len(in.max_kv_len));
+    out.max_pages_per_seq = out.max_kv_len / options_.kv_page_size;
+    out.page_table.assign(static_cast<size_t>(in.num_seqs) * out.max_pages_per_seq, 0);
+    for (int s = 0; s < in.num_seqs; ++s) {
+      std::copy_n(in.page_table.begin() + static_cast<size_t>(s) * in.max_pages_per_seq, in.max_pages_per_seq,
+                  out.page_table.begin() + static_cast<size_t>(s) * out.max_pages_per_seq);
+    }
+    return out;
+  }
+
+  void forward_graphed(const StepInputs& in, const std::vector<int32_t>& logit_rows) {
+    const StepInputs step = at_graph_kv_len(in);
+    const Meta meta = upload_meta(step, logit_rows);  // the same addresses for every step of a key
+    const int64_t rows = static_cast<int64_t>(logit_rows.size());
+    place_logits(rows);
+    const StepGraphs::Key key{step.num_tokens, rows, step.max_kv_len};
+    if (graphs_.replay(key, backend_.stream())) return;
+    run_layers(step, meta);
+    try {
+      graphs_.capture(key, backend_.stream(), [&] { run_layers(step, meta); });
+    } catch (const std::exception& e) {  // this step ran; the next ones run eagerly
+      spdlog::warn("CUDA graphs turned off: capturing a decode step of {} sequences failed: {}", step.num_seqs,
+                   e.what());
+      graphs_on_ = false;
+      graphs_.clear();
+    }
+  }
+
+  // Embedding, every layer and the logits of the step's rows (place_logits first).
+  void run_layers(const StepInputs& in, const Meta& meta) {
     const int64_t n = in.num_tokens;
     const int64_t H = config_.hidden_size;
     const float eps = static_cast<float>(config_.rms_norm_eps);
@@ -115,10 +199,9 @@ class HybridModel final : public Model {
       backend_.add_rms_norm(residual_, delta_, last ? final_norm_ : layers_[i + 1].input_ln, normed_, n, H, eps,
                             normed_fp8_);
     }
-    compute_logits(meta, static_cast<int64_t>(logit_rows.size()));
+    compute_logits(meta);
   }
 
- private:
   struct Layer {
     weights::LayerType type;
     int cache_index = 0;  // index among the layers of its type (GDN slot pools / KV pools)
@@ -146,18 +229,6 @@ class HybridModel final : public Model {
     Linear down;
     kernels::MoeWeights<T> experts;      // BF16 / fp32 experts
     kernels::MoeFp8Weights experts_fp8;  // block-FP8 experts (CUDA); experts_gate_up set when used
-  };
-
-  // Device pointers into the step's uploaded int32 metadata.
-  struct Meta {
-    const int32_t* token_ids;
-    const int32_t* positions;
-    const int32_t* cu_seqlens;
-    const int32_t* prefill_cu_seqlens;
-    const int32_t* gdn_slots;
-    const int32_t* context_lens;
-    const int32_t* page_table;
-    const int32_t* logit_rows;
   };
 
   BackendLimits limits() const {
@@ -438,7 +509,10 @@ class HybridModel final : public Model {
       packed.resize((packed.size() + 63) / 64 * 64);  // keep every array 256-byte aligned
     }
     const size_t bytes = packed.size() * sizeof(int32_t);
-    if (meta_.bytes() < bytes) meta_ = Buffer(Backend::kMemory, bytes * 2);
+    if (meta_.bytes() < bytes) {
+      graphs_.clear();  // they read the old buffer
+      meta_ = Buffer(Backend::kMemory, bytes * 2);
+    }
     copy_to(Backend::kMemory, meta_.data(), packed.data(), bytes, backend_.stream());
     const int32_t* base = meta_.as<const int32_t>();
     return Meta{base + offsets[0], base + offsets[1], base + offsets[2], base + offsets[3],
@@ -590,20 +664,37 @@ class HybridModel final : public Model {
     backend_.linear(buf_a_, I, layer.down, delta_, H, n, H, I, act_fp8);
   }
 
-  // lm_head over the requested rows: each rank's vocab slice [rows][Vp_r], all-gathered into
-  // [rank][rows][Vp_r], then laid out as logits_ [rows][Vp] (global id = rank·Vp_r + column).
-  void compute_logits(const Meta& meta, int64_t rows) {
+  // Sizes the logits buffer for `rows` rows and points logits_ into it.
+  void place_logits(int64_t rows) {
     const int64_t H = config_.hidden_size;
     const int64_t vr = dims_.vocab_rows;
     const int64_t world = comm_->world_size();
     logit_rows_ = rows;
     if (rows == 0) return;
     const size_t need = static_cast<size_t>(rows) * (H * sizeof(T) + (2 * world + 1) * vr * sizeof(float)) + 1024;
-    if (logits_buffer_.bytes() < need) logits_buffer_ = Buffer(Backend::kMemory, need);
+    if (logits_buffer_.bytes() < need) {
+      graphs_.clear();  // they write the old buffer
+      logits_buffer_ = Buffer(Backend::kMemory, need);
+    }
+    logits_ = logits_buffer_.as<float>() + (logits_local_offset(rows) + (1 + world) * rows * vr);
+  }
+  // Where, in floats from the buffer's start, the rank's [rows][Vp_r] slice goes: after the gathered
+  // lm_head input rows, 256-byte aligned.
+  int64_t logits_local_offset(int64_t rows) const {
+    return static_cast<int64_t>((rows * config_.hidden_size * sizeof(T) + 255) / 256 * 256 / sizeof(float));
+  }
+
+  // lm_head over the requested rows: each rank's vocab slice [rows][Vp_r], all-gathered into
+  // [rank][rows][Vp_r], then laid out as logits_ [rows][Vp] (global id = rank·Vp_r + column).
+  void compute_logits(const Meta& meta) {
+    const int64_t H = config_.hidden_size;
+    const int64_t vr = dims_.vocab_rows;
+    const int64_t world = comm_->world_size();
+    const int64_t rows = logit_rows_;
+    if (rows == 0) return;
     T* lm_head_in = logits_buffer_.as<T>();
-    float* local = reinterpret_cast<float*>(logits_buffer_.as<std::byte>() + (rows * H * sizeof(T) + 255) / 256 * 256);
+    float* local = logits_buffer_.as<float>() + logits_local_offset(rows);
     float* gathered = local + rows * vr;
-    logits_ = gathered + world * rows * vr;
     backend_.gather_rows(normed_, H, meta.logit_rows, rows, H, lm_head_in);
     backend_.gemm_f32(lm_head_in, H, lm_head_, local, vr, rows, vr, H);
     comm_->all_gather(local, gathered, static_cast<size_t>(rows * vr), CommDType::kFloat32, backend_.stream());
@@ -678,6 +769,8 @@ class HybridModel final : public Model {
 
   std::unique_ptr<KvPagePool> kv_pool_;
   std::unique_ptr<GdnStatePool> gdn_pool_;
+  StepGraphs graphs_{kMaxGraphs};
+  bool graphs_on_ = options_.cuda_graph_max_bs > 0;
 };
 
 }  // namespace ds::worker

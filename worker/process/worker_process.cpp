@@ -78,6 +78,7 @@ RunnerOptions runner_options(const pb::Init& init, Communicator* comm) {
   if (init.kv_page_size() > 0) o.kv_page_size = int(init.kv_page_size());
   if (init.mem_fraction() > 0) o.mem_fraction = init.mem_fraction();
   if (init.max_num_batched_tokens() > 0) o.max_num_batched_tokens = int(init.max_num_batched_tokens());
+  if (init.has_cuda_graph_max_bs()) o.cuda_graph_max_bs = int(init.cuda_graph_max_bs());
   o.comm = comm;
   return o;
 }
