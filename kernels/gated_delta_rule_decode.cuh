@@ -5,6 +5,7 @@
 #include <cooperative_groups.h>
 
 #include "kernels/cuda_utils.cuh"
+#include "kernels/fp8_quant.cuh"
 #include "kernels/gated_delta_rule_detail.cuh"
 #include "kernels/gated_norm_detail.cuh"
 #include "kernels/gdn_gating_detail.cuh"
@@ -46,7 +47,27 @@ struct DecodeParams {
   int64_t num_v_heads;
   int64_t ratio;
   __nv_bfloat16* out;  // [B][Hv][128]
+  // Fused decode, optional (null codes: none): out quantized per token and 128-group, i.e. per
+  // value head (Fp8Rows: codes [B][Hv·128], scales [Hv][B]).
+  uint8_t* fp8_codes;
+  float* fp8_scales;
 };
+
+// The head's 128 gated-norm outputs (4 per lane of warp 0) as the FP8 row group (b, h): their BF16
+// values quantized exactly as cpu::quantize_fp8_per_token_group does (kernels/fp8_quant.cuh).
+__device__ __forceinline__ void quantize_head(const DecodeParams& p, int64_t b, int64_t h, const float (&y)[kPerLane]) {
+  static_assert(kPerLane == 4, "codes4 packs four values");
+  const int lane = threadIdx.x % 32;
+  float v[kPerLane], amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    v[j] = __bfloat162float(__float2bfloat16_rn(y[j]));
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+  const float scale = fp8_quant::group_scale(cuda_utils::warp_max(amax));
+  reinterpret_cast<uint32_t*>(p.fp8_codes + (b * p.num_v_heads + h) * kHeadDim)[lane] = fp8_quant::codes4(v, scale);
+  if (lane == 0) p.fp8_scales[h * int64_t(gridDim.x / p.num_v_heads) + b] = scale;
+}
 
 // Fused decode, first step: the causal conv (+ SiLU) of the block's 384 channels (q and k of key
 // head kh, v of value head h) from the old conv state, into qkv_s. The blocks of one key head's r
@@ -171,6 +192,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(DecodeParams 
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) y[j] = gated_norm_value(x.v[j], inv_rms, w.v[j], z.v[j]);
       cuda_utils::store_vec<kPerLane>(out + lane * kPerLane, y);
+      if (p.fp8_codes != nullptr) quantize_head(p, b, h, y);
     }
   }
 }

@@ -8,10 +8,8 @@
 
 namespace ds::kernels::cuda {
 
-size_t gdn_decode_scratch_bytes(int64_t, const GdnDims&) { return 0; }
-
 void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
-                void*, size_t, bf16* out, cudaStream_t stream) {
+                bf16* out, cudaStream_t stream, const Fp8Rows* fp8_out) {
   using cuda_utils::as_nv;
   check_cuda_head_dims(dims, "gdn_decode");
   check_row_stride(in.mixed_qkv_stride, dims.conv_dim(), "gdn_decode", "mixed_qkv");
@@ -20,6 +18,9 @@ void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, in
   check_row_stride(in.b_stride, dims.num_v_heads, "gdn_decode", "b");
   if (dims.ratio() > 8) {
     throw std::invalid_argument("gdn_decode: num_v_heads / num_k_heads must be at most 8 (one cluster per key head)");
+  }
+  if (fp8_out != nullptr && (!fp8_out->codes || !fp8_out->scales || !cuda_utils::is_aligned(fp8_out->codes, 4))) {
+    throw std::invalid_argument("gdn_decode: fp8_out needs codes (4-byte aligned) and scales");
   }
   if (batch_size <= 0) return;
 
@@ -46,6 +47,8 @@ void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, in
   p.num_v_heads = dims.num_v_heads;
   p.ratio = dims.ratio();
   p.out = as_nv(out);
+  p.fp8_codes = fp8_out ? fp8_out->codes : nullptr;
+  p.fp8_scales = fp8_out ? fp8_out->scales : nullptr;
 
   // Clusters of r blocks: the value heads of one key head (blockIdx.x = b·Hv + h, Hv = Hk·r).
   cudaLaunchConfig_t config{};

@@ -53,12 +53,10 @@ namespace cuda {
 // Device pointers; dk = dv = 128 and Hv/Hk <= 8 required. One launch: one block per (sequence,
 // value head), the r = Hv/Hk blocks of a key head forming a thread-block cluster so that the q/k
 // conv state is overwritten only after all of them have read it. out [B][Hv·dv] BF16 dense.
-// CUDA-graph safe. The path needs no scratch any more: gdn_decode_scratch_bytes() returns 0 and
-// `scratch` / `scratch_bytes` are ignored (kept so that callers written against the two-launch
-// version still build; to be dropped).
-size_t gdn_decode_scratch_bytes(int64_t batch_size, const GdnDims& dims);
+// fp8_out (optional; B rows of K = Hv·dv): out also quantized per token and 128-group, i.e. per
+// value head, as the W8A8 out_proj after it would (kernels::Fp8Rows). CUDA-graph safe.
 void gdn_decode(const GdnDecodeInputs<bf16>& in, const GdnDecodeState& state, int64_t batch_size, const GdnDims& dims,
-                void* scratch, size_t scratch_bytes, bf16* out, cudaStream_t stream);
+                bf16* out, cudaStream_t stream, const Fp8Rows* fp8_out = nullptr);
 }  // namespace cuda
 
 }  // namespace ds::kernels

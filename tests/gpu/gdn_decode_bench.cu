@@ -49,9 +49,6 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   check(cudaMemcpy(d_slots, slots.data(), num_slots * sizeof(int32_t), cudaMemcpyHostToDevice), "cudaMemcpy");
   bf16* out = nullptr;
   check(cudaMalloc(&out, B * d.value_dim() * sizeof(bf16)), "cudaMalloc");
-  const size_t scratch_bytes = ds::kernels::cuda::gdn_decode_scratch_bytes(B, d);
-  void* scratch = nullptr;
-  check(cudaMalloc(&scratch, scratch_bytes), "cudaMalloc");
 
   const bf16* qkv = proj;  // q|k|v as the first C columns of the merged row
   auto rule = [&](int i) {
@@ -64,8 +61,7 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
       proj,   W,    proj + d.z_offset(), W, proj + d.b_offset(), W, proj + d.a_offset(), W, conv_w, A_log, dt_bias,
       norm_w, 1e-6f};
   auto fused = [&](int i) {
-    ds::kernels::cuda::gdn_decode(in, {conv_state, state, d_slots + (i % groups) * B}, B, d, scratch, scratch_bytes,
-                                  out, stream);
+    ds::kernels::cuda::gdn_decode(in, {conv_state, state, d_slots + (i % groups) * B}, B, d, out, stream);
   };
   const double t_fused = ds::kernels::gpu_bench::graph_us(fused, stream);
   const double bytes = 2.0 * B * state_bytes_per_slot + double(B) * (d.conv_dim() + d.value_dim()) * sizeof(bf16);
@@ -77,7 +73,7 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   std::printf("\n");
   free_all({static_cast<void*>(state), static_cast<void*>(conv_state), static_cast<void*>(proj),
             static_cast<void*>(conv_w), static_cast<void*>(norm_w), static_cast<void*>(d_gates),
-            static_cast<void*>(d_slots), static_cast<void*>(out), scratch});
+            static_cast<void*>(d_slots), static_cast<void*>(out)});
 }
 
 }  // namespace

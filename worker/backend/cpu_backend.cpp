@@ -78,8 +78,9 @@ void CpuBackend::gdn_split(const T* qkvz, const T* ba, int64_t rows, const kerne
                                      layout, mixed_qkv, z, b, a);
 }
 
-void CpuBackend::gdn_decode(const kernels::GdnDecodeInputs<T>& in, const kernels::GdnDecodeState& state,
-                            int64_t batch, const kernels::GdnDims& dims, T* out) {
+void CpuBackend::gdn_decode(const kernels::GdnDecodeInputs<T>& in, const kernels::GdnDecodeState& state, int64_t batch,
+                            const kernels::GdnDims& dims, T* out, const kernels::Fp8Rows* fp8_out) {
+  refuse_fp8_rows(fp8_out, "gdn_decode");
   kc::gdn_decode(in, state, batch, dims, out);
 }
 

@@ -76,7 +76,7 @@ class CpuBackend {
   void gdn_split(const T* qkvz, const T* ba, int64_t rows, const kernels::GdnDims& dims, kernels::QkvzLayout layout,
                  T* mixed_qkv, T* z, T* b, T* a);
   void gdn_decode(const kernels::GdnDecodeInputs<T>& in, const kernels::GdnDecodeState& state, int64_t batch,
-                  const kernels::GdnDims& dims, T* out);
+                  const kernels::GdnDims& dims, T* out, const kernels::Fp8Rows* fp8_out = nullptr);
   void gdn_conv_prefill(const T* x, int64_t ldx, const T* weight, int64_t channels, float* conv_pool,
                         const kernels::GdnVarlenBatch& batch, T* out);
   void gdn_gating(const T* a, int64_t lda, const T* b, int64_t ldb, const float* A_log, const float* dt_bias,

@@ -29,9 +29,8 @@ CudaBackend::CudaBackend(const BackendLimits& limits) : limits_(limits) {
   gemm_->set_fp8_numerics(limits.fp8_numerics);
   if (limits.moe.num_experts > 0) moe_ = std::make_unique<kc::MoeRunner>(limits.moe, limits.max_tokens);
   if (limits.gdn.num_v_heads > 0) {
-    gdn_prefill_workspace_ = Buffer(kMemory, kc::gated_delta_rule_prefill_workspace_bytes(
-                                                 limits.max_tokens, kChunkedPrefillMaxSeqs, limits.gdn));
-    gdn_decode_scratch_ = Buffer(kMemory, kc::gdn_decode_scratch_bytes(limits.max_tokens, limits.gdn));
+    gdn_prefill_workspace_ = Buffer(
+        kMemory, kc::gated_delta_rule_prefill_workspace_bytes(limits.max_tokens, kChunkedPrefillMaxSeqs, limits.gdn));
   }
   if (limits.num_q_heads > 0) {
     attention_workspace_ =
@@ -44,8 +43,7 @@ CudaBackend::~CudaBackend() {
 }
 
 size_t CudaBackend::workspace_bytes() const {
-  return gdn_prefill_workspace_.bytes() + gdn_decode_scratch_.bytes() + attention_workspace_.bytes() +
-         gemm_->fp8_scratch_bytes();
+  return gdn_prefill_workspace_.bytes() + attention_workspace_.bytes() + gemm_->fp8_scratch_bytes();
 }
 
 void CudaBackend::linear(const T* x, int64_t ldx, const LinearWeight<T>& w, T* y, int64_t ldy, int64_t rows, int64_t n,
@@ -100,9 +98,9 @@ void CudaBackend::gdn_split(const T* qkvz, const T* ba, int64_t rows, const kern
                                      layout, mixed_qkv, z, b, a, stream_);
 }
 
-void CudaBackend::gdn_decode(const kernels::GdnDecodeInputs<T>& in, const kernels::GdnDecodeState& state,
-                             int64_t batch, const kernels::GdnDims& dims, T* out) {
-  kc::gdn_decode(in, state, batch, dims, gdn_decode_scratch_.data(), gdn_decode_scratch_.bytes(), out, stream_);
+void CudaBackend::gdn_decode(const kernels::GdnDecodeInputs<T>& in, const kernels::GdnDecodeState& state, int64_t batch,
+                             const kernels::GdnDims& dims, T* out, const kernels::Fp8Rows* fp8_out) {
+  kc::gdn_decode(in, state, batch, dims, out, stream_, fp8_out);
 }
 
 void CudaBackend::gdn_conv_prefill(const T* x, int64_t ldx, const T* weight, int64_t channels, float* conv_pool,

@@ -451,7 +451,8 @@ class HybridModel final : public Model {
     const Widths wd = widths();
     const int64_t elements = n * (3 * H + wd.proj + wd.split + wd.a + wd.b + wd.c);
     workspace_bytes_ = static_cast<uint64_t>(elements) * sizeof(T) + n * wd.gates * sizeof(float) + 16 * 256 +
-                       fp8_rows_bytes(fp8_rows_k(H)) + fp8_rows_bytes(fp8_rows_k(dims_.intermediate));
+                       fp8_rows_bytes(fp8_rows_k(H)) + fp8_rows_bytes(fp8_rows_k(dims_.intermediate)) +
+                       fp8_rows_bytes(fp8_rows_k(gdn_dims_.value_dim()));
     workspace_ = Buffer(Backend::kMemory, workspace_bytes_);
     residual_ = carve(n * H);
     normed_ = carve(n * H);
@@ -464,15 +465,16 @@ class HybridModel final : public Model {
     gates_ = reinterpret_cast<float*>(carve_bytes(n * wd.gates * sizeof(float)));
     normed_rows_ = carve_fp8_rows(fp8_rows_k(H));
     act_rows_ = carve_fp8_rows(fp8_rows_k(dims_.intermediate));
+    core_rows_ = carve_fp8_rows(fp8_rows_k(gdn_dims_.value_dim()));
     workspace_bytes_ += backend_.workspace_bytes();
   }
 
   // ---- FP8 activation rows ----------------------------------------------------------------------
-  // With block-FP8 weights kept as FP8 and W8A8 numerics, the norms and SiLU-mul also write their
-  // output quantized per token and 128-group (kernels::Fp8Rows), and the FP8 linears that read it
-  // pass it on: their W8A8 skinny kernel then skips its own quantize launch (2-3 µs per GEMM on the
-  // H100). Only for steps the skinny kernel takes (kFp8RowsMaxTokens); larger steps' GEMMs quantize
-  // for themselves (cuBLASLt pads its rows its own way).
+  // With block-FP8 weights kept as FP8 and W8A8 numerics, the norms, SiLU-mul and the fused GDN
+  // decode also write their output quantized per token and 128-group (kernels::Fp8Rows), and the FP8 linears that read
+  // it pass it on: their W8A8 skinny kernel then skips its own quantize launch (2-3 µs per GEMM on the H100). Only for
+  // steps the skinny kernel takes (kFp8RowsMaxTokens); larger steps' GEMMs quantize for themselves (cuBLASLt pads its
+  // rows its own way).
   static constexpr int64_t kFp8RowsMaxTokens = 64;
 
   // K of rows worth quantizing for the FP8 linears (0: none, e.g. BF16 weights or W8A16 numerics).
@@ -568,6 +570,9 @@ class HybridModel final : public Model {
     float* state_pool = gdn_pool_->recurrent(layer.cache_index);
     T* core_normed = buf_c_;  // [n, V]: gated-norm output, out_proj's input
     const int64_t decodes = in.num_decodes;
+    const int64_t prefill_rows = n - decodes;
+    // A decode-only step's fused decode also writes its output quantized, for a W8A8 out_proj.
+    const kernels::Fp8Rows* core_fp8 = prefill_rows == 0 ? fp8_rows(core_rows_, n) : nullptr;
     if (decodes > 0) {
       kernels::GdnDecodeInputs<T> inputs;
       inputs.mixed_qkv = mixed.p;
@@ -584,9 +589,8 @@ class HybridModel final : public Model {
       inputs.norm_weight = layer.gated_norm;
       inputs.norm_eps = eps;
       backend_.gdn_decode(inputs, kernels::GdnDecodeState{conv_pool, state_pool, meta.gdn_slots}, decodes, d,
-                          core_normed);
+                          core_normed, core_fp8);
     }
-    const int64_t prefill_rows = n - decodes;
     if (prefill_rows > 0) {
       const kernels::GdnVarlenBatch batch{meta.prefill_cu_seqlens, meta.gdn_slots + in.num_decodes, nullptr,
                                           in.num_seqs - in.num_decodes, prefill_rows, in.max_q_len};
@@ -602,7 +606,7 @@ class HybridModel final : public Model {
       backend_.gated_rms_norm(core, z.p + decodes * z.ld, z.ld, layer.gated_norm, prefill_rows, d.num_v_heads,
                               d.head_v_dim, eps, core_normed + decodes * d.value_dim());
     }
-    backend_.linear(core_normed, d.value_dim(), layer.out_proj, delta_, H, n, H, d.value_dim());
+    backend_.linear(core_normed, d.value_dim(), layer.out_proj, delta_, H, n, H, d.value_dim(), core_fp8);
   }
 
   // Gated full attention: q_proj (heads [q_h; gate_h]), k_proj and v_proj into one buffer; q/k
@@ -762,6 +766,7 @@ class HybridModel final : public Model {
   kernels::Fp8Rows normed_rows_;                  // normed_ quantized (see fp8_rows_k), and
   const kernels::Fp8Rows* normed_fp8_ = nullptr;  // it where the last norm into normed_ wrote it
   kernels::Fp8Rows act_rows_;                     // the SiLU-mul output quantized
+  kernels::Fp8Rows core_rows_;                    // the GDN decode output quantized
   Buffer meta_;
   Buffer logits_buffer_;
   float* logits_ = nullptr;  // [logit_rows_][Vp] fp32, where the backend computes
