@@ -25,6 +25,11 @@ using cuda_utils::check_launch;
 // 514, FP8 32: 431 vs 469; at 64 the tile kernel is faster: 664 vs 676, FP8 607 vs 704).
 constexpr int64_t kMaxSkinnyTokens = 32;
 
+// Batches up to this many tokens (the W8A8 skinny kernel's) hand the block-FP8 shared expert its
+// activations already quantized (Fp8Rows): x from the caller, the SiLU-mul output from
+// silu_and_mul, so its GEMMs skip their quantize launches.
+constexpr int64_t kMaxFp8RowsTokens = 64;
+
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("MoeRunner: ") + what + ": " + cudaGetErrorString(err));
 }
@@ -190,6 +195,7 @@ struct Buffers {
   bf16* shared_act;
   bf16* shared_out;
   float* shared_logit;
+  Fp8Rows shared_act_fp8;  // shared_act quantized, for up to kMaxFp8RowsTokens rows
 };
 
 Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
@@ -212,6 +218,8 @@ Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
   b.shared_act = c.take<bf16>(M * Is);
   b.shared_out = c.take<bf16>(M * H);
   b.shared_logit = c.take<float>(M);
+  const size_t R = std::min<size_t>(M, kMaxFp8RowsTokens);
+  if (Is % kFp8BlockSize == 0) b.shared_act_fp8 = {c.take<uint8_t>(R * Is), c.take<float>(R * Is / kFp8BlockSize)};
   return b;
 }
 
@@ -238,13 +246,14 @@ struct ExpertWeights {
   const float *gate_up_scale, *down_scale, *shared_gate_up_scale, *shared_down_scale;
 };
 
+// x_fp8: x quantized, for an FP8 W (ignored for BF16).
 void dense_gemm(GemmRunner& gemm, const bf16* x, int64_t ldx, const bf16* w, const float*, bf16* y, int64_t ldy,
-                int64_t T, int64_t N, int64_t K, cudaStream_t stream) {
+                int64_t T, int64_t N, int64_t K, cudaStream_t stream, const Fp8Rows*) {
   gemm.gemm(x, ldx, w, y, ldy, T, N, K, 0.f, stream);
 }
 void dense_gemm(GemmRunner& gemm, const bf16* x, int64_t ldx, const uint8_t* w, const float* scale, bf16* y,
-                int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream) {
-  gemm.gemm_fp8(x, ldx, w, scale, y, ldy, T, N, K, 0.f, stream);
+                int64_t ldy, int64_t T, int64_t N, int64_t K, cudaStream_t stream, const Fp8Rows* x_fp8) {
+  gemm.gemm_fp8(x, ldx, w, scale, y, ldy, T, N, K, 0.f, stream, Fp8Path::kAuto, x_fp8);
 }
 
 // All experts' GEMMs in one launch: for T <= kMaxSkinnyTokens (so as many rows per expert at most)
@@ -267,7 +276,7 @@ void grouped_gemm(const Buffers& b, const bf16* x, const WeightT* w, const float
 
 template <typename WeightT>
 void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const bf16* x, int64_t T,
-                 const ExpertWeights<WeightT>& w, bf16* out, cudaStream_t stream) {
+                 const ExpertWeights<WeightT>& w, bf16* out, cudaStream_t stream, const Fp8Rows* x_fp8 = nullptr) {
   const int64_t H = dims.hidden, E = dims.num_experts, k = dims.top_k, Ie = dims.expert_intermediate,
                 Is = dims.shared_intermediate, pairs = T * k;
   gemm.gemm(x, H, w.router, b.logits, E, T, E, H, 0.f, stream);
@@ -283,9 +292,13 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
   grouped_gemm(b, b.act, w.down, w.down_scale, b.y_sorted, H, Ie, T, pairs, E, stream);
   const bool has_shared = Is > 0;
   if (has_shared) {
-    dense_gemm(gemm, x, H, w.shared_gate_up, w.shared_gate_up_scale, b.shared_hidden, 2 * Is, T, 2 * Is, H, stream);
-    silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream);
-    dense_gemm(gemm, b.shared_act, Is, w.shared_down, w.shared_down_scale, b.shared_out, H, T, H, Is, stream);
+    // FP8 rows only where a W8A8 GEMM may read them.
+    const bool rows = sizeof(WeightT) == 1 && T <= kMaxFp8RowsTokens && gemm.fp8_numerics() != Fp8Numerics::kW8A16;
+    const Fp8Rows* act_fp8 = rows && b.shared_act_fp8.codes ? &b.shared_act_fp8 : nullptr;
+    dense_gemm(gemm, x, H, w.shared_gate_up, w.shared_gate_up_scale, b.shared_hidden, 2 * Is, T, 2 * Is, H, stream,
+               rows ? x_fp8 : nullptr);
+    silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream, act_fp8);
+    dense_gemm(gemm, b.shared_act, Is, w.shared_down, w.shared_down_scale, b.shared_out, H, T, H, Is, stream, act_fp8);
     gemm.gemm(x, H, w.shared_gate, b.shared_logit, 1, T, 1, H, 0.f, stream);
   }
   combine_kernel<<<unsigned(T), 256, 0, stream>>>(as_nv(b.y_sorted), b.position_of, b.topk_weights, k, H,
@@ -329,14 +342,14 @@ void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWei
 }
 
 void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeFp8Weights& w, bf16* out,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const Fp8Rows* x_fp8) {
   check_tokens(T, max_tokens_);
   if (T == 0) return;
   Carver carver{static_cast<char*>(scratch_)};
   const ExpertWeights<uint8_t> ew{
       w.router,      w.shared_gate,           w.experts_gate_up,    w.experts_down,         w.shared_gate_up,
       w.shared_down, w.experts_gate_up_scale, w.experts_down_scale, w.shared_gate_up_scale, w.shared_down_scale};
-  moe_forward(dims_, carve(carver, dims_, max_tokens_), gemm, x, T, ew, out, stream);
+  moe_forward(dims_, carve(carver, dims_, max_tokens_), gemm, x, T, ew, out, stream, x_fp8);
 }
 
 }  // namespace ds::kernels::cuda

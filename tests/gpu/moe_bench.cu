@@ -1,13 +1,16 @@
 // The MoE layer of Qwen3.5-35B-A3B (H 2048, 256 experts, top-8, expert and shared intermediate
 // 512), BF16, TP 1, at T in {1, 64, 1024} (or the token counts given: moe_bench [T,T,...], at most
 // 1024). Prints the layer time and the GB/s of the expert weights it has to read (distinct experts
-// hit + shared expert + router), BF16 and block-FP8 experts.
+// hit + shared expert + router), BF16 and block-FP8 experts; for T <= 64 also FP8 with x handed in
+// quantized (as the norm before it writes it in the model: the shared expert's quantize launches
+// skipped), timed alone and per call in a CUDA graph of 20 calls (as decode steps run).
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "kernels/gemm.h"
 #include "kernels/moe.h"
+#include "tests/gpu/gdn_bench_util.h"
 #include "tests/gpu/kernels_bench_util.h"
 
 using namespace ds::kernels;
@@ -48,21 +51,32 @@ int main(int argc, char** argv) {
                          scales(dn_blocks), s_gate};
   cuda::GemmRunner gemm;
   cuda::MoeRunner runner(dims, 1024);
-  std::printf("%6s | %9s %12s %9s %6s | %9s %9s %6s\n", "T", "bf16 us", "experts hit", "GB/s", "%copy", "fp8 us", "GB/s",
-              "%copy");
+  cudaStream_t stream;  // the graph column's (capture needs a stream other than the legacy default)
+  bench::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  std::printf("%6s | %9s %12s %9s %6s | %9s %9s %6s | %11s %11s\n", "T", "bf16 us", "experts hit", "GB/s", "%copy",
+              "fp8 us", "GB/s", "%copy", "fp8+rows us", "(in graph)");
   for (int64_t T : token_counts) {
     bf16* x = bench::device_alloc<bf16>(size_t(T * H));
     bf16* out = bench::device_alloc<bf16>(size_t(T * H));
     bench::fill_random_bf16(x, size_t(T * H), 1.f, 7);
     const double us = bench::median_us([&](int) { runner.forward(gemm, x, T, w, out, nullptr); });
     const double us8 = bench::median_us([&](int) { runner.forward(gemm, x, T, w8, out, nullptr); });
+    double us8_rows = NAN, us8_rows_graph = NAN;
+    if (T <= 64) {
+      const Fp8Rows rows{bench::device_alloc<uint8_t>(size_t(T * H)), bench::device_alloc<float>(size_t(T * H / 128))};
+      cuda::quantize_fp8_per_token_group(x, H, T, H, rows.codes, rows.scales, nullptr);
+      us8_rows = bench::median_us([&](int) { runner.forward(gemm, x, T, w8, out, nullptr, &rows); });
+      us8_rows_graph = gpu_bench::graph_us([&](int) { runner.forward(gemm, x, T, w8, out, stream, &rows); }, stream);
+      cudaFree(rows.codes);
+      cudaFree(rows.scales);
+    }
     // Expected distinct experts for T tokens × 8 picks among 256 (uniform routing).
     const double hit = double(E) * (1.0 - std::pow(1.0 - double(dims.top_k) / double(E), double(T)));
     const double matrix_elems = hit * 3.0 * double(Ie * H) + 3.0 * double(Is * H);
     const double bytes = (matrix_elems + double(E * H)) * 2.0, bytes8 = matrix_elems + double(E * H) * 2.0;
-    std::printf("%6ld | %9.1f %12.1f %9.0f %5.1f%% | %9.1f %9.0f %5.1f%%\n", long(T), us, hit, bytes / us * 1e-3,
-                bytes / us * 1e-3 / bench::kCopyGbS * 100, us8, bytes8 / us8 * 1e-3,
-                bytes8 / us8 * 1e-3 / bench::kCopyGbS * 100);
+    std::printf("%6ld | %9.1f %12.1f %9.0f %5.1f%% | %9.1f %9.0f %5.1f%% | %11.1f %11.1f\n", long(T), us, hit,
+                bytes / us * 1e-3, bytes / us * 1e-3 / bench::kCopyGbS * 100, us8, bytes8 / us8 * 1e-3,
+                bytes8 / us8 * 1e-3 / bench::kCopyGbS * 100, us8_rows, us8_rows_graph);
     cudaFree(x);
     cudaFree(out);
   }

@@ -160,7 +160,8 @@ TEST(GpuMoeRunner, OneExpertTakingEveryTokenMatchesReference) {
   }
 }
 
-// Block-FP8 experts and shared expert: the reference runs on the dequantized weights.
+// Block-FP8 experts and shared expert: the reference runs on the dequantized weights; with x also
+// handed in quantized, the same output bits.
 TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
   const MoeDims dims{256, 8, 2, 128, 256, true};
   const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
@@ -217,7 +218,17 @@ TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
     ASSERT_CUDA(cudaDeviceSynchronize());
     std::vector<float> want(size_t(T * H));
     cpu::moe_forward(x.values.data(), T, dims, cpu_w, want.data());
-    EXPECT_TRUE(all_close(to_float(dout.download()), want, 3e-2f, 2e-2f));
+    const auto out = dout.download();
+    EXPECT_TRUE(all_close(to_float(out), want, 3e-2f, 2e-2f));
+    if (T > 64) continue;
+    // x handed in quantized (as the norm before writes it): the same bits, the shared expert's
+    // quantize launches skipped.
+    testing_util::DeviceFp8Rows rows(T, H);
+    const Fp8Rows x_fp8 = rows.rows();
+    cuda::quantize_fp8_per_token_group(dx.get(), H, T, H, x_fp8.codes, x_fp8.scales, nullptr);
+    DeviceBuffer<bf16> dout_rows(size_t(T * H));
+    runner.forward(gemm, dx.get(), T, gpu_w, dout_rows.get(), nullptr, &x_fp8);
+    EXPECT_TRUE(all_close(to_float(dout_rows.download()), to_float(out), 0.f, 0.f));
   }
 }
 

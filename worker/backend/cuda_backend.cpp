@@ -88,8 +88,9 @@ void CudaBackend::moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& we
   moe_->forward(*gemm_, x, rows, weights, out, stream_);
 }
 
-void CudaBackend::moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out) {
-  moe_->forward(*gemm_, x, rows, weights, out, stream_);
+void CudaBackend::moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out,
+                      const kernels::Fp8Rows* x_fp8) {
+  moe_->forward(*gemm_, x, rows, weights, out, stream_, x_fp8);
 }
 
 void CudaBackend::gdn_split(const T* qkvz, const T* ba, int64_t rows, const kernels::GdnDims& dims,

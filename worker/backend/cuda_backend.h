@@ -54,7 +54,8 @@ class CudaBackend {
                     const kernels::Fp8Rows* fp8_out = nullptr);
   void silu_and_mul(const T* x, T* y, int64_t rows, int64_t intermediate, const kernels::Fp8Rows* fp8_out = nullptr);
   void moe(const T* x, int64_t rows, const kernels::MoeWeights<T>& weights, T* out);
-  void moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out);
+  void moe(const T* x, int64_t rows, const kernels::MoeFp8Weights& weights, T* out,
+           const kernels::Fp8Rows* x_fp8 = nullptr);
 
   void gdn_split(const T* qkvz, const T* ba, int64_t rows, const kernels::GdnDims& dims, kernels::QkvzLayout layout,
                  T* mixed_qkv, T* z, T* b, T* a);

@@ -190,7 +190,7 @@ class HybridModel final : public Model {
         attention_forward(layer, in, meta);
       }
       all_reduce(delta_, n * H);
-      normed_fp8_ = layer.moe ? nullptr : fp8_rows(normed_rows_, n);  // gate_up reads it, the MoE does not
+      normed_fp8_ = fp8_rows(normed_rows_, n);  // gate_up reads it, or the MoE's shared expert
       backend_.add_rms_norm(residual_, delta_, layer.post_ln, normed_, n, H, eps, normed_fp8_);
       mlp_forward(layer, n);
       all_reduce(delta_, n * H);
@@ -654,7 +654,7 @@ class HybridModel final : public Model {
     if (layer.moe) {
       if constexpr (Backend::kKeepsFp8) {
         if (layer.experts_fp8.experts_gate_up != nullptr) {
-          backend_.moe(normed_, n, layer.experts_fp8, delta_);
+          backend_.moe(normed_, n, layer.experts_fp8, delta_, normed_fp8_);
           return;
         }
       }
