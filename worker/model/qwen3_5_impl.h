@@ -11,7 +11,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -122,7 +121,7 @@ class HybridModel final : public Model {
   // A pure decode step of up to cuda_graph_max_bs sequences replays the graph captured for its key
   // (StepGraphs::Key: sequences, logits rows, KV length): the first step of a key runs eagerly (its
   // GEMM shapes get timed, see GemmRunner) and is then captured. Attention is laid out for the KV
-  // length rounded up (graph_kv_len), so one graph serves a range of contexts. Steps with prefill
+  // length rounded up (graph_kv_len, step_inputs.h), so one graph serves a range of contexts. Steps with prefill
   // chunks or slot resets, the CPU backend and host communicators run eagerly.
   static constexpr size_t kMaxGraphs = 256;  // each holds ~10 nodes per layer
 
@@ -131,32 +130,8 @@ class HybridModel final : public Model {
            in.num_decodes == in.num_seqs && in.reset_slots.empty() && comm_->graph_capturable();
   }
 
-  // max_kv_len rounded up to a multiple of an eighth of its power of two (whole pages, at least
-  // 256 tokens): at most a quarter more keys than the longest context decide the attention's split,
-  // and a sequence's graph is recaptured every eighth of an octave as it grows.
-  int64_t graph_kv_len(int64_t max_kv_len) const {
-    const int64_t page = options_.kv_page_size;
-    const auto round_up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
-    const int64_t len = std::max<int64_t>(max_kv_len, 256);
-    const int64_t granule = round_up(static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(len))) / 8, page);
-    return round_up(len, granule);
-  }
-
-  // `in` with its page tables and attention laid out for graph_kv_len.
-  StepInputs at_graph_kv_len(const StepInputs& in) const {
-    StepInputs out = in;
-    out.max_kv_len = static_cast<int>(graph_kv_len(in.max_kv_len));
-    out.max_pages_per_seq = out.max_kv_len / options_.kv_page_size;
-    out.page_table.assign(static_cast<size_t>(in.num_seqs) * out.max_pages_per_seq, 0);
-    for (int s = 0; s < in.num_seqs; ++s) {
-      std::copy_n(in.page_table.begin() + static_cast<size_t>(s) * in.max_pages_per_seq, in.max_pages_per_seq,
-                  out.page_table.begin() + static_cast<size_t>(s) * out.max_pages_per_seq);
-    }
-    return out;
-  }
-
   void forward_graphed(const StepInputs& in, const std::vector<int32_t>& logit_rows) {
-    const StepInputs step = at_graph_kv_len(in);
+    const StepInputs step = at_graph_kv_len(in, options_.kv_page_size);
     const Meta meta = upload_meta(step, logit_rows);  // the same addresses for every step of a key
     const int64_t rows = static_cast<int64_t>(logit_rows.size());
     place_logits(rows);

@@ -1,6 +1,7 @@
 #include "worker/model/step_inputs.h"
 
 #include <algorithm>
+#include <bit>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -105,6 +106,25 @@ StepInputs build_step_inputs(const std::vector<SequenceStep>& batch, int kv_page
     in.sample_seqs.push_back(static_cast<int32_t>(i));
   }
   return in;
+}
+
+int graph_kv_len(int max_kv_len, int kv_page_size) {
+  const auto round_up = [](int v, int m) { return (v + m - 1) / m * m; };
+  const int len = std::max(max_kv_len, 256);
+  const int granule = round_up(static_cast<int>(std::bit_ceil(static_cast<unsigned>(len))) / 8, kv_page_size);
+  return round_up(len, granule);
+}
+
+StepInputs at_graph_kv_len(const StepInputs& in, int kv_page_size) {
+  StepInputs out = in;
+  out.max_kv_len = graph_kv_len(in.max_kv_len, kv_page_size);
+  out.max_pages_per_seq = out.max_kv_len / kv_page_size;
+  out.page_table.assign(static_cast<size_t>(in.num_seqs) * out.max_pages_per_seq, 0);
+  for (int s = 0; s < in.num_seqs; ++s) {
+    std::copy_n(in.page_table.begin() + static_cast<size_t>(s) * in.max_pages_per_seq, in.max_pages_per_seq,
+                out.page_table.begin() + static_cast<size_t>(s) * out.max_pages_per_seq);
+  }
+  return out;
 }
 
 }  // namespace ds::worker

@@ -41,4 +41,13 @@ struct StepInputs {
 StepInputs build_step_inputs(const std::vector<SequenceStep>& batch, int kv_page_size, int num_kv_pages,
                              int num_gdn_slots, int64_t vocab_size);
 
+// The KV length a decode step replayed from a CUDA graph lays its attention out for: max_kv_len
+// rounded up to a multiple of an eighth of its power of two (in whole pages, at least 256 tokens).
+// One graph then serves a range of contexts, splitting keys as for at most a quarter more than the
+// longest, and a growing sequence's graph is recaptured every eighth of an octave.
+int graph_kv_len(int max_kv_len, int kv_page_size);
+// `in` with max_kv_len = graph_kv_len and the page tables at that many pages per sequence (padding
+// 0, never read), so that every step of a graph's shape launches the same grids.
+StepInputs at_graph_kv_len(const StepInputs& in, int kv_page_size);
+
 }  // namespace ds::worker

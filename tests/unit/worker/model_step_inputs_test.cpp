@@ -2,6 +2,7 @@
 // clear errors for plans the model cannot run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -77,6 +78,41 @@ TEST(ModelStepInputs, RejectsPlansTheModelCannotRun) {
   SequenceStep no_reset = seq(1, 1, 0, {1}, {1}, true);
   no_reset.reset_slot = false;
   expect_rejected(no_reset, "without reset_slot");
+}
+
+TEST(ModelStepInputs, GraphKvLenRoundsUpToAnEighthOfTheOctaveInWholePages) {
+  EXPECT_EQ(graph_kv_len(1, 64), 256);  // at least 256
+  EXPECT_EQ(graph_kv_len(256, 64), 256);
+  EXPECT_EQ(graph_kv_len(257, 64), 320);     // octave 512: granule 64
+  EXPECT_EQ(graph_kv_len(513, 64), 640);     // octave 1024: granule 128
+  EXPECT_EQ(graph_kv_len(8193, 64), 10240);  // octave 16384: granule 2048
+  EXPECT_EQ(graph_kv_len(8192, 64), 8192);
+  EXPECT_EQ(graph_kv_len(300, 48), 384);  // granule 64 rounded to whole 48-token pages: 96
+  for (int len = 1; len <= 70000; len += 37) {
+    const int g = graph_kv_len(len, 48);
+    ASSERT_GE(g, len);
+    ASSERT_EQ(g % 48, 0) << len;
+    ASSERT_LE(g, std::max(256, len) * 5 / 4 + 48) << len;  // at most a quarter more, plus page rounding
+  }
+}
+
+TEST(ModelStepInputs, AtGraphKvLenPadsThePageTablesOnly) {
+  const StepInputs in = build_step_inputs({seq(7, 1, 5, {3}, {4, 9}, true), seq(8, 2, 2, {6}, {11}, true)}, kPageSize,
+                                          kPages, kSlots, kVocab);
+  ASSERT_EQ(in.max_pages_per_seq, 2);
+  const StepInputs padded = at_graph_kv_len(in, kPageSize);
+  EXPECT_EQ(padded.max_kv_len, 256);
+  EXPECT_EQ(padded.max_pages_per_seq, 256 / kPageSize);
+  ASSERT_EQ(padded.page_table.size(), size_t(2 * 64));
+  EXPECT_EQ(padded.page_table[0], 4);
+  EXPECT_EQ(padded.page_table[1], 9);
+  EXPECT_EQ(padded.page_table[2], 0);
+  EXPECT_EQ(padded.page_table[64], 11);
+  EXPECT_EQ(padded.page_table[65], 0);  // the 2-page padding of the unpadded table, then zeros
+  EXPECT_EQ(padded.context_lens, in.context_lens);
+  EXPECT_EQ(padded.token_ids, in.token_ids);
+  EXPECT_EQ(padded.positions, in.positions);
+  EXPECT_EQ(padded.gdn_slots, in.gdn_slots);
 }
 
 }  // namespace
