@@ -25,5 +25,8 @@ struct Fp8Rows {
   uint8_t* codes = nullptr;
   float* scales = nullptr;
 };
+// The most rows the ops hand over as Fp8Rows: the W8A8 skinny kernel's largest T (larger steps'
+// GEMMs run cuBLASLt, which quantizes and pads its rows its own way).
+inline constexpr int64_t kFp8RowsMaxTokens = 64;
 
 }  // namespace ds::kernels

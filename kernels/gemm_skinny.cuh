@@ -61,6 +61,7 @@ namespace ds::kernels::skinny {
 
 constexpr int kRows = 64;  // weight rows (outputs) per block; 32, 48 (BF16) or 128 (FP8) as alternatives for T <= 8
 constexpr int kMaxTokens = 64;
+static_assert(kMaxTokens == kFp8RowsMaxTokens, "Fp8Rows are sized for the W8A8 skinny kernel's steps");
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
 

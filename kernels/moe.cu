@@ -25,11 +25,6 @@ using cuda_utils::check_launch;
 // 514, FP8 32: 431 vs 469; at 64 the tile kernel is faster: 664 vs 676, FP8 607 vs 704).
 constexpr int64_t kMaxSkinnyTokens = 32;
 
-// Batches up to this many tokens (the W8A8 skinny kernel's) hand the block-FP8 shared expert its
-// activations already quantized (Fp8Rows): x from the caller, the SiLU-mul output from
-// silu_and_mul, so its GEMMs skip their quantize launches.
-constexpr int64_t kMaxFp8RowsTokens = 64;
-
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("MoeRunner: ") + what + ": " + cudaGetErrorString(err));
 }
@@ -195,7 +190,7 @@ struct Buffers {
   bf16* shared_act;
   bf16* shared_out;
   float* shared_logit;
-  Fp8Rows shared_act_fp8;  // shared_act quantized, for up to kMaxFp8RowsTokens rows
+  Fp8Rows shared_act_fp8;  // shared_act quantized (batches up to kFp8RowsMaxTokens tokens)
 };
 
 Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
@@ -218,7 +213,7 @@ Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
   b.shared_act = c.take<bf16>(M * Is);
   b.shared_out = c.take<bf16>(M * H);
   b.shared_logit = c.take<float>(M);
-  const size_t R = std::min<size_t>(M, kMaxFp8RowsTokens);
+  const size_t R = std::min<size_t>(M, kFp8RowsMaxTokens);
   if (Is % kFp8BlockSize == 0) b.shared_act_fp8 = {c.take<uint8_t>(R * Is), c.take<float>(R * Is / kFp8BlockSize)};
   return b;
 }
@@ -292,8 +287,9 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
   grouped_gemm(b, b.act, w.down, w.down_scale, b.y_sorted, H, Ie, T, pairs, E, stream);
   const bool has_shared = Is > 0;
   if (has_shared) {
-    // FP8 rows only where a W8A8 GEMM may read them.
-    const bool rows = sizeof(WeightT) == 1 && T <= kMaxFp8RowsTokens && gemm.fp8_numerics() != Fp8Numerics::kW8A16;
+    // Batches a W8A8 skinny GEMM may take hand the FP8 shared expert its activations quantized: x
+    // from the caller (x_fp8), the SiLU-mul output written beside it, so neither GEMM quantizes.
+    const bool rows = sizeof(WeightT) == 1 && T <= kFp8RowsMaxTokens && gemm.fp8_numerics() != Fp8Numerics::kW8A16;
     const Fp8Rows* act_fp8 = rows && b.shared_act_fp8.codes ? &b.shared_act_fp8 : nullptr;
     dense_gemm(gemm, x, H, w.shared_gate_up, w.shared_gate_up_scale, b.shared_hidden, 2 * Is, T, 2 * Is, H, stream,
                rows ? x_fp8 : nullptr);

@@ -95,8 +95,9 @@ class MoeRunner {
   void forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& weights, bf16* out,
                cudaStream_t stream);
   // Block-FP8 experts and shared expert (BF16 activations, fp32 accumulation, exact weight scales).
-  // x_fp8 (optional, T <= 64): x already quantized (Fp8Rows), for the shared expert's W8A8 gate_up;
-  // its SiLU-mul then also hands the down GEMM quantized rows, so neither launches a quantization.
+  // x_fp8 (optional, T <= kFp8RowsMaxTokens): x already quantized (Fp8Rows), which the shared
+  // expert's W8A8 gate_up reads instead of quantizing x. Independently of it, for such T (and
+  // W8A8 numerics) the shared SiLU-mul writes its output quantized for the down GEMM.
   void forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeFp8Weights& weights, bf16* out, cudaStream_t stream,
                const Fp8Rows* x_fp8 = nullptr);
 

@@ -30,12 +30,15 @@ void StepGraphs::capture(const Key& key, cudaStream_t stream, const std::functio
   } catch (...) {
     cudaStreamEndCapture(stream, &graph);  // ends the capture so the stream runs work again
     if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();  // a failed capture leaves its error behind for the next launch check
     throw;
   }
-  check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
   cudaGraphExec_t exec = nullptr;
-  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
-  cudaGraphDestroy(graph);
+  const cudaError_t instantiated = ended == cudaSuccess ? cudaGraphInstantiate(&exec, graph, 0) : ended;
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (instantiated != cudaSuccess) cudaGetLastError();  // as above: the stream's next work must not see it
+  check(ended, "cudaStreamEndCapture");
   check(instantiated, "cudaGraphInstantiate");
   if (const auto old = graphs_.find(key); old != graphs_.end()) {
     cudaGraphExecDestroy(old->second.exec);

@@ -78,6 +78,7 @@ class HybridModel final : public Model {
 
   // Refuses pools that do not fit the memory left within mem_fraction, naming the sizes.
   void allocate_pools(int num_kv_pages, int num_gdn_slots) override {
+    graphs_.clear();  // they address the old pools
     kv_pool_.reset();
     gdn_pool_.reset();
     const MemoryReport report = memory_report();
@@ -126,8 +127,12 @@ class HybridModel final : public Model {
   static constexpr size_t kMaxGraphs = 256;  // each holds ~10 nodes per layer
 
   bool graphable(const StepInputs& in) const {
+    // A pure decode step: one token per sequence, so (sequences, rows, KV length) fix every launch
+    // and the offsets of the uploaded metadata.
+    const bool pure_decode = in.num_seqs > 0 && in.num_decodes == in.num_seqs && in.num_tokens == in.num_seqs &&
+                             in.max_q_len == 1 && in.reset_slots.empty();
     return Backend::kMemory == MemoryKind::kCuda && graphs_on_ && in.num_seqs <= options_.cuda_graph_max_bs &&
-           in.num_decodes == in.num_seqs && in.reset_slots.empty() && comm_->graph_capturable();
+           pure_decode && comm_->graph_capturable();
   }
 
   void forward_graphed(const StepInputs& in, const std::vector<int32_t>& logit_rows) {
@@ -218,9 +223,12 @@ class HybridModel final : public Model {
     }
     if (config_.fp8.enabled) {
       const int64_t D = config_.head_dim;
-      limits.fp8_max_k = std::max({config_.hidden_size, gdn_dims_.value_dim(), dims_.q_heads * D, dims_.intermediate});
+      // Every FP8 GEMM's K and N (the MoE shared expert's too), so the GEMM scratch never grows
+      // after a CUDA graph captured its address.
+      limits.fp8_max_k = std::max({config_.hidden_size, gdn_dims_.value_dim(), dims_.q_heads * D, dims_.intermediate,
+                                   dims_.shared_intermediate});
       limits.fp8_max_n = std::max({gdn_dims_.merged_width(), dims_.q_heads * 2 * D, 2 * dims_.intermediate,
-                                   config_.hidden_size});
+                                   2 * dims_.shared_intermediate, config_.hidden_size});
       limits.fp8_numerics = options_.fp8_numerics;
     }
     return limits;
@@ -446,11 +454,10 @@ class HybridModel final : public Model {
 
   // ---- FP8 activation rows ----------------------------------------------------------------------
   // With block-FP8 weights kept as FP8 and W8A8 numerics, the norms, SiLU-mul and the fused GDN
-  // decode also write their output quantized per token and 128-group (kernels::Fp8Rows), and the FP8 linears that read
-  // it pass it on: their W8A8 skinny kernel then skips its own quantize launch (2-3 µs per GEMM on the H100). Only for
-  // steps the skinny kernel takes (kFp8RowsMaxTokens); larger steps' GEMMs quantize for themselves (cuBLASLt pads its
-  // rows its own way).
-  static constexpr int64_t kFp8RowsMaxTokens = 64;
+  // decode also write their output quantized per token and 128-group (kernels::Fp8Rows), and the
+  // FP8 linears that read it pass it on: their W8A8 skinny kernel then skips its own quantize
+  // launch (2-3 µs per GEMM on the H100). Only for steps of up to kernels::kFp8RowsMaxTokens tokens;
+  // larger steps' GEMMs quantize for themselves.
 
   // K of rows worth quantizing for the FP8 linears (0: none, e.g. BF16 weights or W8A16 numerics).
   int64_t fp8_rows_k(int64_t k) const {
@@ -460,18 +467,20 @@ class HybridModel final : public Model {
   }
   static uint64_t fp8_rows_bytes(int64_t k) {  // as carve_fp8_rows carves them
     const auto carved = [](uint64_t bytes) { return (bytes + 255) / 256 * 256; };
-    return k == 0 ? 0 : carved(kFp8RowsMaxTokens * k) + carved(kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4);
+    return k == 0 ? 0
+                  : carved(kernels::kFp8RowsMaxTokens * k) +
+                        carved(kernels::kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4);
   }
   kernels::Fp8Rows carve_fp8_rows(int64_t k) {
     if (k == 0) return {};
     kernels::Fp8Rows rows;
-    rows.codes = reinterpret_cast<uint8_t*>(carve_bytes(kFp8RowsMaxTokens * k));
-    rows.scales = reinterpret_cast<float*>(carve_bytes(kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4));
+    rows.codes = reinterpret_cast<uint8_t*>(carve_bytes(kernels::kFp8RowsMaxTokens * k));
+    rows.scales = reinterpret_cast<float*>(carve_bytes(kernels::kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4));
     return rows;
   }
   // `rows` for a step of n tokens, or null where it has none or the step is too large.
   static const kernels::Fp8Rows* fp8_rows(const kernels::Fp8Rows& rows, int64_t n) {
-    return rows.codes != nullptr && n <= kFp8RowsMaxTokens ? &rows : nullptr;
+    return rows.codes != nullptr && n <= kernels::kFp8RowsMaxTokens ? &rows : nullptr;
   }
 
   // ---- step metadata ----------------------------------------------------------------------------

@@ -119,6 +119,11 @@ StepInputs at_graph_kv_len(const StepInputs& in, int kv_page_size) {
   StepInputs out = in;
   out.max_kv_len = graph_kv_len(in.max_kv_len, kv_page_size);
   out.max_pages_per_seq = out.max_kv_len / kv_page_size;
+  if (in.max_pages_per_seq > out.max_pages_per_seq) {
+    throw std::invalid_argument("at_graph_kv_len: page tables of " + std::to_string(in.max_pages_per_seq) +
+                                " pages exceed the " + std::to_string(out.max_pages_per_seq) + " of " +
+                                std::to_string(out.max_kv_len) + " keys");
+  }
   out.page_table.assign(static_cast<size_t>(in.num_seqs) * out.max_pages_per_seq, 0);
   for (int s = 0; s < in.num_seqs; ++s) {
     std::copy_n(in.page_table.begin() + static_cast<size_t>(s) * in.max_pages_per_seq, in.max_pages_per_seq,
