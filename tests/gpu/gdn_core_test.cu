@@ -224,6 +224,7 @@ TEST(GatedDeltaRuleGpu, DecodePublishedShapes) {
 
 // ---- fused decode ----
 
+// The fused decode against the CPU reference; with fp8_out also its output quantized.
 TEST(GdnDecodeGpu, FusedMatchesReferenceOnMergedViews) {
   for (const auto& nd : gpu_test::published_rank_dims()) {
     const GdnDims& d = nd.dims;
@@ -276,57 +277,27 @@ TEST(GdnDecodeGpu, FusedMatchesReferenceOnMergedViews) {
       cuda::gdn_decode(in, {d_conv.get(), d_ssm.get(), d_slots.get()}, B, d, d_y.get(), nullptr);
       ASSERT_CUDA(cudaGetLastError());
       ASSERT_CUDA(cudaDeviceSynchronize());
-      EXPECT_EQ(gpu_test::compare(gpu_test::to_float(d_y.download()), y_ref, 2e-2f, 2e-2f), "");
+      const auto y = d_y.download();
+      EXPECT_EQ(gpu_test::compare(gpu_test::to_float(y), y_ref, 2e-2f, 2e-2f), "");
       EXPECT_EQ(gpu_test::compare(d_conv.download(), conv_ref, 0, 0), "");
       EXPECT_EQ(gpu_test::compare(d_ssm.download(), ssm_ref, 1e-4f, 1e-4f), "");
-    }
-  }
-}
 
-// fp8_out: the same BF16 output and state, and FP8 rows that are exactly the quantization of that
-// output (one 128-group per value head); rows it cannot write to are refused.
-TEST(GdnDecodeGpu, Fp8OutputIsTheQuantizedOutput) {
-  const GdnDims d = gpu_test::published_rank_dims().front().dims;
-  for (int64_t B : {1, 5}) {
-    SCOPED_TRACE("B=" + std::to_string(B));
-    const int64_t W = d.merged_width(), C = d.conv_dim(), Hv = d.num_v_heads, V = d.value_dim(), num_slots = B + 1;
-    std::vector<int32_t> slots(B);
-    for (int64_t i = 0; i < B; ++i) slots[i] = int32_t(1 + i);
-    const auto proj = gpu_test::random_bf16_values(B * W, 70, -2.f, 2.f);
-    const auto conv0 = gpu_test::random_bf16_values(num_slots * d.conv_state_floats(), 71);
-    const auto ssm0 = gpu_test::random_floats(num_slots * d.state_floats(), 72, -0.3f, 0.3f);
-    DeviceBuffer<bf16> d_proj(gpu_test::to_bf16(proj)),
-        d_conv_w(gpu_test::to_bf16(gpu_test::random_bf16_values(C * 4, 73))),
-        d_norm_w(gpu_test::to_bf16(gpu_test::random_bf16_values(d.head_v_dim, 74, 0.5f, 1.5f))), d_y(B * V),
-        d_y_plain(B * V);
-    DeviceBuffer<float> d_A(gpu_test::random_floats(Hv, 75, -2.f, 0.5f)), d_dt(gpu_test::random_floats(Hv, 76)),
-        d_conv(conv0), d_ssm(ssm0), d_conv_plain(conv0), d_ssm_plain(ssm0);
-    DeviceBuffer<int32_t> d_slots(slots);
-    const GdnDecodeInputs<bf16> in{d_proj.get(),
-                                   W,
-                                   d_proj.get() + d.z_offset(),
-                                   W,
-                                   d_proj.get() + d.b_offset(),
-                                   W,
-                                   d_proj.get() + d.a_offset(),
-                                   W,
-                                   d_conv_w.get(),
-                                   d_A.get(),
-                                   d_dt.get(),
-                                   d_norm_w.get(),
-                                   1e-6f};
-    testing_util::DeviceFp8Rows fp8(B, V);
-    const Fp8Rows rows = fp8.rows();
-    cuda::gdn_decode(in, {d_conv.get(), d_ssm.get(), d_slots.get()}, B, d, d_y.get(), nullptr, &rows);
-    cuda::gdn_decode(in, {d_conv_plain.get(), d_ssm_plain.get(), d_slots.get()}, B, d, d_y_plain.get(), nullptr);
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    const auto y = d_y.download();
-    EXPECT_EQ(gpu_test::compare(gpu_test::to_float(y), gpu_test::to_float(d_y_plain.download()), 0, 0), "");
-    EXPECT_EQ(gpu_test::compare(d_ssm.download(), d_ssm_plain.download(), 0, 0), "");
-    EXPECT_TRUE(testing_util::fp8_rows_quantize(fp8, y, V));
-    const Fp8Rows no_scales{fp8.codes.get(), nullptr};
-    EXPECT_THROW(cuda::gdn_decode(in, {d_conv.get(), d_ssm.get(), d_slots.get()}, B, d, d_y.get(), nullptr, &no_scales),
-                 std::invalid_argument);
+      // fp8_out, from the same starting state: the same output and state bits, and FP8 rows that are
+      // exactly the quantization of that output (one 128-group per value head).
+      DeviceBuffer<float> d_conv_fp8(conv0), d_ssm_fp8(ssm0);
+      DeviceBuffer<bf16> d_y_fp8(B * d.value_dim());
+      testing_util::DeviceFp8Rows fp8(B, d.value_dim());
+      const Fp8Rows rows = fp8.rows();
+      cuda::gdn_decode(in, {d_conv_fp8.get(), d_ssm_fp8.get(), d_slots.get()}, B, d, d_y_fp8.get(), nullptr, &rows);
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      EXPECT_EQ(gpu_test::compare(gpu_test::to_float(d_y_fp8.download()), gpu_test::to_float(y), 0, 0), "");
+      EXPECT_EQ(gpu_test::compare(d_ssm_fp8.download(), d_ssm.download(), 0, 0), "");
+      EXPECT_TRUE(testing_util::fp8_rows_quantize(fp8, y, d.value_dim()));
+      const Fp8Rows no_scales{fp8.codes.get(), nullptr};
+      EXPECT_THROW(cuda::gdn_decode(in, {d_conv_fp8.get(), d_ssm_fp8.get(), d_slots.get()}, B, d, d_y_fp8.get(),
+                                    nullptr, &no_scales),
+                   std::invalid_argument);
+    }
   }
 }
 
