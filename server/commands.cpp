@@ -43,7 +43,7 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--cuda-graph-max-bs", o->cuda_graph_max_bs,
                   "GPUs: decode steps of up to this many sequences are captured as CUDA graphs and replayed (0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(0, 4096))
       ->capture_default_str();
   cmd->add_option("--max-waiting-requests", o->max_waiting_requests, "Queued requests beyond which new ones get 503")
       ->check(CLI::PositiveNumber)->capture_default_str();
