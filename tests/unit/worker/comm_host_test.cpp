@@ -143,6 +143,8 @@ TEST_P(HostCommWorld, AllReduceFp32IsTheRankOrderSumOnEveryRank) {
   expect_all_passed(run_ranks(world, [&](int rank, HostCommListener& listener, const auto& addresses) {
     auto comm = HostCommunicator::connect(std::move(listener), rank, addresses, quick_options());
     if (comm->rank() != rank || comm->world_size() != world) return std::string("wrong rank or world size");
+    // Host collectives run on the CPU, so a decode step cannot be captured as a CUDA graph.
+    if (comm->graph_capturable()) return std::string("claims CUDA-graph capture");
     for (size_t count : {size_t(1), size_t(1000), size_t(1) << 20}) {
       auto data = contribution(rank, count);
       comm->all_reduce_sum(data.data(), count, CommDType::kFloat32, nullptr);
@@ -293,6 +295,12 @@ TEST(HostComm, ConnectingToAMissingHubTimesOut) {
     EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find(hub_address), std::string::npos) << e.what();
   }
+}
+
+// World size 1 captures only with device memory (its all-gather is then a device copy).
+TEST(SingleRankComm, CapturableOnlyOnTheDevice) {
+  EXPECT_FALSE(make_single_rank_communicator(false)->graph_capturable());
+  EXPECT_TRUE(make_single_rank_communicator(true)->graph_capturable());
 }
 
 TEST(HostComm, RankOutsideTheAddressListIsRefused) {
