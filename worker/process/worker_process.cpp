@@ -194,9 +194,15 @@ class WorkerSession {
     effective.set_device(options_.device);
     comm_ = make_communicator(effective);
     const auto start = Clock::now();
-    runner_ = ModelRunner::create(runner_options(effective, comm_.get()));
-    spdlog::info("rank {}/{} on {}: model loaded in {:.1f} ms", init.rank(), init.world_size(), options_.device,
-                 ms_since(start));
+    const RunnerOptions runner_opts = runner_options(effective, comm_.get());
+    runner_ = ModelRunner::create(runner_opts);
+    // GPU ranks' communicators (NCCL, or the runner's own single rank) can be captured; CPU ranks' cannot.
+    const bool graphs = cuda_index(options_.device).has_value() && runner_opts.cuda_graph_max_bs > 0;
+    spdlog::info("rank {}/{} on {}: model loaded in {:.1f} ms; {}", init.rank(), init.world_size(), options_.device,
+                 ms_since(start),
+                 graphs ? "decode steps of up to " + std::to_string(runner_opts.cuda_graph_max_bs) +
+                              " sequences replay CUDA graphs"
+                        : std::string("no CUDA graphs"));
     const auto report = runner_->memory_report();
     decoder_.emplace(runner_options(effective, nullptr).kv_page_size, runner_->vocab_size());
     const auto config = model_config_of(effective);
