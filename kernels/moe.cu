@@ -289,10 +289,12 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
   if (has_shared) {
     // Batches a W8A8 skinny GEMM may take hand the FP8 shared expert its activations quantized: x
     // from the caller (x_fp8), the SiLU-mul output written beside it, so neither GEMM quantizes.
-    const bool rows = sizeof(WeightT) == 1 && T <= kFp8RowsMaxTokens && gemm.fp8_numerics() != Fp8Numerics::kW8A16;
-    const Fp8Rows* act_fp8 = rows && b.shared_act_fp8.codes ? &b.shared_act_fp8 : nullptr;
+    // (Paths other than the W8A8 skinny kernel ignore the rows.)
+    const bool write_rows =
+        sizeof(WeightT) == 1 && T <= kFp8RowsMaxTokens && gemm.fp8_numerics() != Fp8Numerics::kW8A16;
+    const Fp8Rows* act_fp8 = write_rows && b.shared_act_fp8.codes ? &b.shared_act_fp8 : nullptr;
     dense_gemm(gemm, x, H, w.shared_gate_up, w.shared_gate_up_scale, b.shared_hidden, 2 * Is, T, 2 * Is, H, stream,
-               rows ? x_fp8 : nullptr);
+               x_fp8);
     silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream, act_fp8);
     dense_gemm(gemm, b.shared_act, Is, w.shared_down, w.shared_down_scale, b.shared_out, H, T, H, Is, stream, act_fp8);
     gemm.gemm(x, H, w.shared_gate, b.shared_logit, 1, T, 1, H, 0.f, stream);

@@ -104,14 +104,13 @@ class HybridModel final : public Model {
       throw std::invalid_argument("step of " + std::to_string(in.num_tokens) + " tokens exceeds max_num_batched_tokens " +
                                   std::to_string(options_.max_tokens));
     }
-    const int64_t rows = static_cast<int64_t>(logit_rows.size());
     if (graphable(in)) {
       forward_graphed(in, logit_rows);
       return;
     }
     const Meta meta = upload_meta(in, logit_rows);
     for (int32_t slot : in.reset_slots) gdn_pool_->reset_slot(slot, backend_.stream());
-    place_logits(rows);
+    place_logits(static_cast<int64_t>(logit_rows.size()));
     run_layers(in, meta);
   }
 
@@ -127,10 +126,9 @@ class HybridModel final : public Model {
   static constexpr size_t kMaxGraphs = 256;  // each holds ~10 nodes per layer
 
   bool graphable(const StepInputs& in) const {
-    // A pure decode step: one token per sequence, so (sequences, rows, KV length) fix every launch
-    // and the offsets of the uploaded metadata.
-    const bool pure_decode = in.num_seqs > 0 && in.num_decodes == in.num_seqs && in.num_tokens == in.num_seqs &&
-                             in.max_q_len == 1 && in.reset_slots.empty();
+    // A pure decode step (decodes carry one token and reset no slot, see step_inputs.h), so
+    // (sequences, rows, KV length) fix every launch and the offsets of the uploaded metadata.
+    const bool pure_decode = in.num_seqs > 0 && in.num_decodes == in.num_seqs;
     return Backend::kMemory == MemoryKind::kCuda && graphs_on_ && in.num_seqs <= options_.cuda_graph_max_bs &&
            pure_decode && comm_->graph_capturable();
   }
@@ -465,18 +463,17 @@ class HybridModel final : public Model {
         Backend::kKeepsFp8 && config_.fp8.enabled && options_.fp8_numerics != kernels::cuda::Fp8Numerics::kW8A16;
     return w8a8 && k > 0 && k % kernels::kFp8BlockSize == 0 ? k : 0;
   }
+  // Bytes of the codes and of the scales of kFp8RowsMaxTokens rows of K = k.
+  static uint64_t fp8_codes_bytes(int64_t k) { return kernels::kFp8RowsMaxTokens * k; }
+  static uint64_t fp8_scales_bytes(int64_t k) { return fp8_codes_bytes(k) / kernels::kFp8BlockSize * sizeof(float); }
   static uint64_t fp8_rows_bytes(int64_t k) {  // as carve_fp8_rows carves them
     const auto carved = [](uint64_t bytes) { return (bytes + 255) / 256 * 256; };
-    return k == 0 ? 0
-                  : carved(kernels::kFp8RowsMaxTokens * k) +
-                        carved(kernels::kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4);
+    return carved(fp8_codes_bytes(k)) + carved(fp8_scales_bytes(k));
   }
   kernels::Fp8Rows carve_fp8_rows(int64_t k) {
     if (k == 0) return {};
-    kernels::Fp8Rows rows;
-    rows.codes = reinterpret_cast<uint8_t*>(carve_bytes(kernels::kFp8RowsMaxTokens * k));
-    rows.scales = reinterpret_cast<float*>(carve_bytes(kernels::kFp8RowsMaxTokens * (k / kernels::kFp8BlockSize) * 4));
-    return rows;
+    return {reinterpret_cast<uint8_t*>(carve_bytes(fp8_codes_bytes(k))),
+            reinterpret_cast<float*>(carve_bytes(fp8_scales_bytes(k)))};
   }
   // `rows` for a step of n tokens, or null where it has none or the step is too large.
   static const kernels::Fp8Rows* fp8_rows(const kernels::Fp8Rows& rows, int64_t n) {
