@@ -42,19 +42,15 @@ __global__ void silu_and_mul_fp8_kernel(const __nv_bfloat16* x, int64_t ldx, __n
   if (item >= T * groups) return;
   const int64_t t = item / groups, g = item % groups;
   const int lane = threadIdx.x & 31;
-  float v[4], amax = 0.f;
+  float v[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int64_t i = g * kFp8BlockSize + lane * 4 + j;
     const __nv_bfloat16 out = silu_mul(x + t * ldx, I, i);
     y[t * ldy + i] = out;
     v[j] = __bfloat162float(out);
-    amax = fmaxf(amax, fabsf(v[j]));
   }
-  amax = cuda_utils::warp_max(amax);
-  const float scale = fp8_quant::group_scale(amax);
-  reinterpret_cast<uint32_t*>(codes + t * I + g * kFp8BlockSize)[lane] = fp8_quant::codes4(v, scale);
-  if (lane == 0) scales[g * T + t] = scale;
+  fp8_quant::store_warp_group(v, codes + t * I + g * kFp8BlockSize, scales + g * T + t);
 }
 
 // One block per token; threads copy (or zero) the row in 16-byte pieces when `vectorized`

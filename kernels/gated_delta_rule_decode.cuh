@@ -56,17 +56,12 @@ struct DecodeParams {
 // The head's 128 gated-norm outputs (4 per lane of warp 0) as the FP8 row group (b, h): their BF16
 // values quantized exactly as cpu::quantize_fp8_per_token_group does (kernels/fp8_quant.cuh).
 __device__ __forceinline__ void quantize_head(const DecodeParams& p, int64_t b, int64_t h, const float (&y)[kPerLane]) {
-  static_assert(kPerLane == 4, "codes4 packs four values");
-  const int lane = threadIdx.x % 32;
-  float v[kPerLane], amax = 0.f;
+  static_assert(kPerLane == 4, "a warp group holds four values per lane");
+  float v[kPerLane];
 #pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    v[j] = __bfloat162float(__float2bfloat16_rn(y[j]));
-    amax = fmaxf(amax, fabsf(v[j]));
-  }
-  const float scale = fp8_quant::group_scale(cuda_utils::warp_max(amax));
-  reinterpret_cast<uint32_t*>(p.fp8_codes + (b * p.num_v_heads + h) * kHeadDim)[lane] = fp8_quant::codes4(v, scale);
-  if (lane == 0) p.fp8_scales[h * int64_t(gridDim.x / p.num_v_heads) + b] = scale;
+  for (int j = 0; j < kPerLane; ++j) v[j] = __bfloat162float(__float2bfloat16_rn(y[j]));
+  const int64_t batch = gridDim.x / p.num_v_heads;
+  fp8_quant::store_warp_group(v, p.fp8_codes + (b * p.num_v_heads + h) * kHeadDim, p.fp8_scales + h * batch + b);
 }
 
 // Fused decode, first step: the causal conv (+ SiLU) of the block's 384 channels (q and k of key

@@ -442,11 +442,8 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
       t < T ? *reinterpret_cast<const uint2*>(x + t * ldx + g * kFp8BlockSize + lane * 4) : make_uint2(0u, 0u);
   const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
   const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  const float amax = cuda_utils::warp_max(fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y))));
-  const float scale = fp8_quant::group_scale(amax);
   const float v[4] = {lo.x, lo.y, hi.x, hi.y};
-  *reinterpret_cast<uint32_t*>(xq + t * K + g * kFp8BlockSize + lane * 4) = fp8_quant::codes4(v, scale);
-  if (lane == 0) scales[g * T_pad + t] = scale;
+  fp8_quant::store_warp_group(v, xq + t * K + g * kFp8BlockSize, scales + g * T_pad + t);
 }
 
 void launch_quantize(const bf16* x, int64_t ldx, int64_t T, int64_t T_pad, int64_t K, uint8_t* xq, float* scales,
