@@ -354,28 +354,51 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
   }
 }
 
+namespace {
+
+// 64-row tiles, or with FP8 weights and at most 8 rows per expert 128-row ones where 64-row tiles of
+// every slot would take more than one wave of blocks (one per SM): half as many blocks, each
+// streaming twice as long, in one wave.
+SkinnyTiling grouped_tiling(int64_t max_rows, int64_t N, int64_t slots, bool fp8) {
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  const int64_t blocks = slots * ((N + skinny::kRows - 1) / skinny::kRows);
+  const bool wide = fp8 && skinny::has_tile_rows(128, true, max_rows) && blocks > sms;
+  return {wide ? 128 : skinny::kRows, 1};
+}
+
+}  // namespace
+
 bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w) {
   return skinny::supports(max_rows, K, ldx, x, w);
 }
 
 void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
-                         int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
-                         const int32_t* row_offsets, cudaStream_t stream) {
-  if (!grouped_skinny_supports(max_rows, K, ldx, x, w) || N <= 0 || ldy < N || slots <= 0 || slots > 65535 ||
-      !active_experts || !row_offsets) {
+                         int64_t max_rows, int64_t N, int64_t K, const ExpertGroups& groups, cudaStream_t stream) {
+  const bool extra_ok =
+      groups.extra_expert < 0 || (groups.extra_w && grouped_skinny_supports(max_rows, K, ldx, x, groups.extra_w) &&
+                                  (groups.extra_scale_inv != nullptr) == (scale_inv != nullptr));
+  if (!grouped_skinny_supports(max_rows, K, ldx, x, w) || N <= 0 || ldy < N || groups.slots <= 0 ||
+      groups.slots > 65535 || !groups.active_experts || !groups.row_offsets || !extra_ok) {
     throw std::invalid_argument("cuda::grouped_skinny_gemm: cannot run " + shape_string(max_rows, N, K, ldx, ldy) +
-                                " over " + std::to_string(slots) +
+                                " over " + std::to_string(groups.slots) +
                                 " expert slots (needs 1 <= rows <= 64, K % 128 == 0, ldx % 8 == 0, 16-byte aligned "
-                                "x and w, 1 <= slots <= 65535, the expert list and row offsets)");
+                                "x and w, 1 <= slots <= 65535, the expert list and row offsets, and for an extra "
+                                "expert its 16-byte aligned matrix, with scales where w has them)");
   }
   skinny::Params p = skinny::make_params(x, ldx, w, scale_inv, y, ldy, max_rows, N, K, /*out_f32=*/false,
-                                         SkinnyTiling{skinny::kRows, 1});
-  p.active_experts = active_experts;
-  p.row_offsets = row_offsets;
+                                         grouped_tiling(max_rows, N, groups.slots, scale_inv != nullptr));
+  p.active_experts = groups.active_experts;
+  p.row_offsets = groups.row_offsets;
+  p.x_rows = groups.x_rows;
+  p.extra_expert = groups.extra_expert;
+  p.extra_w = groups.extra_w;
+  p.extra_scale_inv = groups.extra_scale_inv;
   if (scale_inv) {
-    skinny::launch<uint8_t>(p, stream, unsigned(slots));
+    skinny::launch<uint8_t>(p, stream, unsigned(groups.slots));
   } else {
-    skinny::launch<__nv_bfloat16>(p, stream, unsigned(slots));
+    skinny::launch<__nv_bfloat16>(p, stream, unsigned(groups.slots));
   }
 }
 

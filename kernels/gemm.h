@@ -98,16 +98,31 @@ const char* to_string(Fp8Numerics numerics);
 // "w8a8" | "w8a16" | "fastest"; std::invalid_argument naming the choices otherwise.
 Fp8Numerics parse_fp8_numerics(const std::string& name);
 
+// The rows of a grouped (MoE) GEMM, in device memory written by the routing kernel before it on the
+// same stream: expert e's rows are [row_offsets[e], row_offsets[e+1]) of the sorted rows (at most
+// max_rows each); active_experts lists the experts with rows, ascending, then -1 (`slots` entries).
+struct ExpertGroups {
+  const int32_t* active_experts = nullptr;
+  int64_t slots = 0;
+  const int32_t* row_offsets = nullptr;
+  // Optional: the x row each sorted row reads (a gather folded into the GEMM's loads); without it
+  // sorted row r reads x row r.
+  const int32_t* x_rows = nullptr;
+  // Optional: expert `extra_expert` multiplies by extra_w (block scales extra_scale_inv) instead of
+  // the matrix of that index in w (the MoE shared expert run as one more expert).
+  int64_t extra_expert = -1;
+  const void* extra_w = nullptr;
+  const float* extra_scale_inv = nullptr;
+};
+
 // The experts of a small MoE batch through the weight-streaming (skinny) kernel in one launch:
-// for every expert e in active_experts (ids ascending, then -1 up to `slots` entries; device
-// memory, written by the routing kernel before on `stream`), y rows [row_offsets[e],
-// row_offsets[e+1]) = those rows of x · W_eᵀ, where W_e is the e-th [N, K] matrix of w (BF16, or
-// E4M3 with scale_inv holding each expert's [ceil(N/128), K/128] block scales back to back).
-// Every expert has at most max_rows <= 64 rows; K % 128 == 0, ldx % 8 == 0, x, w 16-byte aligned
-// (grouped_skinny_supports). Throws std::invalid_argument otherwise.
+// for every active expert e, y's sorted rows of e = those rows of x · W_eᵀ, where W_e is the e-th
+// [N, K] matrix of w (BF16, or E4M3 with scale_inv holding each expert's [ceil(N/128), K/128]
+// block scales back to back), or extra_w. Every expert has at most max_rows <= 64 rows; K % 128 ==
+// 0, ldx % 8 == 0, x, w (and extra_w) 16-byte aligned (grouped_skinny_supports). Throws
+// std::invalid_argument otherwise.
 void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float* scale_inv, bf16* y, int64_t ldy,
-                         int64_t max_rows, int64_t N, int64_t K, const int32_t* active_experts, int64_t slots,
-                         const int32_t* row_offsets, cudaStream_t stream);
+                         int64_t max_rows, int64_t N, int64_t K, const ExpertGroups& groups, cudaStream_t stream);
 // Whether grouped_skinny_gemm takes these operands.
 bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w);
 

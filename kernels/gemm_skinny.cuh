@@ -79,12 +79,18 @@ struct Params {
   int splits;
   float* partial = nullptr;      // [splits][T][N] when splits > 1
   unsigned* counters = nullptr;  // [ceil(N/tile_rows)], zero between calls
-  // Grouped (the experts of a small MoE batch, one launch; splits 1): blockIdx.y is a slot of
-  // active_experts (-1: none), w and scale_inv hold one matrix per expert back to back, x and y
-  // rows are sorted by expert (expert e's are [row_offsets[e], row_offsets[e+1]), at most T). The
-  // routing kernel before writes both, so a grouped block waits for it before it streams weights.
+  // Grouped (the experts of a small MoE batch, one launch; splits 1; see ExpertGroups in gemm.h):
+  // blockIdx.y is a slot of active_experts (-1: none), w and scale_inv hold one matrix per expert
+  // back to back (expert extra_expert's is extra_w, extra_scale_inv), y rows are sorted by expert
+  // (expert e's are [row_offsets[e], row_offsets[e+1]), at most T), and so are x's, or sorted row r
+  // reads x row x_rows[r]. The routing kernel before writes these, so a grouped block waits for it
+  // before it streams weights.
   const int32_t* active_experts = nullptr;
   const int32_t* row_offsets = nullptr;
+  const int32_t* x_rows = nullptr;
+  int64_t extra_expert = -1;
+  const void* extra_w = nullptr;
+  const float* extra_scale_inv = nullptr;
   // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
   const uint8_t* xq = nullptr;
@@ -238,10 +244,19 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
     if (e < 0) return;
     const int64_t row0 = p.row_offsets[e];
     p.T = int(std::min<int64_t>(p.T, p.row_offsets[e + 1] - row0));  // never past the ring's token rows
-    p.x += row0 * p.ldx;
+    if (p.x_rows) {
+      p.x_rows += row0;
+    } else {
+      p.x += row0 * p.ldx;
+    }
     p.y = static_cast<uint8_t*>(p.y) + row0 * p.ldy * (p.out_f32 ? 4 : 2);
-    p.w = static_cast<const WeightT*>(p.w) + e * p.N * p.K;
-    if (C::kFp8) p.scale_inv += e * ((p.N + kFp8BlockSize - 1) / kFp8BlockSize) * (p.K / kFp8BlockSize);
+    if (e == p.extra_expert) {
+      p.w = p.extra_w;
+      p.scale_inv = p.extra_scale_inv;
+    } else {
+      p.w = static_cast<const WeightT*>(p.w) + e * p.N * p.K;
+      if (C::kFp8) p.scale_inv += e * ((p.N + kFp8BlockSize - 1) / kFp8BlockSize) * (p.K / kFp8BlockSize);
+    }
   }
   const int split = grouped ? 0 : int(blockIdx.y);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -293,7 +308,8 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThrea
     const int64_t src_row_bytes = kXFp8 ? p.K : p.ldx * 2;
     for (int c = stream_tid; c < p.T * C::kXChunks; c += C::kStreamThreads) {
       const int r = c / C::kXChunks, ch = c % C::kXChunks;
-      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), src + r * src_row_bytes + ch * 16, true);
+      const int64_t x_row = p.x_rows ? p.x_rows[r] : r;
+      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), src + x_row * src_row_bytes + ch * 16, true);
     }
     if (kXFp8 && stream_tid < p.T) {
       mma::cp_async_4(slot(j) + C::kXScaleOffset + 4 * stream_tid,

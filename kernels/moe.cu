@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cub/block/block_scan.cuh>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -29,134 +30,283 @@ void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("MoeRunner: ") + what + ": " + cudaGetErrorString(err));
 }
 
+// Where the counting sort of the (token, slot) pairs by expert writes (see sort_by_expert).
+struct SortOutputs {
+  int32_t* row_offsets;     // [experts + 1]: expert e owns sorted rows [row_offsets[e], row_offsets[e+1])
+  int32_t* tile_offsets;    // [experts + 1]: prefix sums of ceil(rows / 64) (the tile kernel's row tiles)
+  int32_t* active_experts;  // [active_slots]: the experts with rows, ascending, then -1
+  int64_t active_slots;
+  int32_t* sorted_tokens;  // [pairs]: the token of each sorted row
+  int32_t* position_of;    // [pairs]: the sorted row of each pair
+};
+
+// What the routing kernel does beyond moe_route's contract (MoeRunner's forward; all unset there).
+struct RouteExtras {
+  // The shared expert's gate sigmoid(x[t] · shared_gate) (x [T, H]): written as the routing weight
+  // of one more pair per token, expert shared_expert (the shared expert run as an expert, not
+  // renormalised with the top k), when shared_expert >= 0; else to shared_scale[t].
+  const __nv_bfloat16* x = nullptr;
+  const __nv_bfloat16* shared_gate = nullptr;
+  int64_t H = 0;
+  int32_t shared_expert = -1;
+  float* shared_scale = nullptr;
+  // The last block to finish (done_blocks counts them, back to 0 after) sorts the pairs by expert.
+  unsigned* done_blocks = nullptr;
+  SortOutputs sort{};
+};
+
+constexpr int kRouteThreads = 256;
+constexpr int kSortExpertsPerThread = 8;
+static_assert(kRouteThreads * kSortExpertsPerThread >= 1025, "the sort's scan covers 1024 experts and the shared one");
+
+// One expert's share of the sorted rows, the tile kernel's row tiles and the active-expert list;
+// summed by the sort's block scan into each expert's offsets.
+struct ExpertExtent {
+  int32_t rows = 0, tiles = 0, active = 0;
+  __device__ ExpertExtent operator+(const ExpertExtent& o) const {
+    return {rows + o.rows, tiles + o.tiles, active + o.active};
+  }
+};
+
+// Counting sort of the pairs (topk_ids [pairs]; pair i is token i / slots_per_token) by expert, by
+// one block of kRouteThreads threads, cursor [experts] in shared memory: count, one block scan of
+// the experts' extents (each thread owning 8 consecutive experts), place. Rows of an expert come in
+// no particular order: each row's result depends on that row only.
+__device__ void sort_by_expert(const int32_t* topk_ids, int64_t pairs, int64_t slots_per_token, int64_t experts,
+                               const SortOutputs& out, int32_t* cursor) {
+  using Scan = cub::BlockScan<ExpertExtent, kRouteThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  for (int64_t e = threadIdx.x; e < experts; e += blockDim.x) cursor[e] = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) atomicAdd(&cursor[__ldcg(&topk_ids[i])], 1);
+  __syncthreads();
+  const int64_t e0 = int64_t(threadIdx.x) * kSortExpertsPerThread;
+  ExpertExtent extents[kSortExpertsPerThread];
+#pragma unroll
+  for (int i = 0; i < kSortExpertsPerThread; ++i) {
+    const int32_t n = e0 + i < experts ? cursor[e0 + i] : 0;
+    extents[i] = {n, (n + gemm_tile::kBM - 1) / gemm_tile::kBM, n > 0 ? 1 : 0};
+  }
+  ExpertExtent total;
+  const auto add = [](const ExpertExtent& a, const ExpertExtent& b) { return a + b; };
+  Scan(scan_storage).ExclusiveScan(extents, extents, ExpertExtent{}, add, total);
+#pragma unroll
+  for (int i = 0; i < kSortExpertsPerThread; ++i) {
+    const int64_t e = e0 + i;
+    if (e >= experts) break;
+    if (cursor[e] > 0) out.active_experts[extents[i].active] = int32_t(e);
+    out.row_offsets[e] = extents[i].rows;
+    out.tile_offsets[e] = extents[i].tiles;
+    cursor[e] = extents[i].rows;
+  }
+  if (threadIdx.x == 0) {
+    out.row_offsets[experts] = total.rows;
+    out.tile_offsets[experts] = total.tiles;
+  }
+  for (int64_t a = total.active + threadIdx.x; a < out.active_slots; a += blockDim.x) out.active_experts[a] = -1;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
+    const int32_t pos = atomicAdd(&cursor[__ldcg(&topk_ids[i])], 1);
+    out.sorted_tokens[pos] = int32_t(i / slots_per_token);
+    out.position_of[i] = pos;
+  }
+}
+
+// sigmoid(x · gate) over H (a multiple of 8) by one warp.
+// Each lane loads 4 chunks of x and the gate per round before using any, so that the round costs
+// one memory latency rather than four (H = 2048: two rounds).
+__device__ float shared_expert_gate(const __nv_bfloat16* x, const __nv_bfloat16* gate, int64_t H, int lane) {
+  constexpr int kChunks = 4;
+  float dot = 0.f;
+  for (int64_t i0 = lane; i0 < H / 8; i0 += 32 * kChunks) {
+    uint4 xv[kChunks], gv[kChunks];
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int64_t i = i0 + 32 * c;
+      xv[c] = i < H / 8 ? reinterpret_cast<const uint4*>(x)[i] : make_uint4(0u, 0u, 0u, 0u);
+      gv[c] = i < H / 8 ? reinterpret_cast<const uint4*>(gate)[i] : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&xv[c]);
+      const __nv_bfloat162* gp = reinterpret_cast<const __nv_bfloat162*>(&gv[c]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 a = __bfloat1622float2(xp[j]), b = __bfloat1622float2(gp[j]);
+        dot += a.x * b.x + a.y * b.y;
+      }
+    }
+  }
+  return 1.f / (1.f + expf(-cuda_utils::warp_sum(dot)));
+}
+
 // One warp per token: softmax over E logits, k rounds of warp argmax (lower expert id on ties),
 // renormalisation. Lane l owns experts l, l+32, ... (at most 32 of them: E <= 1024). A NaN logit
 // counts as -inf (see cpu::moe_route): comparisons stay a total order, so every lane agrees on each
-// round's expert and the k ids are distinct whatever the router produced.
+// round's expert and the k ids are distinct whatever the router produced. Token t's pairs are
+// topk_ids / topk_weights [t·slots, t·slots + k) (slots = k, or k + 1 with the shared expert as one
+// more pair). Then the extras (see RouteExtras).
+constexpr int kMaxLogitsPerLane = 32;  // E <= 1024
 __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob,
-                             int32_t* topk_ids, float* topk_weights) {
+                             int32_t* topk_ids, float* topk_weights, RouteExtras extras) {
   const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
-  if (t >= T) return;
-  const float* row = logits + t * E;
-  const auto logit = [&](int64_t e) { return isnan(row[e]) ? -INFINITY : row[e]; };
-  float mx = -INFINITY;
-  for (int64_t e = lane; e < E; e += 32) mx = fmaxf(mx, logit(e));
-  for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
-  float sum = 0.f;
-  for (int64_t e = lane; e < E; e += 32) sum += expf(logit(e) - mx);
-  sum = cuda_utils::warp_sum(sum);
-
-  uint32_t taken = 0;  // bit i: expert lane + 32·i already chosen
-  float picked_sum = 0.f;
-  for (int64_t j = 0; j < k; ++j) {
-    float best = -INFINITY;
-    int32_t best_e = INT32_MAX;
-    for (int64_t i = 0; lane + 32 * i < E; ++i) {
+  const int64_t slots = k + (extras.shared_expert >= 0 ? 1 : 0);
+  if (t < T) {
+    // The lane's logits in registers, loaded at once (the loops below are unrolled over them).
+    float logit[kMaxLogitsPerLane];
+#pragma unroll
+    for (int i = 0; i < kMaxLogitsPerLane; ++i) {
       const int64_t e = lane + 32 * i;
-      if (!(taken >> i & 1u) && (logit(e) > best || best_e == INT32_MAX)) {
-        best = logit(e);
-        best_e = int32_t(e);
+      const float l = e < E ? logits[t * E + e] : -INFINITY;
+      logit[i] = isnan(l) ? -INFINITY : l;
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kMaxLogitsPerLane; ++i) mx = fmaxf(mx, logit[i]);
+    for (int offset = 16; offset > 0; offset >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxLogitsPerLane; ++i) {
+      if (lane + 32 * i < E) sum += expf(logit[i] - mx);
+    }
+    sum = cuda_utils::warp_sum(sum);
+
+    uint32_t taken = 0;  // bit i: expert lane + 32·i already chosen
+    float picked_sum = 0.f;
+    int32_t my_expert = 0;  // lane j < k: pick j and its weight, stored once at the end
+    float my_weight = 0.f;
+    for (int64_t j = 0; j < k; ++j) {
+      float best = -INFINITY;
+      int32_t best_e = INT32_MAX;
+#pragma unroll
+      for (int i = 0; i < kMaxLogitsPerLane; ++i) {
+        const int64_t e = lane + 32 * i;
+        if (e < E && !(taken >> i & 1u) && (logit[i] > best || best_e == INT32_MAX)) {
+          best = logit[i];
+          best_e = int32_t(e);
+        }
+      }
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+        const int32_t other_e = __shfl_xor_sync(0xffffffffu, best_e, offset);
+        if (other > best || (other == best && other_e < best_e)) {
+          best = other;
+          best_e = other_e;
+        }
+      }
+      if (best_e % 32 == lane) taken |= 1u << (best_e / 32);
+      const float w = expf(best - mx) / sum;
+      picked_sum += w;
+      if (lane == j) {
+        my_expert = best_e;
+        my_weight = w;
       }
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-      const int32_t other_e = __shfl_xor_sync(0xffffffffu, best_e, offset);
-      if (other > best || (other == best && other_e < best_e)) {
-        best = other;
-        best_e = other_e;
+    if (lane < k) {
+      topk_ids[t * slots + lane] = my_expert;
+      topk_weights[t * slots + lane] = norm_topk_prob ? my_weight / picked_sum : my_weight;
+    }
+    if (extras.shared_gate) {
+      const float gate = shared_expert_gate(extras.x + t * extras.H, extras.shared_gate, extras.H, lane);
+      if (lane == 0 && extras.shared_expert >= 0) {
+        topk_ids[t * slots + k] = extras.shared_expert;
+        topk_weights[t * slots + k] = gate;
+      } else if (lane == 0) {
+        extras.shared_scale[t] = gate;
       }
     }
-    if (best_e % 32 == lane) taken |= 1u << (best_e / 32);
-    const float w = expf(best - mx) / sum;
-    picked_sum += w;
-    if (lane == 0) {
-      topk_ids[t * k + j] = best_e;
-      topk_weights[t * k + j] = w;
-    }
   }
-  if (norm_topk_prob && lane == 0) {
-    for (int64_t j = 0; j < k; ++j) topk_weights[t * k + j] /= picked_sum;
-  }
+  if (!extras.done_blocks) return;
+  // The pairs of every block are written: the last block to get here sorts them.
+  __threadfence();
+  __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) last = atomicAdd(extras.done_blocks, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  extern __shared__ int32_t cursor[];
+  sort_by_expert(topk_ids, T * slots, slots, E + (extras.shared_expert >= 0 ? 1 : 0), extras.sort, cursor);
+  if (threadIdx.x == 0) *extras.done_blocks = 0;
 }
 
-// Counting sort of the T·k (token, slot) pairs by expert, in one block. Writes
-// sorted_pairs[position] = pair, position_of[pair] = position, and for the grouped GEMMs
-// row_offsets [E+1] (expert e owns sorted rows [row_offsets[e], row_offsets[e+1])), tile_offsets
-// [E+1] (prefix sums of ceil(count / 64)) and active_experts [slots] (the experts with rows,
-// ascending, then -1).
-__global__ void sort_by_expert_kernel(const int32_t* topk_ids, int64_t pairs, int64_t E, int32_t* row_offsets,
-                                      int32_t* tile_offsets, int32_t* active_experts, int64_t slots,
-                                      int32_t* sorted_pairs, int32_t* position_of) {
-  extern __shared__ int32_t cursor[];  // [E]
-  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) cursor[e] = 0;
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) atomicAdd(&cursor[topk_ids[i]], 1);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t offset = 0, tiles = 0;
-    int64_t active = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int32_t n = cursor[e];
-      row_offsets[e] = offset;
-      tile_offsets[e] = tiles;
-      cursor[e] = offset;
-      offset += n;
-      tiles += (n + gemm_tile::kBM - 1) / gemm_tile::kBM;
-      if (n > 0) active_experts[active++] = int32_t(e);
-    }
-    row_offsets[E] = offset;
-    tile_offsets[E] = tiles;
-    for (; active < slots; ++active) active_experts[active] = -1;
-  }
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
-    const int32_t pos = atomicAdd(&cursor[topk_ids[i]], 1);
-    sorted_pairs[pos] = int32_t(i);
-    position_of[i] = pos;
-  }
+void launch_route(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* topk_ids,
+                  float* topk_weights, const RouteExtras& extras, cudaStream_t stream) {
+  const size_t smem = extras.done_blocks ? sizeof(int32_t) * size_t(E + 1) : 0;
+  route_kernel<<<unsigned((T * 32 + kRouteThreads - 1) / kRouteThreads), kRouteThreads, smem, stream>>>(
+      logits, T, E, k, norm_topk_prob, topk_ids, topk_weights, extras);
+  check_launch("cuda::moe_route");
 }
 
-// x_sorted[pos] = x[sorted_pairs[pos] / k], one block per position, 16-byte pieces (H % 8 == 0).
-__global__ void gather_kernel(const __nv_bfloat16* x, int64_t H, int64_t k, const int32_t* sorted_pairs,
+// x_sorted[pos] = x[sorted_tokens[pos]], one block per position, 16-byte pieces (H % 8 == 0).
+__global__ void gather_kernel(const __nv_bfloat16* x, int64_t H, const int32_t* sorted_tokens,
                               __nv_bfloat16* x_sorted) {
   const int64_t pos = blockIdx.x;
-  const int64_t t = sorted_pairs[pos] / k;
+  const int64_t t = sorted_tokens[pos];
   const uint4* src = reinterpret_cast<const uint4*>(x + t * H);
   uint4* dst = reinterpret_cast<uint4*>(x_sorted + pos * H);
   for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) dst[i] = src[i];
 }
 
 // All experts' GEMMs y_e = x_e·W_eᵀ in one launch: blockIdx.y walks the row tiles of all
-// experts (tile_offsets), blockIdx.x the 64-column tiles of N. Surplus blocks exit at once.
+// experts (tile_offsets), blockIdx.x the 64-column tiles of N. Surplus blocks exit at once. Expert
+// shared_expert (if >= 0) multiplies by shared_w instead (the shared expert as one more expert).
 template <typename WeightT>
 __global__ void __launch_bounds__(gemm_tile::kThreads)
     grouped_gemm_kernel(const __nv_bfloat16* x, const WeightT* w, const float* scale, __nv_bfloat16* y, int64_t N,
-                        int64_t K, const int32_t* row_offsets, const int32_t* tile_offsets, int64_t E) {
+                        int64_t K, const int32_t* row_offsets, const int32_t* tile_offsets, int64_t experts,
+                        int64_t shared_expert, const WeightT* shared_w, const float* shared_scale) {
   __shared__ gemm_tile::SharedTiles sh;
   const int64_t tile = blockIdx.y;
-  if (tile >= tile_offsets[E]) return;
-  const int64_t e = cuda_utils::find_sequence(tile_offsets, E, tile);
+  if (tile >= tile_offsets[experts]) return;
+  const int64_t e = cuda_utils::find_sequence(tile_offsets, experts, tile);
   const int64_t row0 = row_offsets[e], rows = row_offsets[e + 1] - row0;
   const int64_t scales_per_expert =
       ((N + kFp8BlockSize - 1) / kFp8BlockSize) * ((K + kFp8BlockSize - 1) / kFp8BlockSize);
-  gemm_tile::compute_tile(x + row0 * K, K, w + e * N * K, scale ? scale + e * scales_per_expert : nullptr, y + row0 * N,
-                          N, rows, N, K, (tile - tile_offsets[e]) * gemm_tile::kBM,
-                          int64_t(blockIdx.x) * gemm_tile::kBN, 0.f, sh);
+  const bool shared = e == shared_expert;
+  const WeightT* w_e = shared ? shared_w : w + e * N * K;
+  const float* scale_e = scale ? (shared ? shared_scale : scale + e * scales_per_expert) : nullptr;
+  gemm_tile::compute_tile(x + row0 * K, K, w_e, scale_e, y + row0 * N, N, rows, N, K,
+                          (tile - tile_offsets[e]) * gemm_tile::kBM, int64_t(blockIdx.x) * gemm_tile::kBN, 0.f, sh);
 }
 
-// out[t] = Σ_j w[t][j] · y_sorted[position_of[t·k + j]] + sigmoid(shared_logit[t]) · shared_out[t].
+// out[t] = shared_scale[t] · shared_out[t] (where the shared expert ran on its own) +
+// Σ_{j < slots} w[t][j] · y_sorted[position_of[t·slots + j]]. One block per token, the token's
+// positions and weights read once into shared memory, a thread per 8 consecutive h (H % 8 == 0):
+// its slots' rows are independent 16-byte loads, so the block waits for memory about once.
+constexpr int kMaxSlots = 33;  // top-k <= 32, and the shared expert
 __global__ void combine_kernel(const __nv_bfloat16* y_sorted, const int32_t* position_of, const float* topk_weights,
-                               int64_t k, int64_t H, const __nv_bfloat16* shared_out, const float* shared_logit,
+                               int64_t slots, int64_t H, const __nv_bfloat16* shared_out, const float* shared_scale,
                                __nv_bfloat16* out) {
+  __shared__ int32_t position[kMaxSlots];
+  __shared__ float weight[kMaxSlots];
   const int64_t t = blockIdx.x;
-  const float shared_scale = shared_out ? 1.f / (1.f + expf(-shared_logit[t])) : 0.f;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    float acc = shared_out ? shared_scale * __bfloat162float(shared_out[t * H + h]) : 0.f;
-    for (int64_t j = 0; j < k; ++j) {
-      acc += topk_weights[t * k + j] * __bfloat162float(y_sorted[int64_t(position_of[t * k + j]) * H + h]);
+  if (threadIdx.x < slots) {
+    position[threadIdx.x] = position_of[t * slots + threadIdx.x];
+    weight[threadIdx.x] = topk_weights[t * slots + threadIdx.x];
+  }
+  __syncthreads();
+  const float gate = shared_out ? shared_scale[t] : 0.f;
+  for (int64_t h8 = threadIdx.x; h8 < H / 8; h8 += blockDim.x) {
+    float acc[8] = {};
+    if (shared_out) {
+      const uint4 v = reinterpret_cast<const uint4*>(shared_out + t * H)[h8];
+      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] = gate * __bfloat162float(e[i]);
     }
-    out[t * H + h] = __float2bfloat16(acc);
+    for (int64_t j = 0; j < slots; ++j) {
+      const uint4 v = reinterpret_cast<const uint4*>(y_sorted + int64_t(position[j]) * H)[h8];
+      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] += weight[j] * __bfloat162float(e[i]);
+    }
+    uint4 packed;
+    __nv_bfloat16* o = reinterpret_cast<__nv_bfloat16*>(&packed);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = __float2bfloat16(acc[i]);
+    reinterpret_cast<uint4*>(out + t * H)[h8] = packed;
   }
 }
 
@@ -173,48 +323,75 @@ struct Carver {
   }
 };
 
+// Where the shared expert runs: as expert E of the grouped GEMMs where its intermediate size is the
+// experts' (the published Qwen3.5 MoE and Qwen3-Next models: one pair more per token, and no
+// launches of its own), else on its own beside them.
+bool shared_as_expert(const MoeDims& d) {
+  return d.shared_intermediate > 0 && d.shared_intermediate == d.expert_intermediate;
+}
+
+// A forward pass's pairs: `slots` per token (k, and the shared expert's), over `experts` experts.
+struct Routing {
+  int64_t T, slots, experts, pairs;
+  int32_t shared_expert;  // -1: the shared expert runs on its own (or there is none)
+  explicit Routing(const MoeDims& d, int64_t tokens)
+      : T(tokens),
+        slots(d.top_k + (shared_as_expert(d) ? 1 : 0)),
+        experts(d.num_experts + (shared_as_expert(d) ? 1 : 0)),
+        pairs(tokens * slots),
+        shared_expert(shared_as_expert(d) ? int32_t(d.num_experts) : -1) {}
+  int64_t active_slots() const { return std::min(experts, pairs); }
+};
+
 struct Buffers {
   float* logits;
   int32_t* topk_ids;
   float* topk_weights;
   int32_t* row_offsets;
   int32_t* tile_offsets;
-  int32_t* active_experts;  // [min(E, max_tokens·k)]
-  int32_t* sorted_pairs;
+  int32_t* active_experts;
+  int32_t* sorted_tokens;
   int32_t* position_of;
+  unsigned* done_blocks;  // the routing kernel's block count (zeroed at allocation, back to 0 after each pass)
   bf16* x_sorted;
   bf16* hidden;
   bf16* act;
   bf16* y_sorted;
+  // The shared expert on its own:
   bf16* shared_hidden;
   bf16* shared_act;
   bf16* shared_out;
-  float* shared_logit;
+  float* shared_scale;     // its gate per token
   Fp8Rows shared_act_fp8;  // shared_act quantized (batches up to kFp8RowsMaxTokens tokens)
 };
 
 Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
-  const size_t M = size_t(max_tokens), P = size_t(max_tokens * d.top_k), H = size_t(d.hidden);
-  const size_t Ie = size_t(d.expert_intermediate), Is = size_t(d.shared_intermediate), E = size_t(d.num_experts);
+  const Routing most(d, max_tokens);
+  const size_t M = size_t(max_tokens), P = size_t(most.pairs), H = size_t(d.hidden);
+  const size_t Ie = size_t(d.expert_intermediate), E = size_t(d.num_experts), experts = size_t(most.experts);
+  const size_t Is = shared_as_expert(d) ? 0 : size_t(d.shared_intermediate);  // on its own
   Buffers b;
   b.logits = c.take<float>(M * E);
   b.topk_ids = c.take<int32_t>(P);
   b.topk_weights = c.take<float>(P);
-  b.row_offsets = c.take<int32_t>(E + 1);
-  b.tile_offsets = c.take<int32_t>(E + 1);
-  b.active_experts = c.take<int32_t>(std::min(E, P));
-  b.sorted_pairs = c.take<int32_t>(P);
+  b.row_offsets = c.take<int32_t>(experts + 1);
+  b.tile_offsets = c.take<int32_t>(experts + 1);
+  b.active_experts = c.take<int32_t>(size_t(most.active_slots()));
+  b.sorted_tokens = c.take<int32_t>(P);
   b.position_of = c.take<int32_t>(P);
+  b.done_blocks = c.take<unsigned>(1);
   b.x_sorted = c.take<bf16>(P * H);
   b.hidden = c.take<bf16>(P * 2 * Ie);
   b.act = c.take<bf16>(P * Ie);
   b.y_sorted = c.take<bf16>(P * H);
   b.shared_hidden = c.take<bf16>(M * 2 * Is);
   b.shared_act = c.take<bf16>(M * Is);
-  b.shared_out = c.take<bf16>(M * H);
-  b.shared_logit = c.take<float>(M);
+  b.shared_out = c.take<bf16>(M * H * (Is > 0));
+  b.shared_scale = c.take<float>(M);
   const size_t R = std::min<size_t>(M, kFp8RowsMaxTokens);
-  if (Is % kFp8BlockSize == 0) b.shared_act_fp8 = {c.take<uint8_t>(R * Is), c.take<float>(R * Is / kFp8BlockSize)};
+  b.shared_act_fp8 = {};
+  if (Is > 0 && Is % kFp8BlockSize == 0)
+    b.shared_act_fp8 = {c.take<uint8_t>(R * Is), c.take<float>(R * Is / kFp8BlockSize)};
   return b;
 }
 
@@ -224,10 +401,7 @@ void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_
                int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
   validate_moe_dims(MoeDims{1, num_experts, top_k, 1, 0, norm_topk_prob});
   if (T <= 0) return;
-  const int threads = 256;
-  route_kernel<<<unsigned((T * 32 + threads - 1) / threads), threads, 0, stream>>>(
-      logits, T, num_experts, top_k, norm_topk_prob, topk_ids, topk_weights);
-  check_launch("cuda::moe_route");
+  launch_route(logits, T, num_experts, top_k, norm_topk_prob, topk_ids, topk_weights, RouteExtras{}, stream);
 }
 
 namespace {
@@ -251,42 +425,73 @@ void dense_gemm(GemmRunner& gemm, const bf16* x, int64_t ldx, const uint8_t* w, 
   gemm.gemm_fp8(x, ldx, w, scale, y, ldy, T, N, K, 0.f, stream, Fp8Path::kAuto, x_fp8);
 }
 
-// All experts' GEMMs in one launch: for T <= kMaxSkinnyTokens (so as many rows per expert at most)
-// the weight-streaming kernel over the experts hit (each expert's weights read once), else the
-// tile kernel.
+// One of the experts' projections (gate_up or down): the experts' matrices [E, N, K] and the
+// shared expert's [N, K] (used where it runs as expert E), with their block scales for FP8.
 template <typename WeightT>
-void grouped_gemm(const Buffers& b, const bf16* x, const WeightT* w, const float* scale, bf16* y, int64_t N, int64_t K,
-                  int64_t T, int64_t pairs, int64_t E, cudaStream_t stream) {
-  if (T <= kMaxSkinnyTokens && grouped_skinny_supports(T, K, K, x, w)) {
-    grouped_skinny_gemm(x, K, w, scale, y, N, T, N, K, b.active_experts, std::min(E, pairs), b.row_offsets, stream);
+struct ExpertMatrices {
+  const WeightT* experts;
+  const float* experts_scale;
+  const WeightT* shared;
+  const float* shared_scale;
+};
+
+// Whether the experts' GEMMs of T tokens run on the weight-streaming kernel: T <= kMaxSkinnyTokens
+// (so as many rows per expert at most) and operands it takes.
+bool grouped_skinny(int64_t T, int64_t K, const void* x, const void* w) {
+  return T <= kMaxSkinnyTokens && grouped_skinny_supports(T, K, K, x, w);
+}
+
+// All experts' GEMMs in one launch: the weight-streaming kernel over the experts hit (each expert's
+// weights read once; x_rows, if given, picks each sorted row's x row: the gather folded into its
+// loads), else the tile kernel (x already sorted: no x_rows).
+template <typename WeightT>
+void grouped_gemm(const Buffers& b, const Routing& r, const bf16* x, const int32_t* x_rows,
+                  const ExpertMatrices<WeightT>& m, bf16* y, int64_t N, int64_t K, cudaStream_t stream) {
+  if (grouped_skinny(r.T, K, x, m.experts)) {
+    const ExpertGroups groups{b.active_experts, r.active_slots(), b.row_offsets, x_rows,
+                              r.shared_expert,  m.shared,         m.shared_scale};
+    grouped_skinny_gemm(x, K, m.experts, m.experts_scale, y, N, r.T, N, K, groups, stream);
     return;
   }
+  if (x_rows) throw std::logic_error("MoeRunner: the tile kernel reads sorted x rows");
   using StoredT = std::conditional_t<sizeof(WeightT) == 1, uint8_t, __nv_bfloat16>;
-  const int64_t max_tiles = (pairs + gemm_tile::kBM - 1) / gemm_tile::kBM + std::min(E, pairs);
+  const int64_t max_tiles = (r.pairs + gemm_tile::kBM - 1) / gemm_tile::kBM + r.active_slots();
   const dim3 grid(unsigned((N + gemm_tile::kBN - 1) / gemm_tile::kBN), unsigned(max_tiles));
   grouped_gemm_kernel<StoredT><<<grid, gemm_tile::kThreads, 0, stream>>>(
-      as_nv(x), reinterpret_cast<const StoredT*>(w), scale, as_nv(y), N, K, b.row_offsets, b.tile_offsets, E);
+      as_nv(x), reinterpret_cast<const StoredT*>(m.experts), m.experts_scale, as_nv(y), N, K, b.row_offsets,
+      b.tile_offsets, r.experts, r.shared_expert, reinterpret_cast<const StoredT*>(m.shared), m.shared_scale);
   check_launch("MoeRunner grouped GEMM");
 }
 
+// Router GEMM -> routing (top-k, the shared expert's gate, the sort by expert) -> the experts'
+// gate_up (x rows gathered by the skinny kernel's loads, or by a gather launch for the tile kernel)
+// -> SiLU-mul -> down -> (the shared expert where it runs on its own) -> combine.
 template <typename WeightT>
 void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const bf16* x, int64_t T,
                  const ExpertWeights<WeightT>& w, bf16* out, cudaStream_t stream, const Fp8Rows* x_fp8 = nullptr) {
   const int64_t H = dims.hidden, E = dims.num_experts, k = dims.top_k, Ie = dims.expert_intermediate,
-                Is = dims.shared_intermediate, pairs = T * k;
+                Is = dims.shared_intermediate;
+  const Routing r(dims, T);
   gemm.gemm(x, H, w.router, b.logits, E, T, E, H, 0.f, stream);
-  moe_route(b.logits, T, E, k, dims.norm_topk_prob, b.topk_ids, b.topk_weights, stream);
-  sort_by_expert_kernel<<<1, 1024, sizeof(int32_t) * size_t(E), stream>>>(
-      b.topk_ids, pairs, E, b.row_offsets, b.tile_offsets, b.active_experts, std::min(E, pairs), b.sorted_pairs,
-      b.position_of);
-  check_launch("MoeRunner sort_by_expert");
-  gather_kernel<<<unsigned(pairs), 128, 0, stream>>>(as_nv(x), H, k, b.sorted_pairs, as_nv(b.x_sorted));
-  check_launch("MoeRunner gather");
-  grouped_gemm(b, b.x_sorted, w.gate_up, w.gate_up_scale, b.hidden, 2 * Ie, H, T, pairs, E, stream);
-  silu_and_mul(b.hidden, 2 * Ie, b.act, Ie, pairs, Ie, stream);
-  grouped_gemm(b, b.act, w.down, w.down_scale, b.y_sorted, H, Ie, T, pairs, E, stream);
-  const bool has_shared = Is > 0;
-  if (has_shared) {
+  RouteExtras extras;
+  if (Is > 0) extras = RouteExtras{as_nv(x), as_nv(w.shared_gate), H, r.shared_expert, b.shared_scale};
+  extras.done_blocks = b.done_blocks;
+  extras.sort = {b.row_offsets, b.tile_offsets, b.active_experts, r.active_slots(), b.sorted_tokens, b.position_of};
+  launch_route(b.logits, T, E, k, dims.norm_topk_prob, b.topk_ids, b.topk_weights, extras, stream);
+
+  const ExpertMatrices<WeightT> gate_up{w.gate_up, w.gate_up_scale, w.shared_gate_up, w.shared_gate_up_scale};
+  const ExpertMatrices<WeightT> down{w.down, w.down_scale, w.shared_down, w.shared_down_scale};
+  if (grouped_skinny(T, H, x, w.gate_up)) {
+    grouped_gemm(b, r, x, b.sorted_tokens, gate_up, b.hidden, 2 * Ie, H, stream);
+  } else {
+    gather_kernel<<<unsigned(r.pairs), 128, 0, stream>>>(as_nv(x), H, b.sorted_tokens, as_nv(b.x_sorted));
+    check_launch("MoeRunner gather");
+    grouped_gemm(b, r, b.x_sorted, nullptr, gate_up, b.hidden, 2 * Ie, H, stream);
+  }
+  silu_and_mul(b.hidden, 2 * Ie, b.act, Ie, r.pairs, Ie, stream);
+  grouped_gemm(b, r, b.act, nullptr, down, b.y_sorted, H, Ie, stream);
+  const bool shared_on_its_own = Is > 0 && r.shared_expert < 0;
+  if (shared_on_its_own) {
     // Batches a W8A8 skinny GEMM may take hand the FP8 shared expert its activations quantized: x
     // from the caller (x_fp8), the SiLU-mul output written beside it, so neither GEMM quantizes.
     // (Paths other than the W8A8 skinny kernel ignore the rows.)
@@ -297,10 +502,9 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
                x_fp8);
     silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream, act_fp8);
     dense_gemm(gemm, b.shared_act, Is, w.shared_down, w.shared_down_scale, b.shared_out, H, T, H, Is, stream, act_fp8);
-    gemm.gemm(x, H, w.shared_gate, b.shared_logit, 1, T, 1, H, 0.f, stream);
   }
-  combine_kernel<<<unsigned(T), 256, 0, stream>>>(as_nv(b.y_sorted), b.position_of, b.topk_weights, k, H,
-                                                  has_shared ? as_nv(b.shared_out) : nullptr, b.shared_logit,
+  combine_kernel<<<unsigned(T), 256, 0, stream>>>(as_nv(b.y_sorted), b.position_of, b.topk_weights, r.slots, H,
+                                                  shared_on_its_own ? as_nv(b.shared_out) : nullptr, b.shared_scale,
                                                   as_nv(out));
   check_launch("MoeRunner combine");
 }
@@ -325,6 +529,7 @@ MoeRunner::MoeRunner(const MoeDims& dims, int64_t max_tokens) : dims_(dims), max
   carve(sizing, dims_, max_tokens_);
   scratch_bytes_ = sizing.used;
   check_cuda(cudaMalloc(&scratch_, scratch_bytes_), "cudaMalloc scratch");
+  check_cuda(cudaMemset(scratch_, 0, scratch_bytes_), "cudaMemset scratch");  // the routing kernel's block count
 }
 
 MoeRunner::~MoeRunner() { cudaFree(scratch_); }

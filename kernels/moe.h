@@ -78,12 +78,16 @@ void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_
                int32_t* topk_ids, float* topk_weights, cudaStream_t stream);
 
 // Owns the scratch of the MoE block for up to max_tokens tokens (allocated in the constructor).
-// forward(): router GEMM (cuBLASLt, fp32 logits) -> moe_route -> counting sort of the (token, slot)
-// pairs by expert, with per-expert row and tile offsets, on device -> gather x rows -> ONE grouped
-// GEMM launch for all experts' gate_up (each block finds its expert from the tile offsets;
-// kernels/gemm_tile.cuh) -> silu_and_mul -> one grouped launch for down -> shared expert GEMMs ->
-// one combine kernel (routing weights, sigmoid shared gate). No host synchronisation: the launch
-// geometry depends only on T, so it is asynchronous and CUDA-graph capturable.
+// forward(): router GEMM (fp32 logits) -> one routing kernel (top-k; the shared expert's gate as a
+// warp dot product; its last block sorts the (token, slot) pairs by expert, with per-expert row and
+// tile offsets) -> ONE grouped GEMM launch for all experts' gate_up -> silu_and_mul -> one grouped
+// launch for down -> one combine kernel (routing weights, sigmoid shared gate). Where the shared
+// expert's intermediate size is the experts' (the published models), it runs as expert E of the
+// grouped launches (one more pair per token, weighted by its gate, not renormalised); otherwise
+// its GEMMs and SiLU-mul run on their own before the combine. For T <= 32 the grouped GEMMs are
+// the weight-streaming kernel, which reads gate_up's x rows through the sort's token index; larger
+// batches gather x first for the tile kernel. No host synchronisation: the launch geometry depends
+// only on T, so it is asynchronous and CUDA-graph capturable.
 class MoeRunner {
  public:
   MoeRunner(const MoeDims& dims, int64_t max_tokens);
@@ -96,8 +100,9 @@ class MoeRunner {
                cudaStream_t stream);
   // Block-FP8 experts and shared expert (BF16 activations, fp32 accumulation, exact weight scales).
   // x_fp8 (optional, T <= kFp8RowsMaxTokens): x already quantized (Fp8Rows), which the shared
-  // expert's W8A8 gate_up reads instead of quantizing x. Independently of it, for such T (and
-  // W8A8 numerics) the shared SiLU-mul writes its output quantized for the down GEMM.
+  // expert's W8A8 gate_up reads instead of quantizing x where it runs on its own. Independently of
+  // it, for such T (and W8A8 numerics) its SiLU-mul writes its output quantized for the down GEMM.
+  // As one more expert it runs W8A16 like the routed experts.
   void forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeFp8Weights& weights, bf16* out, cudaStream_t stream,
                const Fp8Rows* x_fp8 = nullptr);
 

@@ -105,17 +105,23 @@ void expect_block_matches(cuda::MoeRunner& runner, cuda::GemmRunner& gemm, const
   EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
 }
 
+// The shared expert on its own (intermediate 192) and as one more expert of the grouped GEMMs (128,
+// the experts' size).
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
-  const MoeDims dims{256, 16, 4, 128, 192, true};
-  const Bf16MoeBlock block(dims);
-  const DeviceMoeBlock device(block);
-  cuda::GemmRunner gemm;
-  cuda::MoeRunner runner(dims, 128);
-  for (int64_t T : {1, 32, 37, 100}) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
-    SCOPED_TRACE("T=" + std::to_string(T));
-    expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(10 + T)), T);
+  for (int64_t shared_intermediate : {192, 128}) {
+    const MoeDims dims{256, 16, 4, 128, shared_intermediate, true};
+    SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate));
+    const Bf16MoeBlock block(dims);
+    const DeviceMoeBlock device(block);
+    cuda::GemmRunner gemm;
+    cuda::MoeRunner runner(dims, 128);
+    for (int64_t T : {1, 32, 37, 100}) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
+      SCOPED_TRACE("T=" + std::to_string(T));
+      expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(10 + T)),
+                           T);
+    }
+    EXPECT_THROW(runner.forward(gemm, nullptr, 129, device.weights(), nullptr, nullptr), std::invalid_argument);
   }
-  EXPECT_THROW(runner.forward(gemm, nullptr, 129, device.weights(), nullptr, nullptr), std::invalid_argument);
 }
 
 // The published expert count (256, top 8) with every token's first choice the same expert: that
@@ -162,8 +168,7 @@ TEST(GpuMoeRunner, OneExpertTakingEveryTokenMatchesReference) {
 
 // Block-FP8 experts and shared expert: the reference runs on the dequantized weights; with x also
 // handed in quantized, the same output bits.
-TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
-  const MoeDims dims{256, 8, 2, 128, 256, true};
+void expect_fp8_block_matches(const MoeDims& dims) {
   const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
   std::mt19937 rng(20);
   auto random_fp8 = [&](size_t n) {
@@ -229,6 +234,14 @@ TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
     DeviceBuffer<bf16> dout_rows(size_t(T * H));
     runner.forward(gemm, dx.get(), T, gpu_w, dout_rows.get(), nullptr, &x_fp8);
     EXPECT_TRUE(all_close(to_float(dout_rows.download()), to_float(out), 0.f, 0.f));
+  }
+}
+
+// The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size).
+TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
+  for (int64_t shared_intermediate : {256, 128}) {
+    SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate));
+    expect_fp8_block_matches(MoeDims{256, 8, 2, 128, shared_intermediate, true});
   }
 }
 
