@@ -10,14 +10,19 @@
 // follows for all 32 steps (it prints that forward's error: 1.41e-2 to 1.90e-2 on these fixtures). Every fixture must
 // also be batch-invariant (mixed batch == alone) on CUDA.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "tests/unit/worker/model_fixture_util.h"
 #include "weights/checkpoint.h"
+#include "weights/safetensors.h"
 #include "worker/communicator.h"
 #include "worker/model/qwen3_5.h"
 #include "worker/model/step_inputs.h"
@@ -244,6 +249,71 @@ TEST_P(CudaModelFixtureTest, CudaGraphDecodeEqualsEagerDecode) {
                 eager_logits[s].size(), worst);
     EXPECT_LT(worst, kBatchInvarianceTolerance) << "sequence " << s;
   }
+}
+
+// The MoE fixture as a checkpoint whose shared expert keeps its first `size` intermediate channels
+// (gate and up rows, down columns) and whose config says so, written to `dir`.
+void write_moe_fixture_with_shared_size(const std::filesystem::path& dir, int64_t size) {
+  const std::filesystem::path source = fixture_dir("qwen3_5_moe");
+  std::filesystem::create_directories(dir);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(source / "config.json"));
+  config["shared_expert_intermediate_size"] = size;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const weights::SafetensorsFile file((source / "model.safetensors").string());
+  std::vector<std::vector<std::byte>> cut;  // the cut tensors' bytes, alive until written
+  cut.reserve(file.tensors().size());
+  std::vector<weights::TensorToWrite> tensors;
+  for (const weights::TensorView& view : file.tensors()) {
+    weights::TensorToWrite t{view.name, view.dtype, view.shape, view.bytes};
+    const bool gate_or_up = view.name.find("shared_expert.gate_proj") != std::string::npos ||
+                            view.name.find("shared_expert.up_proj") != std::string::npos;
+    const bool down = view.name.find("shared_expert.down_proj") != std::string::npos;
+    if (gate_or_up || down) {
+      const int64_t rows = view.shape[0], cols = view.shape[1], elem = int64_t(view.bytes.size()) / (rows * cols);
+      const int64_t keep_rows = gate_or_up ? size : rows, keep_cols = down ? size : cols;
+      auto& bytes = cut.emplace_back(size_t(keep_rows * keep_cols * elem));
+      for (int64_t r = 0; r < keep_rows; ++r) {
+        std::memcpy(bytes.data() + r * keep_cols * elem, view.bytes.data() + r * cols * elem, size_t(keep_cols * elem));
+      }
+      t.shape = {keep_rows, keep_cols};
+      t.data = bytes;
+    }
+    tensors.push_back(t);
+  }
+  weights::write_safetensors((dir / "model.safetensors").string(), tensors);
+}
+
+// With the shared expert as large as the routed ones (as in the published MoE models), the CUDA
+// model runs it as one more expert of the grouped GEMMs; the fixture's is larger (48 vs 32), so
+// this cuts it to 32 and holds the CUDA model to the CPU model (fp32, the shared expert on its own,
+// itself held to transformers by the CPU fixture tests) on the same checkpoint: prefill logits at
+// every position of each prompt, within the fixtures' BF16 tolerance.
+TEST(CudaModelSharedExpertAsExpert, MatchesCpuModel) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("ds_shared_as_expert_" + std::to_string(getpid()));
+  write_moe_fixture_with_shared_size(dir, 32);
+  const weights::Checkpoint checkpoint = weights::Checkpoint::open(dir.string());
+  ASSERT_EQ(checkpoint.config().shared_expert_intermediate_size, checkpoint.config().moe_intermediate_size);
+  auto cpu_comm = make_single_rank_communicator(false);
+  auto gpu_comm = make_single_rank_communicator(true);
+  const auto form = weights::GdnProjectionForm::kFused;
+  auto cpu = make_cpu_model(fixture_model_options(checkpoint, form, cpu_comm.get()), &checkpoint, 0);
+  auto gpu = make_cuda_model(fixture_model_options(checkpoint, form, gpu_comm.get()), &checkpoint, 0);
+  cpu->allocate_pools(kNumKvPages, kMaxSeqs + 1);
+  gpu->allocate_pools(kNumKvPages, kMaxSeqs + 1);
+  double worst = 0;
+  for (const Prompt& prompt : read_prompts("qwen3_5_moe")) {
+    const std::vector<float> want = prefill_all_positions(*cpu, prompt.input_ids);
+    const std::vector<float> got = prefill_all_positions(*gpu, prompt.input_ids);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t t = 0; t < prompt.input_ids.size(); ++t) {
+      worst = std::max(
+          worst, relative_error(got.data() + t * prompt.vocab(), want.data() + t * prompt.vocab(), prompt.vocab()));
+    }
+  }
+  std::filesystem::remove_all(dir);
+  std::printf("shared expert as an expert: CUDA vs CPU prefill logits max relative diff %.3e\n", worst);
+  EXPECT_LT(worst, kExpectation.tolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixtureTest,
