@@ -26,6 +26,7 @@ __device__ __forceinline__ __nv_bfloat16 silu_mul(const __nv_bfloat16* x_row, in
 __global__ void silu_and_mul_kernel(const __nv_bfloat16* x, int64_t ldx, __nv_bfloat16* y, int64_t ldy, int64_t T,
                                     int64_t I) {
   cuda_utils::allow_dependent_launch();  // down_proj starts streaming its weights
+  cuda_utils::wait_for_previous_grids();  // launched programmatically: x is the GEMM's before
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= T * I) return;
   const int64_t t = idx / I, i = idx % I;
@@ -37,6 +38,7 @@ __global__ void silu_and_mul_kernel(const __nv_bfloat16* x, int64_t ldx, __nv_bf
 __global__ void silu_and_mul_fp8_kernel(const __nv_bfloat16* x, int64_t ldx, __nv_bfloat16* y, int64_t ldy, int64_t T,
                                         int64_t I, uint8_t* codes, float* scales) {
   cuda_utils::allow_dependent_launch();
+  cuda_utils::wait_for_previous_grids();
   const int64_t groups = I / kFp8BlockSize;
   const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // t · groups + g
   if (item >= T * groups) return;
@@ -99,13 +101,16 @@ void silu_and_mul(const bf16* x, int64_t ldx, bf16* y, int64_t ldy, int64_t T, i
                                 ") and 4-byte aligned codes");
   }
   if (T == 0) return;
+  // Programmatic: the blocks are resident when the GEMM before finishes (the skinny kernel lets
+  // its dependents launch once its weights stream) and start at once.
   if (fp8_out) {
-    silu_and_mul_fp8_kernel<<<grid_dim(T * I / kFp8BlockSize * 32, kThreads), kThreads, 0, stream>>>(
-        as_nv(x), ldx, as_nv(y), ldy, T, I, fp8_out->codes, fp8_out->scales);
+    cuda_utils::launch_programmatic(silu_and_mul_fp8_kernel, dim3(grid_dim(T * I / kFp8BlockSize * 32, kThreads)),
+                                    dim3(kThreads), 0, stream, "cuda::silu_and_mul", as_nv(x), ldx, as_nv(y), ldy, T, I,
+                                    fp8_out->codes, fp8_out->scales);
   } else {
-    silu_and_mul_kernel<<<grid_dim(T * I, kThreads), kThreads, 0, stream>>>(as_nv(x), ldx, as_nv(y), ldy, T, I);
+    cuda_utils::launch_programmatic(silu_and_mul_kernel, dim3(grid_dim(T * I, kThreads)), dim3(kThreads), 0, stream,
+                                    "cuda::silu_and_mul", as_nv(x), ldx, as_nv(y), ldy, T, I);
   }
-  check_launch("cuda::silu_and_mul");
 }
 
 void embedding_lookup(const int32_t* ids, int64_t T, const bf16* table, int64_t vocab_start, int64_t rows, int64_t H,

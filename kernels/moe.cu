@@ -149,6 +149,10 @@ __device__ float shared_expert_gate(const __nv_bfloat16* x, const __nv_bfloat16*
 constexpr int kMaxLogitsPerLane = 32;  // E <= 1024
 __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob,
                              int32_t* topk_ids, float* topk_weights, RouteExtras extras) {
+  // Launched programmatically after the router GEMM; the grouped GEMM after may launch at once (its
+  // blocks wait for this grid to complete before they read the expert lists).
+  cuda_utils::allow_dependent_launch();
+  cuda_utils::wait_for_previous_grids();
   const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   const int64_t slots = k + (extras.shared_expert >= 0 ? 1 : 0);
@@ -234,9 +238,9 @@ __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t 
 void launch_route(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* topk_ids,
                   float* topk_weights, const RouteExtras& extras, cudaStream_t stream) {
   const size_t smem = extras.done_blocks ? sizeof(int32_t) * size_t(E + 1) : 0;
-  route_kernel<<<unsigned((T * 32 + kRouteThreads - 1) / kRouteThreads), kRouteThreads, smem, stream>>>(
-      logits, T, E, k, norm_topk_prob, topk_ids, topk_weights, extras);
-  check_launch("cuda::moe_route");
+  cuda_utils::launch_programmatic(route_kernel, dim3(unsigned((T * 32 + kRouteThreads - 1) / kRouteThreads)),
+                                  dim3(kRouteThreads), smem, stream, "cuda::moe_route", logits, T, E, k, norm_topk_prob,
+                                  topk_ids, topk_weights, extras);
 }
 
 // x_sorted[pos] = x[sorted_tokens[pos]], one block per position, 16-byte pieces (H % 8 == 0).
@@ -281,6 +285,7 @@ __global__ void combine_kernel(const __nv_bfloat16* y_sorted, const int32_t* pos
                                __nv_bfloat16* out) {
   __shared__ int32_t position[kMaxSlots];
   __shared__ float weight[kMaxSlots];
+  cuda_utils::wait_for_previous_grids();  // launched programmatically after the down GEMM
   const int64_t t = blockIdx.x;
   if (threadIdx.x < slots) {
     position[threadIdx.x] = position_of[t * slots + threadIdx.x];
@@ -503,10 +508,9 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
     silu_and_mul(b.shared_hidden, 2 * Is, b.shared_act, Is, T, Is, stream, act_fp8);
     dense_gemm(gemm, b.shared_act, Is, w.shared_down, w.shared_down_scale, b.shared_out, H, T, H, Is, stream, act_fp8);
   }
-  combine_kernel<<<unsigned(T), 256, 0, stream>>>(as_nv(b.y_sorted), b.position_of, b.topk_weights, r.slots, H,
-                                                  shared_on_its_own ? as_nv(b.shared_out) : nullptr, b.shared_scale,
-                                                  as_nv(out));
-  check_launch("MoeRunner combine");
+  cuda_utils::launch_programmatic(combine_kernel, dim3(unsigned(T)), dim3(256), 0, stream, "MoeRunner combine",
+                                  as_nv(b.y_sorted), b.position_of, b.topk_weights, r.slots, H,
+                                  shared_on_its_own ? as_nv(b.shared_out) : nullptr, b.shared_scale, as_nv(out));
 }
 
 void check_tokens(int64_t T, int64_t max_tokens) {
