@@ -358,7 +358,8 @@ namespace {
 
 // 64-row tiles, or with FP8 weights and at most 8 rows per expert 128-row ones where 64-row tiles of
 // every slot would take more than one wave of blocks (one per SM): half as many blocks, each
-// streaming twice as long, in one wave.
+// streaming twice as long (measured on the H100, 35B-A3B experts at T = 1: gate_up 23.8 -> 19.5
+// µs, 144 -> 72 blocks; down 17.0 -> 16.6, 288 -> 144).
 SkinnyTiling grouped_tiling(int64_t max_rows, int64_t N, int64_t slots, bool fp8) {
   int device = 0, sms = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");

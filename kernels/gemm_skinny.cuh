@@ -22,7 +22,8 @@
 // ring are zeroed once).
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
-// before it is still finishing and waits for that kernel only before it reads x. Each row tile is
+// before it is still finishing and waits for that kernel only before it reads x (grouped blocks
+// wait first: the routing kernel before tells them their expert). Each row tile is
 // by default one block over all of K (no split-K) unless there are too few tiles to feed the SMs:
 // measured on the H100, fewer blocks that each stream longer mostly beat split-K, whose fixup
 // lengthens the kernel's tail, and SMs left free start the next GEMM early.

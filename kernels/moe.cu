@@ -68,6 +68,26 @@ struct ExpertExtent {
   }
 };
 
+// f(i, expert of pair i) for the block's share of the pairs (written by other blocks: read from L2),
+// each thread loading 8 ids before it uses any, so that a prefill's tens of thousands of pairs cost
+// one memory latency per 8 rounds.
+template <typename F>
+__device__ void for_pairs(const int32_t* topk_ids, int64_t pairs, F f) {
+  constexpr int kLoads = 8;
+  for (int64_t i0 = threadIdx.x; i0 < pairs; i0 += int64_t(blockDim.x) * kLoads) {
+    int32_t e[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x;
+      e[u] = i < pairs ? __ldcg(&topk_ids[i]) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      if (e[u] >= 0) f(i0 + int64_t(u) * blockDim.x, e[u]);
+    }
+  }
+}
+
 // Counting sort of the pairs (topk_ids [pairs]; pair i is token i / slots_per_token) by expert, by
 // one block of kRouteThreads threads, cursor [experts] in shared memory: count, one block scan of
 // the experts' extents (each thread owning 8 consecutive experts), place. Rows of an expert come in
@@ -78,7 +98,7 @@ __device__ void sort_by_expert(const int32_t* topk_ids, int64_t pairs, int64_t s
   __shared__ typename Scan::TempStorage scan_storage;
   for (int64_t e = threadIdx.x; e < experts; e += blockDim.x) cursor[e] = 0;
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) atomicAdd(&cursor[__ldcg(&topk_ids[i])], 1);
+  for_pairs(topk_ids, pairs, [&](int64_t, int32_t e) { atomicAdd(&cursor[e], 1); });
   __syncthreads();
   const int64_t e0 = int64_t(threadIdx.x) * kSortExpertsPerThread;
   ExpertExtent extents[kSortExpertsPerThread];
@@ -105,11 +125,11 @@ __device__ void sort_by_expert(const int32_t* topk_ids, int64_t pairs, int64_t s
   }
   for (int64_t a = total.active + threadIdx.x; a < out.active_slots; a += blockDim.x) out.active_experts[a] = -1;
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x) {
-    const int32_t pos = atomicAdd(&cursor[__ldcg(&topk_ids[i])], 1);
+  for_pairs(topk_ids, pairs, [&](int64_t i, int32_t e) {
+    const int32_t pos = atomicAdd(&cursor[e], 1);
     out.sorted_tokens[pos] = int32_t(i / slots_per_token);
     out.position_of[i] = pos;
-  }
+  });
 }
 
 // sigmoid(x · gate) over H (a multiple of 8) by one warp.
@@ -149,8 +169,8 @@ __device__ float shared_expert_gate(const __nv_bfloat16* x, const __nv_bfloat16*
 constexpr int kMaxLogitsPerLane = 32;  // E <= 1024
 __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob,
                              int32_t* topk_ids, float* topk_weights, RouteExtras extras) {
-  // Launched programmatically after the router GEMM; the grouped GEMM after may launch at once (its
-  // blocks wait for this grid to complete before they read the expert lists).
+  // Launched programmatically after the router GEMM; a programmatic kernel after (the grouped GEMM)
+  // may launch at once: it waits for this grid to complete before it reads the expert lists.
   cuda_utils::allow_dependent_launch();
   cuda_utils::wait_for_previous_grids();
   const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -222,17 +242,23 @@ __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t 
     }
   }
   if (!extras.done_blocks) return;
-  // The pairs of every block are written: the last block to get here sorts them.
-  __threadfence();
-  __syncthreads();
-  __shared__ bool last;
-  if (threadIdx.x == 0) last = atomicAdd(extras.done_blocks, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  // The pairs of every block are written: the last block to get here sorts them (a lone block, as
+  // in decode steps of up to 8 tokens, skips the device-wide count).
+  const bool alone = gridDim.x == 1;
+  if (alone) {
+    __syncthreads();
+  } else {
+    __threadfence();
+    __syncthreads();
+    __shared__ bool last;
+    if (threadIdx.x == 0) last = atomicAdd(extras.done_blocks, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+  }
   extern __shared__ int32_t cursor[];
   sort_by_expert(topk_ids, T * slots, slots, E + (extras.shared_expert >= 0 ? 1 : 0), extras.sort, cursor);
-  if (threadIdx.x == 0) *extras.done_blocks = 0;
+  if (!alone && threadIdx.x == 0) *extras.done_blocks = 0;
 }
 
 void launch_route(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* topk_ids,
@@ -392,7 +418,7 @@ Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
   b.shared_hidden = c.take<bf16>(M * 2 * Is);
   b.shared_act = c.take<bf16>(M * Is);
   b.shared_out = c.take<bf16>(M * H * (Is > 0));
-  b.shared_scale = c.take<float>(M);
+  b.shared_scale = c.take<float>(M * (Is > 0));
   const size_t R = std::min<size_t>(M, kFp8RowsMaxTokens);
   b.shared_act_fp8 = {};
   if (Is > 0 && Is % kFp8BlockSize == 0)
@@ -441,9 +467,12 @@ struct ExpertMatrices {
 };
 
 // Whether the experts' GEMMs of T tokens run on the weight-streaming kernel: T <= kMaxSkinnyTokens
-// (so as many rows per expert at most) and operands it takes.
-bool grouped_skinny(int64_t T, int64_t K, const void* x, const void* w) {
-  return T <= kMaxSkinnyTokens && grouped_skinny_supports(T, K, K, x, w);
+// (so as many rows per expert at most) and operands it takes (the shared expert's too where it
+// runs as an expert).
+template <typename WeightT>
+bool grouped_skinny(const Routing& r, int64_t K, const void* x, const ExpertMatrices<WeightT>& m) {
+  return r.T <= kMaxSkinnyTokens && grouped_skinny_supports(r.T, K, K, x, m.experts) &&
+         (r.shared_expert < 0 || grouped_skinny_supports(r.T, K, K, x, m.shared));
 }
 
 // All experts' GEMMs in one launch: the weight-streaming kernel over the experts hit (each expert's
@@ -452,7 +481,7 @@ bool grouped_skinny(int64_t T, int64_t K, const void* x, const void* w) {
 template <typename WeightT>
 void grouped_gemm(const Buffers& b, const Routing& r, const bf16* x, const int32_t* x_rows,
                   const ExpertMatrices<WeightT>& m, bf16* y, int64_t N, int64_t K, cudaStream_t stream) {
-  if (grouped_skinny(r.T, K, x, m.experts)) {
+  if (grouped_skinny(r, K, x, m)) {
     const ExpertGroups groups{b.active_experts, r.active_slots(), b.row_offsets, x_rows,
                               r.shared_expert,  m.shared,         m.shared_scale};
     grouped_skinny_gemm(x, K, m.experts, m.experts_scale, y, N, r.T, N, K, groups, stream);
@@ -486,7 +515,7 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
 
   const ExpertMatrices<WeightT> gate_up{w.gate_up, w.gate_up_scale, w.shared_gate_up, w.shared_gate_up_scale};
   const ExpertMatrices<WeightT> down{w.down, w.down_scale, w.shared_down, w.shared_down_scale};
-  if (grouped_skinny(T, H, x, w.gate_up)) {
+  if (grouped_skinny(r, H, x, gate_up)) {
     grouped_gemm(b, r, x, b.sorted_tokens, gate_up, b.hidden, 2 * Ie, H, stream);
   } else {
     gather_kernel<<<unsigned(r.pairs), 128, 0, stream>>>(as_nv(x), H, b.sorted_tokens, as_nv(b.x_sorted));
@@ -513,10 +542,15 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
                                   shared_on_its_own ? as_nv(b.shared_out) : nullptr, b.shared_scale, as_nv(out));
 }
 
-void check_tokens(int64_t T, int64_t max_tokens) {
+// The routing kernel reads x and the shared expert's gate in 16-byte pieces.
+void check_inputs(int64_t T, int64_t max_tokens, const MoeDims& dims, const void* x, const void* shared_gate) {
   if (T < 0 || T > max_tokens) {
     throw std::invalid_argument("MoeRunner::forward: T " + std::to_string(T) + " outside [0, " +
                                 std::to_string(max_tokens) + "]");
+  }
+  if (T > 0 && !cuda_utils::is_aligned(x, 16)) throw std::invalid_argument("MoeRunner::forward: x not 16-byte aligned");
+  if (T > 0 && dims.shared_intermediate > 0 && !(shared_gate && cuda_utils::is_aligned(shared_gate, 16))) {
+    throw std::invalid_argument("MoeRunner::forward: shared_gate missing or not 16-byte aligned");
   }
 }
 
@@ -533,14 +567,18 @@ MoeRunner::MoeRunner(const MoeDims& dims, int64_t max_tokens) : dims_(dims), max
   carve(sizing, dims_, max_tokens_);
   scratch_bytes_ = sizing.used;
   check_cuda(cudaMalloc(&scratch_, scratch_bytes_), "cudaMalloc scratch");
-  check_cuda(cudaMemset(scratch_, 0, scratch_bytes_), "cudaMemset scratch");  // the routing kernel's block count
+  // The routing kernel's block count starts at 0 (and each pass leaves it there); synchronised, as
+  // the forward passes run on streams that do not wait for the legacy default stream.
+  Carver carver{static_cast<char*>(scratch_)};
+  check_cuda(cudaMemset(carve(carver, dims_, max_tokens_).done_blocks, 0, sizeof(unsigned)), "cudaMemset counter");
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 MoeRunner::~MoeRunner() { cudaFree(scratch_); }
 
 void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWeights<bf16>& w, bf16* out,
                         cudaStream_t stream) {
-  check_tokens(T, max_tokens_);
+  check_inputs(T, max_tokens_, dims_, x, w.shared_gate);
   if (T == 0) return;
   Carver carver{static_cast<char*>(scratch_)};
   const ExpertWeights<bf16> ew{w.router,      w.shared_gate, w.experts_gate_up, w.experts_down, w.shared_gate_up,
@@ -550,7 +588,7 @@ void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeWei
 
 void MoeRunner::forward(GemmRunner& gemm, const bf16* x, int64_t T, const MoeFp8Weights& w, bf16* out,
                         cudaStream_t stream, const Fp8Rows* x_fp8) {
-  check_tokens(T, max_tokens_);
+  check_inputs(T, max_tokens_, dims_, x, w.shared_gate);
   if (T == 0) return;
   Carver carver{static_cast<char*>(scratch_)};
   const ExpertWeights<uint8_t> ew{

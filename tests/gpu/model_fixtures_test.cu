@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -289,10 +290,13 @@ void write_moe_fixture_with_shared_size(const std::filesystem::path& dir, int64_
 // itself held to transformers by the CPU fixture tests) on the same checkpoint: prefill logits at
 // every position of each prompt, within the fixtures' BF16 tolerance.
 TEST(CudaModelSharedExpertAsExpert, MatchesCpuModel) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("ds_shared_as_expert_" + std::to_string(getpid()));
-  write_moe_fixture_with_shared_size(dir, 32);
-  const weights::Checkpoint checkpoint = weights::Checkpoint::open(dir.string());
+  struct TempDir {
+    std::filesystem::path path =
+        std::filesystem::temp_directory_path() / ("ds_shared_as_expert_" + std::to_string(getpid()));
+    ~TempDir() { std::filesystem::remove_all(path); }
+  } dir;
+  write_moe_fixture_with_shared_size(dir.path, 32);
+  const weights::Checkpoint checkpoint = weights::Checkpoint::open(dir.path.string());
   ASSERT_EQ(checkpoint.config().shared_expert_intermediate_size, checkpoint.config().moe_intermediate_size);
   auto cpu_comm = make_single_rank_communicator(false);
   auto gpu_comm = make_single_rank_communicator(true);
@@ -311,7 +315,6 @@ TEST(CudaModelSharedExpertAsExpert, MatchesCpuModel) {
           worst, relative_error(got.data() + t * prompt.vocab(), want.data() + t * prompt.vocab(), prompt.vocab()));
     }
   }
-  std::filesystem::remove_all(dir);
   std::printf("shared expert as an expert: CUDA vs CPU prefill logits max relative diff %.3e\n", worst);
   EXPECT_LT(worst, kExpectation.tolerance);
 }

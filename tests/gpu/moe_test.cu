@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -26,6 +27,20 @@ TEST(GpuMoeRoute, MatchesReference) {
   std::vector<int32_t> ids(size_t(T * k));
   std::vector<float> w(size_t(T * k));
   cpu::moe_route(logits.values.data(), T, E, k, true, ids.data(), w.data());
+  EXPECT_EQ(di.download(), ids);
+  EXPECT_TRUE(all_close(dw.download(), w, 1e-5f, 1e-4f));
+}
+
+// The most experts and picks the kernel takes (a lane owns 32 logits; k = 32 rounds).
+TEST(GpuMoeRoute, MatchesReferenceAtMostExpertsAndPicks) {
+  const int64_t T = 20, E = 1024, k = 32;
+  const auto logits = random_bf16(size_t(T * E), 3, 2.f);
+  DeviceBuffer<float> dl(logits.values), dw(size_t(T * k));
+  DeviceBuffer<int32_t> di(size_t(T * k));
+  cuda::moe_route(dl.get(), T, E, k, false, di.get(), dw.get(), nullptr);
+  std::vector<int32_t> ids(size_t(T * k));
+  std::vector<float> w(size_t(T * k));
+  cpu::moe_route(logits.values.data(), T, E, k, false, ids.data(), w.data());
   EXPECT_EQ(di.download(), ids);
   EXPECT_TRUE(all_close(dw.download(), w, 1e-5f, 1e-4f));
 }
@@ -108,9 +123,10 @@ void expect_block_matches(cuda::MoeRunner& runner, cuda::GemmRunner& gemm, const
 // The shared expert on its own (intermediate 192) and as one more expert of the grouped GEMMs (128,
 // the experts' size).
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
-  for (int64_t shared_intermediate : {192, 128}) {
-    const MoeDims dims{256, 16, 4, 128, shared_intermediate, true};
-    SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate));
+  for (const auto& [shared_intermediate, norm_topk_prob] : {std::pair{192, true}, {128, true}, {128, false}}) {
+    const MoeDims dims{256, 16, 4, 128, shared_intermediate, norm_topk_prob};
+    SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate) +
+                 (norm_topk_prob ? "" : ", weights not renormalised"));
     const Bf16MoeBlock block(dims);
     const DeviceMoeBlock device(block);
     cuda::GemmRunner gemm;
@@ -168,7 +184,7 @@ TEST(GpuMoeRunner, OneExpertTakingEveryTokenMatchesReference) {
 
 // Block-FP8 experts and shared expert: the reference runs on the dequantized weights; with x also
 // handed in quantized, the same output bits.
-void expect_fp8_block_matches(const MoeDims& dims) {
+void expect_fp8_block_matches(const MoeDims& dims, const std::vector<int64_t>& token_counts) {
   const int64_t H = dims.hidden, E = dims.num_experts, Ie = dims.expert_intermediate, Is = dims.shared_intermediate;
   std::mt19937 rng(20);
   auto random_fp8 = [&](size_t n) {
@@ -215,7 +231,7 @@ void expect_fp8_block_matches(const MoeDims& dims) {
                                 s_gate_up_f.data(),   s_down_f.data(),  s_gate.values.data()};
   cuda::GemmRunner gemm;
   cuda::MoeRunner runner(dims, 100);
-  for (int64_t T : {1, 32, 100}) {  // T <= 32: the experts through the skinny kernel; 100: the tile kernel
+  for (int64_t T : token_counts) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
     SCOPED_TRACE("T=" + std::to_string(T));
     const auto x = random_bf16(size_t(T * H), uint32_t(30 + T));
     DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
@@ -237,12 +253,55 @@ void expect_fp8_block_matches(const MoeDims& dims) {
   }
 }
 
-// The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size).
+// The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size);
+// then Qwen3.5-35B-A3B's expert shapes (H 2048, Ie = Is = 512, top 8) with 16 experts, where a
+// token's 9 slots of 64-row tiles take more blocks than an H100 has SMs, so the grouped launches run
+// 128-row tiles.
 TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
   for (int64_t shared_intermediate : {256, 128}) {
     SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate));
-    expect_fp8_block_matches(MoeDims{256, 8, 2, 128, shared_intermediate, true});
+    expect_fp8_block_matches(MoeDims{256, 8, 2, 128, shared_intermediate, true}, {1, 32, 100});
   }
+  SCOPED_TRACE("35B-A3B expert shapes");
+  expect_fp8_block_matches(MoeDims{2048, 16, 8, 512, 512, true}, {1, 8});
+}
+
+// The block captured in a CUDA graph (as decode steps run it) and replayed twice gives the bits of
+// the direct call: the routing kernel's block count resets, the programmatic launches chain. T = 1
+// (one routing block, grouped skinny GEMMs) and 37 (five routing blocks, gather and tile kernel),
+// the shared expert as an expert.
+TEST(GpuMoeRunner, GraphReplayEqualsDirectCall) {
+  const MoeDims dims{256, 16, 4, 128, 128, true};
+  const Bf16MoeBlock block(dims);
+  const DeviceMoeBlock device(block);
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, 64);
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int64_t T : {1, 37}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    const auto x = random_bf16(size_t(T * dims.hidden), uint32_t(50 + T));
+    DeviceBuffer<bf16> dx(x.bits), direct(size_t(T * dims.hidden)), replayed(size_t(T * dims.hidden));
+    runner.forward(gemm, dx.get(), T, device.weights(), direct.get(), stream);  // also times the GEMM shapes
+    runner.forward(gemm, dx.get(), T, device.weights(), direct.get(), stream);
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    cudaGraph_t graph;
+    ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    runner.forward(gemm, dx.get(), T, device.weights(), replayed.get(), stream);
+    ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      replayed.poison();
+      ASSERT_CUDA(cudaDeviceSynchronize());  // the poison is on the legacy stream
+      ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+      ASSERT_CUDA(cudaStreamSynchronize(stream));
+      EXPECT_EQ(to_float(replayed.download()), to_float(direct.download())) << "replay " << replay;
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace
