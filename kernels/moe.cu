@@ -55,8 +55,9 @@ struct RouteExtras {
   SortOutputs sort{};
 };
 
-constexpr int kRouteThreads = 256;
-constexpr int kSortExpertsPerThread = 8;
+// 16 warps a block (16 tokens); the block that sorts has as many threads for a prefill's pairs.
+constexpr int kRouteThreads = 512;
+constexpr int kSortExpertsPerThread = 4;
 static_assert(kRouteThreads * kSortExpertsPerThread >= 1025, "the sort's scan covers 1024 experts and the shared one");
 
 // One expert's share of the sorted rows, the tile kernel's row tiles and the active-expert list;
@@ -90,7 +91,7 @@ __device__ void for_pairs(const int32_t* topk_ids, int64_t pairs, F f) {
 
 // Counting sort of the pairs (topk_ids [pairs]; pair i is token i / slots_per_token) by expert, by
 // one block of kRouteThreads threads, cursor [experts] in shared memory: count, one block scan of
-// the experts' extents (each thread owning 8 consecutive experts), place. Rows of an expert come in
+// the experts' extents (each thread owning kSortExpertsPerThread consecutive experts), place. Rows of an expert come in
 // no particular order: each row's result depends on that row only.
 __device__ void sort_by_expert(const int32_t* topk_ids, int64_t pairs, int64_t slots_per_token, int64_t experts,
                                const SortOutputs& out, int32_t* cursor) {
@@ -167,8 +168,9 @@ __device__ float shared_expert_gate(const __nv_bfloat16* x, const __nv_bfloat16*
 // topk_ids / topk_weights [t·slots, t·slots + k) (slots = k, or k + 1 with the shared expert as one
 // more pair). Then the extras (see RouteExtras).
 constexpr int kMaxLogitsPerLane = 32;  // E <= 1024
-__global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob,
-                             int32_t* topk_ids, float* topk_weights, RouteExtras extras) {
+__global__ void __launch_bounds__(kRouteThreads)
+    route_kernel(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* topk_ids,
+                 float* topk_weights, RouteExtras extras) {
   // Launched programmatically after the router GEMM; a programmatic kernel after (the grouped GEMM)
   // may launch at once: it waits for this grid to complete before it reads the expert lists.
   cuda_utils::allow_dependent_launch();
@@ -243,7 +245,7 @@ __global__ void route_kernel(const float* logits, int64_t T, int64_t E, int64_t 
   }
   if (!extras.done_blocks) return;
   // The pairs of every block are written: the last block to get here sorts them (a lone block, as
-  // in decode steps of up to 8 tokens, skips the device-wide count).
+  // in decode steps of up to 16 tokens, skips the device-wide count).
   const bool alone = gridDim.x == 1;
   if (alone) {
     __syncthreads();
@@ -356,9 +358,13 @@ struct Carver {
 
 // Where the shared expert runs: as expert E of the grouped GEMMs where its intermediate size is the
 // experts' (the published Qwen3.5 MoE and Qwen3-Next models: one pair more per token, and no
-// launches of its own), else on its own beside them.
-bool shared_as_expert(const MoeDims& d) {
-  return d.shared_intermediate > 0 && d.shared_intermediate == d.expert_intermediate;
+// launches of its own) and the batch is a decode step's (up to 64 tokens); otherwise on its own
+// through GemmRunner, whose dense GEMMs beat the grouped tile kernel on prefill-size batches
+// (measured on the H100, 35B-A3B-fp8: as an expert at every T, decode at batch 64 took 28.39 ms
+// against 29.06 on its own, the 8k-token prefill 267.9 ms against 261.8).
+constexpr int64_t kSharedAsExpertMaxTokens = 64;
+bool shared_as_expert(const MoeDims& d, int64_t T) {
+  return d.shared_intermediate > 0 && d.shared_intermediate == d.expert_intermediate && T <= kSharedAsExpertMaxTokens;
 }
 
 // A forward pass's pairs: `slots` per token (k, and the shared expert's), over `experts` experts.
@@ -367,10 +373,10 @@ struct Routing {
   int32_t shared_expert;  // -1: the shared expert runs on its own (or there is none)
   explicit Routing(const MoeDims& d, int64_t tokens)
       : T(tokens),
-        slots(d.top_k + (shared_as_expert(d) ? 1 : 0)),
-        experts(d.num_experts + (shared_as_expert(d) ? 1 : 0)),
+        slots(d.top_k + (shared_as_expert(d, tokens) ? 1 : 0)),
+        experts(d.num_experts + (shared_as_expert(d, tokens) ? 1 : 0)),
         pairs(tokens * slots),
-        shared_expert(shared_as_expert(d) ? int32_t(d.num_experts) : -1) {}
+        shared_expert(shared_as_expert(d, tokens) ? int32_t(d.num_experts) : -1) {}
   int64_t active_slots() const { return std::min(experts, pairs); }
 };
 
@@ -397,17 +403,18 @@ struct Buffers {
 };
 
 Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
-  const Routing most(d, max_tokens);
-  const size_t M = size_t(max_tokens), P = size_t(most.pairs), H = size_t(d.hidden);
-  const size_t Ie = size_t(d.expert_intermediate), E = size_t(d.num_experts), experts = size_t(most.experts);
-  const size_t Is = shared_as_expert(d) ? 0 : size_t(d.shared_intermediate);  // on its own
+  // The most pairs and experts of any T <= max_tokens: all tokens, or the most with the shared expert.
+  const Routing all(d, max_tokens), with_shared(d, std::min(max_tokens, kSharedAsExpertMaxTokens));
+  const size_t M = size_t(max_tokens), P = size_t(std::max(all.pairs, with_shared.pairs)), H = size_t(d.hidden);
+  const size_t Ie = size_t(d.expert_intermediate), E = size_t(d.num_experts), Is = size_t(d.shared_intermediate);
+  const size_t experts = size_t(std::max(all.experts, with_shared.experts));
   Buffers b;
   b.logits = c.take<float>(M * E);
   b.topk_ids = c.take<int32_t>(P);
   b.topk_weights = c.take<float>(P);
   b.row_offsets = c.take<int32_t>(experts + 1);
   b.tile_offsets = c.take<int32_t>(experts + 1);
-  b.active_experts = c.take<int32_t>(size_t(most.active_slots()));
+  b.active_experts = c.take<int32_t>(std::min(experts, P));
   b.sorted_tokens = c.take<int32_t>(P);
   b.position_of = c.take<int32_t>(P);
   b.done_blocks = c.take<unsigned>(1);

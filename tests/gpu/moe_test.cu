@@ -121,7 +121,7 @@ void expect_block_matches(cuda::MoeRunner& runner, cuda::GemmRunner& gemm, const
 }
 
 // The shared expert on its own (intermediate 192) and as one more expert of the grouped GEMMs (128,
-// the experts' size).
+// the experts' size; for T <= 64, on its own above).
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
   for (const auto& [shared_intermediate, norm_topk_prob] : {std::pair{192, true}, {128, true}, {128, false}}) {
     const MoeDims dims{256, 16, 4, 128, shared_intermediate, norm_topk_prob};
@@ -253,7 +253,8 @@ void expect_fp8_block_matches(const MoeDims& dims, const std::vector<int64_t>& t
   }
 }
 
-// The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size);
+// The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size; T
+// <= 64);
 // then Qwen3.5-35B-A3B's expert shapes (H 2048, Ie = Is = 512, top 8) with 16 experts, where a
 // token's 9 slots of 64-row tiles take more blocks than an H100 has SMs, so the grouped launches run
 // 128-row tiles.
@@ -268,7 +269,7 @@ TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
 
 // The block captured in a CUDA graph (as decode steps run it) and replayed twice gives the bits of
 // the direct call: the routing kernel's block count resets, the programmatic launches chain. T = 1
-// (one routing block, grouped skinny GEMMs) and 37 (five routing blocks, gather and tile kernel),
+// (one routing block, grouped skinny GEMMs) and 37 (three routing blocks, gather and tile kernel),
 // the shared expert as an expert.
 TEST(GpuMoeRunner, GraphReplayEqualsDirectCall) {
   const MoeDims dims{256, 16, 4, 128, 128, true};
