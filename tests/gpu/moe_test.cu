@@ -18,32 +18,23 @@ using testing_util::DeviceBuffer;
 using testing_util::random_bf16;
 using testing_util::to_float;
 
-TEST(GpuMoeRoute, MatchesReference) {
-  const int64_t T = 100, E = 256, k = 8;
-  const auto logits = random_bf16(size_t(T * E), 1, 2.f);  // bf16-valued: no near-ties below 1e-2
+// The device router against cpu::moe_route on random bf16-valued logits (no near-ties below 1e-2).
+void expect_route_matches(int64_t T, int64_t E, int64_t k, bool norm_topk_prob, uint32_t seed) {
+  const auto logits = random_bf16(size_t(T * E), seed, 2.f);
   DeviceBuffer<float> dl(logits.values), dw(size_t(T * k));
   DeviceBuffer<int32_t> di(size_t(T * k));
-  cuda::moe_route(dl.get(), T, E, k, true, di.get(), dw.get(), nullptr);
+  cuda::moe_route(dl.get(), T, E, k, norm_topk_prob, di.get(), dw.get(), nullptr);
   std::vector<int32_t> ids(size_t(T * k));
   std::vector<float> w(size_t(T * k));
-  cpu::moe_route(logits.values.data(), T, E, k, true, ids.data(), w.data());
+  cpu::moe_route(logits.values.data(), T, E, k, norm_topk_prob, ids.data(), w.data());
   EXPECT_EQ(di.download(), ids);
   EXPECT_TRUE(all_close(dw.download(), w, 1e-5f, 1e-4f));
 }
 
+TEST(GpuMoeRoute, MatchesReference) { expect_route_matches(100, 256, 8, true, 1); }
+
 // The most experts and picks the kernel takes (a lane owns 32 logits; k = 32 rounds).
-TEST(GpuMoeRoute, MatchesReferenceAtMostExpertsAndPicks) {
-  const int64_t T = 20, E = 1024, k = 32;
-  const auto logits = random_bf16(size_t(T * E), 3, 2.f);
-  DeviceBuffer<float> dl(logits.values), dw(size_t(T * k));
-  DeviceBuffer<int32_t> di(size_t(T * k));
-  cuda::moe_route(dl.get(), T, E, k, false, di.get(), dw.get(), nullptr);
-  std::vector<int32_t> ids(size_t(T * k));
-  std::vector<float> w(size_t(T * k));
-  cpu::moe_route(logits.values.data(), T, E, k, false, ids.data(), w.data());
-  EXPECT_EQ(di.download(), ids);
-  EXPECT_TRUE(all_close(dw.download(), w, 1e-5f, 1e-4f));
-}
+TEST(GpuMoeRoute, MatchesReferenceAtMostExpertsAndPicks) { expect_route_matches(20, 1024, 32, false, 3); }
 
 // NaN logits (a broken router input) count as -inf: a row with a few still routes to its best finite
 // experts, an all-NaN row to experts 0..k-1, and no token ever gets one expert twice (which would
