@@ -361,9 +361,7 @@ namespace {
 // streaming twice as long (measured on the H100, 35B-A3B experts at T = 1: gate_up 23.8 -> 19.5
 // µs, 144 -> 72 blocks; down 17.0 -> 16.6, 288 -> 144).
 SkinnyTiling grouped_tiling(int64_t max_rows, int64_t N, int64_t slots, bool fp8) {
-  int device = 0, sms = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  const int sms = cuda_utils::current_device_sm_count("cuda::grouped_skinny_gemm");
   const int64_t blocks = slots * ((N + skinny::kRows - 1) / skinny::kRows);
   const bool wide = fp8 && skinny::has_tile_rows(128, true, max_rows) && blocks > sms;
   return {wide ? 128 : skinny::kRows, 1};

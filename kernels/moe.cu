@@ -266,9 +266,9 @@ __global__ void __launch_bounds__(kRouteThreads)
 void launch_route(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* topk_ids,
                   float* topk_weights, const RouteExtras& extras, cudaStream_t stream) {
   const size_t smem = extras.done_blocks ? sizeof(int32_t) * size_t(E + 1) : 0;
-  cuda_utils::launch_programmatic(route_kernel, dim3(unsigned((T * 32 + kRouteThreads - 1) / kRouteThreads)),
-                                  dim3(kRouteThreads), smem, stream, "cuda::moe_route", logits, T, E, k, norm_topk_prob,
-                                  topk_ids, topk_weights, extras);
+  cuda_utils::launch_programmatic(route_kernel, dim3(cuda_utils::grid_dim(T * 32, kRouteThreads)), dim3(kRouteThreads),
+                                  smem, stream, "cuda::moe_route", logits, T, E, k, norm_topk_prob, topk_ids,
+                                  topk_weights, extras);
 }
 
 // x_sorted[pos] = x[sorted_tokens[pos]], one block per position, 16-byte pieces (H % 8 == 0).
@@ -522,13 +522,13 @@ void moe_forward(const MoeDims& dims, const Buffers& b, GemmRunner& gemm, const 
 
   const ExpertMatrices<WeightT> gate_up{w.gate_up, w.gate_up_scale, w.shared_gate_up, w.shared_gate_up_scale};
   const ExpertMatrices<WeightT> down{w.down, w.down_scale, w.shared_down, w.shared_down_scale};
-  if (grouped_skinny(r, H, x, gate_up)) {
-    grouped_gemm(b, r, x, b.sorted_tokens, gate_up, b.hidden, 2 * Ie, H, stream);
-  } else {
+  const bool gather_in_loads = grouped_skinny(r, H, x, gate_up);
+  if (!gather_in_loads) {
     gather_kernel<<<unsigned(r.pairs), 128, 0, stream>>>(as_nv(x), H, b.sorted_tokens, as_nv(b.x_sorted));
     check_launch("MoeRunner gather");
-    grouped_gemm(b, r, b.x_sorted, nullptr, gate_up, b.hidden, 2 * Ie, H, stream);
   }
+  grouped_gemm(b, r, gather_in_loads ? x : b.x_sorted, gather_in_loads ? b.sorted_tokens : nullptr, gate_up, b.hidden,
+               2 * Ie, H, stream);
   silu_and_mul(b.hidden, 2 * Ie, b.act, Ie, r.pairs, Ie, stream);
   grouped_gemm(b, r, b.act, nullptr, down, b.y_sorted, H, Ie, stream);
   const bool shared_on_its_own = Is > 0 && r.shared_expert < 0;
