@@ -406,7 +406,12 @@ Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
   // The most pairs and experts of any T <= max_tokens: all tokens, or the most with the shared expert.
   const Routing all(d, max_tokens), with_shared(d, std::min(max_tokens, kSharedAsExpertMaxTokens));
   const size_t M = size_t(max_tokens), P = size_t(std::max(all.pairs, with_shared.pairs)), H = size_t(d.hidden);
-  const size_t Ie = size_t(d.expert_intermediate), E = size_t(d.num_experts), Is = size_t(d.shared_intermediate);
+  // The shared expert's own buffers only where some T <= max_tokens runs it on its own; its FP8 rows
+  // only where that happens at T <= kFp8RowsMaxTokens (the only batches that write them).
+  const size_t Ie = size_t(d.expert_intermediate), E = size_t(d.num_experts);
+  const size_t Is = shared_as_expert(d, max_tokens) ? 0 : size_t(d.shared_intermediate);
+  const size_t R = std::min<size_t>(M, kFp8RowsMaxTokens);
+  const bool own_fp8_rows = Is > 0 && Is % kFp8BlockSize == 0 && !shared_as_expert(d, int64_t(R));
   const size_t experts = size_t(std::max(all.experts, with_shared.experts));
   Buffers b;
   b.logits = c.take<float>(M * E);
@@ -426,10 +431,8 @@ Buffers carve(Carver& c, const MoeDims& d, int64_t max_tokens) {
   b.shared_act = c.take<bf16>(M * Is);
   b.shared_out = c.take<bf16>(M * H * (Is > 0));
   b.shared_scale = c.take<float>(M * (Is > 0));
-  const size_t R = std::min<size_t>(M, kFp8RowsMaxTokens);
   b.shared_act_fp8 = {};
-  if (Is > 0 && Is % kFp8BlockSize == 0)
-    b.shared_act_fp8 = {c.take<uint8_t>(R * Is), c.take<float>(R * Is / kFp8BlockSize)};
+  if (own_fp8_rows) b.shared_act_fp8 = {c.take<uint8_t>(R * Is), c.take<float>(R * Is / kFp8BlockSize)};
   return b;
 }
 
