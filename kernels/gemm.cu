@@ -795,9 +795,9 @@ void GemmRunner::run_skinny_w8a8(const bf16* x, int64_t ldx, const uint8_t* w_fp
 const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8,
                                                              const float* weight_scale_inv, bf16* y, int64_t ldy,
                                                              int64_t T, int64_t N, int64_t K, float beta,
-                                                             cudaStream_t stream, bool may_tune) {
+                                                             cudaStream_t stream, bool may_tune, const Fp8Rows* x_fp8) {
   if (beta != 0.f || !skinny::supports(T, K, ldx, x, w_fp8)) return nullptr;
-  const SkinnyKey key{T, N, K, ldx, ldy};
+  const SkinnyKey key{T, N, K, ldx, ldy, x_fp8 != nullptr};
   if (auto it = fp8_skinny_plans_.find(key); it != fp8_skinny_plans_.end()) return &it->second;
   if (!may_tune || !may_time(T, beta, stream)) return nullptr;  // decided on a later, timeable call
   Fp8SkinnyPlan plan;
@@ -821,7 +821,7 @@ const GemmRunner::Fp8SkinnyPlan* GemmRunner::fp8_skinny_plan(const bf16* x, int6
     }
     if (w8a8_ok && skinny_w8a8_supports(T, tiling)) {
       consider(tiling, true,
-               [&] { run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, tiling); });
+               [&] { run_skinny_w8a8(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, stream, tiling, x_fp8); });
     }
   }
   plan.w8a8_faster = best_ms[1] < best_ms[0];
@@ -844,9 +844,10 @@ void GemmRunner::gemm_fp8(const bf16* x, int64_t ldx, const uint8_t* w_fp8, cons
   check_fp8_operands("cuda::GemmRunner::gemm_fp8", x, ldx, w_fp8, T, N, K, ldy);
   if (T == 0) return;
   std::string reason;
-  const Fp8SkinnyPlan* skinny_plan = path == Fp8Path::kCublasLt ? nullptr
-                                     : fp8_skinny_plan(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
-                                                       stream, /*may_tune=*/path == Fp8Path::kAuto);
+  const Fp8SkinnyPlan* skinny_plan = path == Fp8Path::kCublasLt
+                                         ? nullptr
+                                         : fp8_skinny_plan(x, ldx, w_fp8, weight_scale_inv, y, ldy, T, N, K, beta,
+                                                           stream, /*may_tune=*/path == Fp8Path::kAuto, x_fp8);
   const SkinnyTiling tiling = skinny_plan ? skinny_plan->w8a16 : SkinnyTiling{};
   const bool tuned_w8a8 =
       path == Fp8Path::kAuto && skinny_plan && skinny_plan->beats_cublaslt && skinny_plan->w8a8_faster;

@@ -262,7 +262,10 @@ class GemmRunner {
   std::map<Fp8Key, Plan*> fp8_plans_;
   // T ≤ 64 FP8 shapes, timed on the first timeable kAuto call: each skinny form's fastest tiling
   // (W8A8's tile_rows 0 where it cannot run), which form was faster and whether it beat cuBLASLt W8A8.
-  using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // T, N, K, ldx, ldy
+  // Calls that hand in x quantized (Fp8Rows) are timed apart: their W8A8 skinny kernel launches no
+  // quantization, so it may win where it loses with one (one shape can come both ways: the 9B's
+  // attention o_proj and GDN out_proj).
+  using SkinnyKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>;  // T, N, K, ldx, ldy, x_fp8 given
   struct Fp8SkinnyPlan {
     SkinnyTiling w8a16;
     SkinnyTiling w8a8;
@@ -274,7 +277,7 @@ class GemmRunner {
   // not apply or the shape is not timed yet.
   const Fp8SkinnyPlan* fp8_skinny_plan(const bf16* x, int64_t ldx, const uint8_t* w_fp8, const float* weight_scale_inv,
                                        bf16* y, int64_t ldy, int64_t T, int64_t N, int64_t K, float beta,
-                                       cudaStream_t stream, bool may_tune);
+                                       cudaStream_t stream, bool may_tune, const Fp8Rows* x_fp8);
   uint8_t* fp8_x_ = nullptr;       // quantized activations [T_pad, K]
   float* fp8_x_scales_ = nullptr;  // their scales [K/128, T_pad]
   size_t fp8_x_capacity_ = 0;      // elements of fp8_x_ (T_pad·K); fp8_x_scales_ holds capacity/128

@@ -559,6 +559,41 @@ TEST(GpuGemm, Fp8SkinnyW8A8ReadsPrequantizedRows) {
   }
 }
 
+// kAuto calls that hand in x quantized are timed apart from those that do not (their W8A8 skinny
+// kernel launches no quantization): the same shape is tuned again on its first call with rows, and
+// again on its first without; afterwards neither retunes, and each call's result is its path's math.
+TEST(GpuGemm, Fp8AutoTimesCallsWithQuantizedRowsApart) {
+  if (!is_hopper()) GTEST_SKIP() << "the W8A8 skinny kernel runs on wgmma (sm_90)";
+  cuda::GemmRunner runner;
+  runner.set_fp8_numerics(cuda::Fp8Numerics::kFastest);
+  std::mt19937 rng(57);
+  const Shape s{8, 2048, 2048, 2048, 2048};
+  const Fp8Weight W(s.N, s.K, rng);
+  const auto x = random_bf16(size_t(s.T * s.ldx), 58);
+  DeviceBuffer<bf16> dx(x.bits), dy(size_t(s.T * s.ldy));
+  testing_util::DeviceFp8Rows fp8(s.T, s.K);
+  cuda::quantize_fp8_per_token_group(dx.get(), s.ldx, s.T, s.K, fp8.codes.get(), fp8.scales.get(), nullptr);
+  const Fp8Rows rows = fp8.rows();
+  std::vector<float> want_w8a8(size_t(s.T * s.ldy)), want_w8a16(want_w8a8.size());
+  cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want_w8a8.data(), s.ldy, s.T, s.N, s.K);
+  cpu::gemm_fp8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want_w8a16.data(), s.ldy, s.T, s.N, s.K);
+  const auto run = [&](const Fp8Rows* x_fp8) {
+    runner.gemm_fp8(dx.get(), s.ldx, W.dw.get(), W.dscale.get(), dy.get(), s.ldy, s.T, s.N, s.K, 0.f, nullptr,
+                    cuda::Fp8Path::kAuto, x_fp8);
+    const cuda::Fp8Path path = runner.last_fp8_path();
+    const bool w8a8 = path == cuda::Fp8Path::kCublasLt || path == cuda::Fp8Path::kSkinnyW8A8;
+    EXPECT_TRUE(all_close(testing_util::to_float(dy.download()), w8a8 ? want_w8a8 : want_w8a16, 2e-2f, 1e-2f))
+        << cuda::to_string(path);
+    return runner.last_autotune();
+  };
+  const std::string without_rows = run(nullptr);
+  ASSERT_NE(without_rows.find("w8a8-skinny"), std::string::npos) << without_rows;
+  const std::string with_rows = run(&rows);
+  EXPECT_NE(with_rows, without_rows) << "a call with rows is timed on its own";
+  EXPECT_EQ(run(nullptr), with_rows) << "the call without rows keeps its plan";
+  EXPECT_EQ(run(&rows), with_rows) << "so does the call with rows";
+}
+
 // The W8A8 skinny kernel (T <= 64: x quantized per token and 128-group, E4M3 wgmma with the
 // scales applied per 128-k step) against the CPU reference of that math, with split-K, views and a
 // partial row tile; nothing outside y's T × N block changes; what it cannot run is refused.
