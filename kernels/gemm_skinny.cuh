@@ -17,9 +17,10 @@
 // whole block meets only at the end, where the streams' sums are added in shared memory. One block
 // per SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
 // warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per stream)
-// with ~200 KB of rings keeps 48–160 KB of weights in flight per SM. A thread loads the same chunks
-// of every step (addresses computed once), x only for the T real tokens (the padding rows of the
-// ring are zeroed once).
+// with ~200 KB of rings keeps 48–160 KB of weights in flight per SM (grouped FP8 launches whose
+// 128-row blocks outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
+// A thread loads the same chunks of every step (addresses computed once), x only for the T real
+// tokens (the padding rows of the ring are zeroed once).
 //
 // The kernel is a programmatic dependent launch: it starts streaming weights while the kernel
 // before it is still finishing and waits for that kernel only before it reads x (grouped blocks
@@ -65,6 +66,10 @@ constexpr int kMaxTokens = 64;
 static_assert(kMaxTokens == kFp8RowsMaxTokens, "Fp8Rows are sized for the W8A8 skinny kernel's steps");
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
+// Two blocks per SM (grouped FP8 launches of more 128-row blocks than SMs, see Params::two_per_sm):
+// each gets half the warps and a ring that two fit beside each other (228 KB per SM, 1 KB reserved
+// per block).
+constexpr int kPairedSmemBudget = 110 * 1024;
 
 struct Params {
   const __nv_bfloat16* x;
@@ -92,6 +97,10 @@ struct Params {
   int64_t extra_expert = -1;
   const void* extra_w = nullptr;
   const float* extra_scale_inv = nullptr;
+  // FP8 W8A16 128-row tiles at T <= 8 as two blocks per SM (half the warps, each with two m16 tiles,
+  // and a 3-step ring per stream): for grouped launches with more blocks than SMs, which would
+  // otherwise take a second, mostly idle wave of blocks.
+  bool two_per_sm = false;
   // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
   const uint8_t* xq = nullptr;
@@ -122,9 +131,11 @@ inline Params make_params(const void* x, int64_t ldx, const void* w, const float
 // Per weight type, n8 token tiles, rows per block and activation type (kXFp8: W8A8): the streams
 // (4, else 2 where 4 would leave fewer than 3 steps per ring), ring depth and the shared-memory
 // layout of a step.
-template <typename WeightT, int kNT, int kTileRows, bool kXFp8>
+template <typename WeightT, int kNT, int kTileRows, bool kXFp8, int kBlocksPerSm = 1>
 struct Config {
+  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT == 1), "two blocks per SM: one token tile");
   static constexpr int kRows = kTileRows;
+  static constexpr int kBudget = kBlocksPerSm == 1 ? kSmemBudget : kPairedSmemBudget;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
   static_assert(kFp8 || !kXFp8, "E4M3 activations go with E4M3 weights");
   // W8A8, and BF16 with more than one n8 token tile: a warpgroup per stream runs wgmma m64n(8·kNT) on
@@ -140,7 +151,7 @@ struct Config {
   static constexpr int kXScaleOffset = kScaleOffset + 16;                    // W8A8: the tokens' scales
   static constexpr int kStepData = kScaleOffset + (kFp8 ? 16 : 0) + (kXFp8 ? kTokenRows * 4 : 0);
   static constexpr int kStepBytes = kWgmma ? (kStepData + 1023) / 1024 * 1024 : kStepData;
-  static constexpr int kStreams = kSmemBudget / 4 / kStepBytes >= 3 ? 4 : 2;
+  static constexpr int kStreams = kBudget / 4 / kStepBytes >= 3 ? 4 : 2;
   // One n8 token tile: a warp per m16 tile of each stream (8 warps per 32 rows), which hides the
   // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
@@ -152,7 +163,9 @@ struct Config {
   // that one warp per m16 tile delays the stream's next loads (measured on the H100: 9B mlp down 21.8 -> 20.9 µs
   // at T = 1, 24.7 -> 23.4 at T = 8; the same split with 64 rows, at 1024 threads or 2 streams, was slower).
   static constexpr int kKSplit = kWidenW && kNT == 1 && kRows == 32 ? 2 : 1;
-  static constexpr int kThreads = kWgmma ? 128 * kStreams : kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit : 256;
+  static constexpr int kThreads = kWgmma     ? 128 * kStreams
+                                  : kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit / kBlocksPerSm
+                                             : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kRowWarps = kWarpsPerStream / kKSplit;             // warps of a stream splitting its rows
@@ -162,7 +175,7 @@ struct Config {
   static_assert(kRows % (16 * kRowWarps) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
   static_assert(!kWgmma || ((kRows == 64 || (kXFp8 && kRows == 128)) && kWBytes % 1024 == 0),
                 "wgmma: one m64 tile per stream (W8A8: or two), every step's W and x on 1024-byte boundaries");
-  static constexpr int kStages = kSmemBudget / kStreams / kStepBytes;
+  static constexpr int kStages = kBudget / kStreams / kStepBytes;
   static constexpr int kRedStride = kRows + 4;              // fp32 row of the final reduction, padded against conflicts
   static constexpr size_t kAlignSlack = kWgmma ? 1024 : 0;  // the ring is moved to a 1024-byte boundary
   static constexpr size_t kSmemBytes = size_t(kStreams) * kStages * kStepBytes + kAlignSlack;
@@ -232,9 +245,10 @@ __device__ __forceinline__ uint32_t scale_x_for_fp8(uint32_t pair) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <typename WeightT, int kNT, int kTileRows, bool kXFp8>
-__global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8>::kThreads, 1) skinny_gemm_kernel(Params p) {
-  using C = Config<WeightT, kNT, kTileRows, kXFp8>;
+template <typename WeightT, int kNT, int kTileRows, bool kXFp8, int kBlocksPerSm>
+__global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocksPerSm>::kThreads, kBlocksPerSm)
+    skinny_gemm_kernel(Params p) {
+  using C = Config<WeightT, kNT, kTileRows, kXFp8, kBlocksPerSm>;
   constexpr int kRows = C::kRows;
   extern __shared__ __align__(128) uint8_t smem_raw[];
   uint8_t* const smem = C::kWgmma ? smem_raw + (1024 - mma::smem_address(smem_raw) % 1024) % 1024 : smem_raw;
@@ -608,10 +622,10 @@ inline bool has_tile_rows(int tile_rows, bool fp8, int64_t T) {
   return tile_rows == kRows || (T <= 8 && (tile_rows == 32 || (tile_rows == 48 && !fp8) || (tile_rows == 128 && fp8)));
 }
 
-template <typename WeightT, int kNT, int kTileRows, bool kXFp8 = false>
+template <typename WeightT, int kNT, int kTileRows, bool kXFp8 = false, int kBlocksPerSm = 1>
 void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
-  using C = Config<WeightT, kNT, kTileRows, kXFp8>;
-  constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT, kTileRows, kXFp8>;
+  using C = Config<WeightT, kNT, kTileRows, kXFp8, kBlocksPerSm>;
+  constexpr auto kernel = skinny_gemm_kernel<WeightT, kNT, kTileRows, kXFp8, kBlocksPerSm>;
   cuda_utils::allow_shared_memory<kernel>(C::kSmemBytes, "skinny GEMM");
   const dim3 grid(unsigned((p.N + kTileRows - 1) / kTileRows), grid_y);
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
@@ -652,7 +666,13 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
     } else if (sizeof(WeightT) == 2 && p.tile_rows == 48) {
       if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, 48>(p, y, stream);
     } else if (sizeof(WeightT) == 1 && p.tile_rows == 128) {
-      if constexpr (sizeof(WeightT) == 1) launch_tiles<WeightT, 1, 128>(p, y, stream);
+      if constexpr (sizeof(WeightT) == 1) {
+        if (p.two_per_sm) {
+          launch_tiles<WeightT, 1, 128, false, 2>(p, y, stream);
+        } else {
+          launch_tiles<WeightT, 1, 128>(p, y, stream);
+        }
+      }
     } else {
       launch_tiles<WeightT, 1, kRows>(p, y, stream);
     }

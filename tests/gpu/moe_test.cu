@@ -247,7 +247,8 @@ void expect_fp8_block_matches(const MoeDims& dims, const std::vector<int64_t>& t
 // The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size;
 // T <= 64); then Qwen3.5-35B-A3B's expert shapes (H 2048, Ie = Is = 512, top 8) with 16 experts, where a
 // token's 9 slots of 64-row tiles take more blocks than an H100 has SMs, so the grouped launches run
-// 128-row tiles.
+// 128-row tiles, and where those still outnumber the SMs (down at T = 1, both projections at T = 8)
+// two blocks per SM.
 TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
   for (int64_t shared_intermediate : {256, 128}) {
     SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate));
