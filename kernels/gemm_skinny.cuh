@@ -18,7 +18,7 @@
 // per SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
 // warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per stream)
 // with ~200 KB of rings keeps 48–160 KB of weights in flight per SM (grouped FP8 launches whose
-// 128-row blocks outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
+// blocks outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
 // A thread loads the same chunks of every step (addresses computed once), x only for the T real
 // tokens (the padding rows of the ring are zeroed once).
 //
@@ -66,9 +66,8 @@ constexpr int kMaxTokens = 64;
 static_assert(kMaxTokens == kFp8RowsMaxTokens, "Fp8Rows are sized for the W8A8 skinny kernel's steps");
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
-// Two blocks per SM (grouped FP8 launches of more 128-row blocks than SMs, see Params::two_per_sm):
-// each gets half the warps and a ring that two fit beside each other (228 KB per SM, 1 KB reserved
-// per block).
+// Two blocks per SM (grouped FP8 launches of more blocks than SMs, see Params::two_per_sm): each
+// gets a ring that two fit beside each other (228 KB per SM, 1 KB reserved per block).
 constexpr int kPairedSmemBudget = 110 * 1024;
 
 struct Params {
@@ -97,9 +96,9 @@ struct Params {
   int64_t extra_expert = -1;
   const void* extra_w = nullptr;
   const float* extra_scale_inv = nullptr;
-  // FP8 W8A16 128-row tiles at T <= 8 as two blocks per SM (half the warps, each with two m16 tiles,
-  // and a 3-step ring per stream): for grouped launches with more blocks than SMs, which would
-  // otherwise take a second, mostly idle wave of blocks.
+  // FP8 W8A16 as two blocks per SM, for grouped launches with more blocks than SMs (which would
+  // otherwise take a second, mostly idle wave, or at 9–32 tokens dozens of waves of short blocks):
+  // half the ring each, and at T <= 8 (128-row tiles) half the warps, each with two m16 tiles.
   bool two_per_sm = false;
   // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
@@ -133,7 +132,7 @@ inline Params make_params(const void* x, int64_t ldx, const void* w, const float
 // layout of a step.
 template <typename WeightT, int kNT, int kTileRows, bool kXFp8, int kBlocksPerSm = 1>
 struct Config {
-  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT == 1), "two blocks per SM: one token tile");
+  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 4), "two blocks per SM: up to 32 tokens");
   static constexpr int kRows = kTileRows;
   static constexpr int kBudget = kBlocksPerSm == 1 ? kSmemBudget : kPairedSmemBudget;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
@@ -677,9 +676,17 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
       launch_tiles<WeightT, 1, kRows>(p, y, stream);
     }
   } else if (p.T <= 16) {
-    launch_tiles<WeightT, 2, kRows>(p, y, stream);
+    if (sizeof(WeightT) == 1 && p.two_per_sm) {
+      launch_tiles<WeightT, 2, kRows, false, 2>(p, y, stream);
+    } else {
+      launch_tiles<WeightT, 2, kRows>(p, y, stream);
+    }
   } else if (p.T <= 32) {
-    launch_tiles<WeightT, 4, kRows>(p, y, stream);
+    if (sizeof(WeightT) == 1 && p.two_per_sm) {
+      launch_tiles<WeightT, 4, kRows, false, 2>(p, y, stream);
+    } else {
+      launch_tiles<WeightT, 4, kRows>(p, y, stream);
+    }
   } else {
     launch_tiles<WeightT, 8, kRows>(p, y, stream);
   }

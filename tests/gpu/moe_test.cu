@@ -247,15 +247,15 @@ void expect_fp8_block_matches(const MoeDims& dims, const std::vector<int64_t>& t
 // The shared expert on its own (intermediate 256) and as one more expert (128, the experts' size;
 // T <= 64); then Qwen3.5-35B-A3B's expert shapes (H 2048, Ie = Is = 512, top 8) with 16 experts, where a
 // token's 9 slots of 64-row tiles take more blocks than an H100 has SMs, so the grouped launches run
-// 128-row tiles, and where those still outnumber the SMs (down at T = 1, both projections at T = 8)
-// two blocks per SM.
+// 128-row tiles (T <= 8), and where the tiles still outnumber the SMs (down at T = 1, both
+// projections at T = 8, 16 and 32) two blocks per SM.
 TEST(GpuMoeRunner, Fp8ExpertsMatchDequantizedReference) {
   for (int64_t shared_intermediate : {256, 128}) {
     SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate));
     expect_fp8_block_matches(MoeDims{256, 8, 2, 128, shared_intermediate, true}, {1, 32, 100});
   }
   SCOPED_TRACE("35B-A3B expert shapes");
-  expect_fp8_block_matches(MoeDims{2048, 16, 8, 512, 512, true}, {1, 8});
+  expect_fp8_block_matches(MoeDims{2048, 16, 8, 512, 512, true}, {1, 8, 16, 32});
 }
 
 // The block captured in a CUDA graph (as decode steps run it) and replayed twice gives the bits of
