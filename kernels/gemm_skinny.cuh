@@ -96,9 +96,10 @@ struct Params {
   int64_t extra_expert = -1;
   const void* extra_w = nullptr;
   const float* extra_scale_inv = nullptr;
-  // FP8 W8A16 as two blocks per SM, for grouped launches with more blocks than SMs (which would
-  // otherwise take a second, mostly idle wave, or at 9–32 tokens dozens of waves of short blocks):
-  // half the ring each, and at T <= 8 (128-row tiles) half the warps, each with two m16 tiles.
+  // Two blocks per SM, for grouped launches with more blocks than SMs (which would otherwise take a
+  // second, mostly idle wave, or at 9–32 tokens dozens of waves of short blocks): FP8 W8A16 at T <= 32
+  // and BF16 at T <= 8 (the mma.sync forms, not wgmma); half the ring each, and at T <= 8 half the
+  // warps, each with two m16 tiles.
   bool two_per_sm = false;
   // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
@@ -132,7 +133,6 @@ inline Params make_params(const void* x, int64_t ldx, const void* w, const float
 // layout of a step.
 template <typename WeightT, int kNT, int kTileRows, bool kXFp8, int kBlocksPerSm = 1>
 struct Config {
-  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 4), "two blocks per SM: up to 32 tokens");
   static constexpr int kRows = kTileRows;
   static constexpr int kBudget = kBlocksPerSm == 1 ? kSmemBudget : kPairedSmemBudget;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
@@ -141,6 +141,8 @@ struct Config {
   // the ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
   static constexpr bool kWgmma = kXFp8 || (!kFp8 && kNT > 1);
   static_assert(!kXFp8 || kWgmma, "W8A8 runs on wgmma only");
+  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 4 && !kWgmma),
+                "two blocks per SM: up to 32 tokens, the mma.sync forms");
   static constexpr bool kWidenW = kFp8 && !kXFp8;  // W8A16: E4M3 weights widened to BF16 in registers
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
   static constexpr int kWBytes = kRows * kRowBytes;               // 16-byte chunks, swizzled (w_chunk)
@@ -630,6 +632,16 @@ void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
+// 64-row tiles of more than one token tile: FP8 (W8A16, mma.sync) two blocks per SM where p asks;
+// BF16 runs wgmma, one block per SM.
+template <typename WeightT, int kNT>
+void launch_mma_sync_or_wgmma_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
+  if constexpr (sizeof(WeightT) == 1) {
+    if (p.two_per_sm) return launch_tiles<WeightT, kNT, kRows, false, 2>(p, grid_y, stream);
+  }
+  launch_tiles<WeightT, kNT, kRows>(p, grid_y, stream);
+}
+
 template <int kNT>
 void launch_w8a8_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   if (p.tile_rows == 128) {
@@ -672,21 +684,15 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
           launch_tiles<WeightT, 1, 128>(p, y, stream);
         }
       }
+    } else if (sizeof(WeightT) == 2 && p.two_per_sm) {  // FP8 takes 128-row tiles first (grouped_tiling)
+      if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, kRows, false, 2>(p, y, stream);
     } else {
       launch_tiles<WeightT, 1, kRows>(p, y, stream);
     }
   } else if (p.T <= 16) {
-    if (sizeof(WeightT) == 1 && p.two_per_sm) {
-      launch_tiles<WeightT, 2, kRows, false, 2>(p, y, stream);
-    } else {
-      launch_tiles<WeightT, 2, kRows>(p, y, stream);
-    }
+    launch_mma_sync_or_wgmma_tiles<WeightT, 2>(p, y, stream);
   } else if (p.T <= 32) {
-    if (sizeof(WeightT) == 1 && p.two_per_sm) {
-      launch_tiles<WeightT, 4, kRows, false, 2>(p, y, stream);
-    } else {
-      launch_tiles<WeightT, 4, kRows>(p, y, stream);
-    }
+    launch_mma_sync_or_wgmma_tiles<WeightT, 4>(p, y, stream);
   } else {
     launch_tiles<WeightT, 8, kRows>(p, y, stream);
   }

@@ -70,14 +70,17 @@ TEST(GpuMoeRoute, NanLogitsStillGiveDistinctExperts) {
 }
 
 // Random BF16 weights of one MoE block: exact fp32 images for the reference, BF16 on the device.
+// The matrices that sum over H are scaled by sqrt(256 / H), so that their outputs keep the spread
+// they have at H = 256 (and the SiLU its range) for any H.
 struct Bf16MoeBlock {
-  explicit Bf16MoeBlock(const MoeDims& d)
-      : router(random_bf16(size_t(d.num_experts * d.hidden), 2, 0.1f)),
-        gate_up(random_bf16(size_t(d.num_experts * 2 * d.expert_intermediate * d.hidden), 3, 0.06f)),
+  explicit Bf16MoeBlock(const MoeDims& d) : Bf16MoeBlock(d, std::sqrt(256.f / float(d.hidden))) {}
+  Bf16MoeBlock(const MoeDims& d, float over_h)
+      : router(random_bf16(size_t(d.num_experts * d.hidden), 2, 0.1f * over_h)),
+        gate_up(random_bf16(size_t(d.num_experts * 2 * d.expert_intermediate * d.hidden), 3, 0.06f * over_h)),
         down(random_bf16(size_t(d.num_experts * d.hidden * d.expert_intermediate), 4, 0.09f)),
-        s_gate_up(random_bf16(size_t(2 * d.shared_intermediate * d.hidden), 5, 0.06f)),
+        s_gate_up(random_bf16(size_t(2 * d.shared_intermediate * d.hidden), 5, 0.06f * over_h)),
         s_down(random_bf16(size_t(d.hidden * d.shared_intermediate), 6, 0.07f)),
-        s_gate(random_bf16(size_t(d.hidden), 7, 0.1f)) {}
+        s_gate(random_bf16(size_t(d.hidden), 7, 0.1f * over_h)) {}
   MoeWeights<float> cpu() const {
     return {router.values.data(),    gate_up.values.data(), down.values.data(),
             s_gate_up.values.data(), s_down.values.data(),  s_gate.values.data()};
@@ -128,6 +131,21 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
                            T);
     }
     EXPECT_THROW(runner.forward(gemm, nullptr, 129, device.weights(), nullptr, nullptr), std::invalid_argument);
+  }
+}
+
+// Qwen3.5-35B-A3B's expert shapes (H 2048, Ie = Is = 512, top 8) with 16 experts in BF16: a token's 9
+// slots take more 64-row blocks than an H100 has SMs (gate_up 144, down 288), so at T <= 8 the
+// grouped launches run two blocks per SM.
+TEST(GpuMoeRunner, Bf16ExpertsAtPublishedShapesMatchReference) {
+  const MoeDims dims{2048, 16, 8, 512, 512, true};
+  const Bf16MoeBlock block(dims);
+  const DeviceMoeBlock device(block);
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, 8);
+  for (int64_t T : {1, 8}) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(70 + T)), T);
   }
 }
 
