@@ -114,23 +114,29 @@ void expect_block_matches(cuda::MoeRunner& runner, cuda::GemmRunner& gemm, const
   EXPECT_TRUE(all_close(to_float(dout.download()), want, 2e-2f, 2e-2f));
 }
 
+// Random weights of `dims` on each of `token_counts` tokens (a fresh x each) against the reference.
+void expect_random_block_matches(const MoeDims& dims, const std::vector<int64_t>& token_counts, uint32_t x_seed) {
+  const Bf16MoeBlock block(dims);
+  const DeviceMoeBlock device(block);
+  cuda::GemmRunner gemm;
+  cuda::MoeRunner runner(dims, *std::max_element(token_counts.begin(), token_counts.end()));
+  for (int64_t T : token_counts) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(x_seed + T)),
+                         T);
+  }
+  EXPECT_THROW(runner.forward(gemm, nullptr, token_counts.back() + 1000, device.weights(), nullptr, nullptr),
+               std::invalid_argument);
+}
+
 // The shared expert on its own (intermediate 192) and as one more expert of the grouped GEMMs (128,
-// the experts' size; for T <= 64, on its own above).
+// the experts' size; for T <= 64, on its own above). T <= 32: the experts through the skinny kernel;
+// above: the tile kernel.
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
   for (const auto& [shared_intermediate, norm_topk_prob] : {std::pair{192, true}, {128, true}, {128, false}}) {
-    const MoeDims dims{256, 16, 4, 128, shared_intermediate, norm_topk_prob};
     SCOPED_TRACE("shared_intermediate=" + std::to_string(shared_intermediate) +
                  (norm_topk_prob ? "" : ", weights not renormalised"));
-    const Bf16MoeBlock block(dims);
-    const DeviceMoeBlock device(block);
-    cuda::GemmRunner gemm;
-    cuda::MoeRunner runner(dims, 128);
-    for (int64_t T : {1, 32, 37, 100}) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
-      SCOPED_TRACE("T=" + std::to_string(T));
-      expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(10 + T)),
-                           T);
-    }
-    EXPECT_THROW(runner.forward(gemm, nullptr, 129, device.weights(), nullptr, nullptr), std::invalid_argument);
+    expect_random_block_matches(MoeDims{256, 16, 4, 128, shared_intermediate, norm_topk_prob}, {1, 32, 37, 100}, 10);
   }
 }
 
@@ -138,15 +144,7 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
 // slots take more 64-row blocks than an H100 has SMs (gate_up 144, down 288), so at T <= 8 the
 // grouped launches run two blocks per SM.
 TEST(GpuMoeRunner, Bf16ExpertsAtPublishedShapesMatchReference) {
-  const MoeDims dims{2048, 16, 8, 512, 512, true};
-  const Bf16MoeBlock block(dims);
-  const DeviceMoeBlock device(block);
-  cuda::GemmRunner gemm;
-  cuda::MoeRunner runner(dims, 8);
-  for (int64_t T : {1, 8}) {
-    SCOPED_TRACE("T=" + std::to_string(T));
-    expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(70 + T)), T);
-  }
+  expect_random_block_matches(MoeDims{2048, 16, 8, 512, 512, true}, {1, 8}, 70);
 }
 
 // The published expert count (256, top 8) with every token's first choice the same expert: that
