@@ -394,13 +394,13 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
   p.extra_expert = groups.extra_expert;
   p.extra_w = groups.extra_w;
   p.extra_scale_inv = groups.extra_scale_inv;
-  // Tiles that outnumber the SMs run two blocks per SM where the kernel has that form (FP8 up to 32
-  // tokens, BF16 up to 8). Measured on the H100, 35B-A3B layer, `moe_bench`: FP8 in a graph T = 1
-  // 42.7 -> 41.5 µs (the down projection's 144 128-row blocks had taken two waves), T = 2 64.9 ->
-  // 57.3, T = 8 123.8 -> 107.4, T = 16 245 -> 186, T = 32 397 -> 300 (the down projection had run ~25
-  // waves of one block per SM); BF16 alone T = 1 61.3 -> 55.0, T = 8 179.6 -> 160.2.
-  p.two_per_sm = (scale_inv || max_rows <= 8) && groups.slots * ((N + p.tile_rows - 1) / p.tile_rows) >
-                                                     cuda_utils::current_device_sm_count("cuda::grouped_skinny_gemm");
+  // Tiles that outnumber the SMs run two blocks per SM. Measured on the H100, 35B-A3B layer,
+  // `moe_bench`, µs: FP8 in a graph T = 1 42.7 -> 41.5 (the down projection's 144 128-row blocks had
+  // taken two waves), T = 2 64.9 -> 57.3, T = 8 123.8 -> 107.4, T = 16 245 -> 186, T = 32 397 -> 300
+  // (the down projection had run ~25 waves of one block per SM); BF16 alone T = 1 61.3 -> 55.0, T = 8
+  // 179.6 -> 160.2, T = 16 287.7 -> 264.3, T = 32 459.8 -> 408.5.
+  p.two_per_sm = groups.slots * ((N + p.tile_rows - 1) / p.tile_rows) >
+                 cuda_utils::current_device_sm_count("cuda::grouped_skinny_gemm");
   if (scale_inv) {
     skinny::launch<uint8_t>(p, stream, unsigned(groups.slots));
   } else {

@@ -96,10 +96,10 @@ struct Params {
   int64_t extra_expert = -1;
   const void* extra_w = nullptr;
   const float* extra_scale_inv = nullptr;
-  // Two blocks per SM, for grouped launches with more blocks than SMs (which would otherwise take a
-  // second, mostly idle wave, or at 9–32 tokens dozens of waves of short blocks): FP8 W8A16 at T <= 32
-  // and BF16 at T <= 8 (the mma.sync forms, not wgmma); half the ring each, and at T <= 8 half the
-  // warps, each with two m16 tiles.
+  // Two blocks per SM, for grouped launches (BF16 or FP8 W8A16, up to 32 tokens) with more blocks
+  // than SMs, which would otherwise take a second, mostly idle wave, or at 9–32 tokens dozens of
+  // waves of short blocks: half the ring each; at T <= 8 half the warps (each with two m16 tiles),
+  // with wgmma (BF16 above 8 tokens) two streams.
   bool two_per_sm = false;
   // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
@@ -141,8 +141,8 @@ struct Config {
   // the ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
   static constexpr bool kWgmma = kXFp8 || (!kFp8 && kNT > 1);
   static_assert(!kXFp8 || kWgmma, "W8A8 runs on wgmma only");
-  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 4 && !kWgmma),
-                "two blocks per SM: up to 32 tokens, the mma.sync forms");
+  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 4 && !kXFp8),
+                "two blocks per SM: up to 32 tokens, not W8A8");
   static constexpr bool kWidenW = kFp8 && !kXFp8;  // W8A16: E4M3 weights widened to BF16 in registers
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
   static constexpr int kWBytes = kRows * kRowBytes;               // 16-byte chunks, swizzled (w_chunk)
@@ -632,14 +632,14 @@ void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
-// 64-row tiles of more than one token tile: FP8 (W8A16, mma.sync) two blocks per SM where p asks;
-// BF16 runs wgmma, one block per SM.
+// 64-row tiles of more than one token tile, two blocks per SM where p asks.
 template <typename WeightT, int kNT>
-void launch_mma_sync_or_wgmma_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
-  if constexpr (sizeof(WeightT) == 1) {
-    if (p.two_per_sm) return launch_tiles<WeightT, kNT, kRows, false, 2>(p, grid_y, stream);
+void launch_token_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
+  if (p.two_per_sm) {
+    launch_tiles<WeightT, kNT, kRows, false, 2>(p, grid_y, stream);
+  } else {
+    launch_tiles<WeightT, kNT, kRows>(p, grid_y, stream);
   }
-  launch_tiles<WeightT, kNT, kRows>(p, grid_y, stream);
 }
 
 template <int kNT>
@@ -690,9 +690,9 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
       launch_tiles<WeightT, 1, kRows>(p, y, stream);
     }
   } else if (p.T <= 16) {
-    launch_mma_sync_or_wgmma_tiles<WeightT, 2>(p, y, stream);
+    launch_token_tiles<WeightT, 2>(p, y, stream);
   } else if (p.T <= 32) {
-    launch_mma_sync_or_wgmma_tiles<WeightT, 4>(p, y, stream);
+    launch_token_tiles<WeightT, 4>(p, y, stream);
   } else {
     launch_tiles<WeightT, 8, kRows>(p, y, stream);
   }
