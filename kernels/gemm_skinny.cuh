@@ -17,8 +17,8 @@
 // whole block meets only at the end, where the streams' sums are added in shared memory. One block
 // per SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
 // warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per stream)
-// with ~200 KB of rings keeps 48–160 KB of weights in flight per SM (grouped FP8 launches whose
-// blocks outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
+// with ~200 KB of rings keeps 48–160 KB of weights in flight per SM (grouped launches whose blocks
+// outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
 // A thread loads the same chunks of every step (addresses computed once), x only for the T real
 // tokens (the padding rows of the ring are zeroed once).
 //
@@ -66,8 +66,8 @@ constexpr int kMaxTokens = 64;
 static_assert(kMaxTokens == kFp8RowsMaxTokens, "Fp8Rows are sized for the W8A8 skinny kernel's steps");
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
 constexpr int kSmemBudget = 216 * 1024;
-// Two blocks per SM (grouped FP8 launches of more blocks than SMs, see Params::two_per_sm): each
-// gets a ring that two fit beside each other (228 KB per SM, 1 KB reserved per block).
+// Two blocks per SM (grouped launches of more blocks than SMs, see Params::two_per_sm): each gets a
+// ring that two fit beside each other (228 KB per SM, 1 KB reserved per block).
 constexpr int kPairedSmemBudget = 110 * 1024;
 
 struct Params {

@@ -119,13 +119,14 @@ void expect_random_block_matches(const MoeDims& dims, const std::vector<int64_t>
   const Bf16MoeBlock block(dims);
   const DeviceMoeBlock device(block);
   cuda::GemmRunner gemm;
-  cuda::MoeRunner runner(dims, *std::max_element(token_counts.begin(), token_counts.end()));
+  const int64_t max_tokens = *std::max_element(token_counts.begin(), token_counts.end());
+  cuda::MoeRunner runner(dims, max_tokens);
   for (int64_t T : token_counts) {
     SCOPED_TRACE("T=" + std::to_string(T));
     expect_block_matches(runner, gemm, dims, block, device, random_bf16(size_t(T * dims.hidden), uint32_t(x_seed + T)),
                          T);
   }
-  EXPECT_THROW(runner.forward(gemm, nullptr, token_counts.back() + 1000, device.weights(), nullptr, nullptr),
+  EXPECT_THROW(runner.forward(gemm, nullptr, max_tokens + 1, device.weights(), nullptr, nullptr),
                std::invalid_argument);
 }
 
