@@ -141,7 +141,7 @@ struct Config {
   // the ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
   static constexpr bool kWgmma = kXFp8 || (!kFp8 && kNT > 1);
   static_assert(!kXFp8 || kWgmma, "W8A8 runs on wgmma only");
-  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 4 && !kXFp8),
+  static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 8 && !kXFp8),
                 "two blocks per SM: up to 32 tokens, not W8A8");
   static constexpr bool kWidenW = kFp8 && !kXFp8;  // W8A16: E4M3 weights widened to BF16 in registers
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
@@ -635,8 +635,9 @@ void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
 // 64-row tiles of more than one token tile, two blocks per SM where p asks.
 template <typename WeightT, int kNT>
 void launch_token_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
-  if (p.two_per_sm) {
-    launch_tiles<WeightT, kNT, kRows, false, 2>(p, grid_y, stream);
+  constexpr bool kHasPaired = kNT <= 4 || sizeof(WeightT) == 2;  // FP8's 64-token step leaves 2 slots
+  if (kHasPaired && p.two_per_sm) {
+    if constexpr (kHasPaired) launch_tiles<WeightT, kNT, kRows, false, 2>(p, grid_y, stream);
   } else {
     launch_tiles<WeightT, kNT, kRows>(p, grid_y, stream);
   }
@@ -694,7 +695,7 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
   } else if (p.T <= 32) {
     launch_token_tiles<WeightT, 4>(p, y, stream);
   } else {
-    launch_tiles<WeightT, 8, kRows>(p, y, stream);
+    launch_token_tiles<WeightT, 8>(p, y, stream);
   }
 }
 

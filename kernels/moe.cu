@@ -21,10 +21,13 @@ namespace {
 using cuda_utils::as_nv;
 using cuda_utils::check_launch;
 
-// Batches up to this many tokens run the experts through grouped_skinny_gemm (measured on the H100,
-// 35B-A3B layer, `moe_bench`: T = 1 81 vs 100 µs with the tile kernel, 8: 207 vs 242, 32: 490 vs
-// 514, FP8 32: 431 vs 469; at 64 the tile kernel is faster: 664 vs 676, FP8 607 vs 704).
-constexpr int64_t kMaxSkinnyTokens = 32;
+// Batches up to this many tokens run the experts through grouped_skinny_gemm, else the tile kernel
+// (measured on the H100, 35B-A3B layer, `moe_bench`: T = 1 81 vs 100 µs, 8: 207 vs 242, 32: 490 vs
+// 514, FP8 32: 431 vs 469; at 64 the tile kernel was faster, 664 vs 676, FP8 607 vs 704, until the
+// grouped launches ran two blocks per SM: BF16 33, 48, 64 tokens 515, 587, 644 -> 425, 487, 535 µs;
+// FP8's 64-token step leaves no room for two blocks per SM, so it keeps the tile kernel above 32).
+template <typename WeightT>
+constexpr int64_t kMaxSkinnyTokens = sizeof(WeightT) == 2 ? 64 : 32;
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("MoeRunner: ") + what + ": " + cudaGetErrorString(err));
@@ -481,7 +484,7 @@ struct ExpertMatrices {
 // runs as an expert).
 template <typename WeightT>
 bool grouped_skinny(const Routing& r, int64_t K, const void* x, const ExpertMatrices<WeightT>& m) {
-  return r.T <= kMaxSkinnyTokens && grouped_skinny_supports(r.T, K, K, x, m.experts) &&
+  return r.T <= kMaxSkinnyTokens<WeightT> && grouped_skinny_supports(r.T, K, K, x, m.experts) &&
          (r.shared_expert < 0 || grouped_skinny_supports(r.T, K, K, x, m.shared));
 }
 

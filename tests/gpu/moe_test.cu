@@ -131,7 +131,7 @@ void expect_random_block_matches(const MoeDims& dims, const std::vector<int64_t>
 }
 
 // The shared expert on its own (intermediate 192) and as one more expert of the grouped GEMMs (128,
-// the experts' size; for T <= 64, on its own above). T <= 32: the experts through the skinny kernel;
+// the experts' size; for T <= 64, on its own above). T <= 64: the experts through the skinny kernel;
 // above: the tile kernel.
 TEST(GpuMoeRunner, WholeBlockMatchesReference) {
   for (const auto& [shared_intermediate, norm_topk_prob] : {std::pair{192, true}, {128, true}, {128, false}}) {
@@ -143,9 +143,9 @@ TEST(GpuMoeRunner, WholeBlockMatchesReference) {
 
 // Qwen3.5-35B-A3B's expert shapes (H 2048, Ie = Is = 512, top 8) with 16 experts in BF16: a token's 9
 // slots take more 64-row blocks than an H100 has SMs (gate_up 144, down 288), so the grouped
-// launches run two blocks per SM (T <= 8 with mma.sync, 16 and 32 with wgmma).
+// launches run two blocks per SM (T <= 8 with mma.sync, 16 to 64 with wgmma).
 TEST(GpuMoeRunner, Bf16ExpertsAtPublishedShapesMatchReference) {
-  expect_random_block_matches(MoeDims{2048, 16, 8, 512, 512, true}, {1, 8, 16, 32}, 70);
+  expect_random_block_matches(MoeDims{2048, 16, 8, 512, 512, true}, {1, 8, 16, 32, 64}, 70);
 }
 
 // The published expert count (256, top 8) with every token's first choice the same expert: that
@@ -239,7 +239,7 @@ void expect_fp8_block_matches(const MoeDims& dims, const std::vector<int64_t>& t
                                 s_gate_up_f.data(),   s_down_f.data(),  s_gate.values.data()};
   cuda::GemmRunner gemm;
   cuda::MoeRunner runner(dims, 100);
-  for (int64_t T : token_counts) {  // T <= 32: the experts through the skinny kernel; above: the tile kernel
+  for (int64_t T : token_counts) {  // T <= 32: the FP8 experts through the skinny kernel; above: the tile kernel
     SCOPED_TRACE("T=" + std::to_string(T));
     const auto x = random_bf16(size_t(T * H), uint32_t(30 + T));
     DeviceBuffer<bf16> dx(x.bits), dout(size_t(T * H));
