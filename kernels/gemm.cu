@@ -356,15 +356,22 @@ void GemmRunner::run_skinny(const void* x, int64_t ldx, const void* w, const flo
 
 namespace {
 
-// 64-row tiles, or with FP8 weights and at most 8 rows per expert 128-row ones where 64-row tiles of
-// every slot would take more than one wave of blocks (one per SM): half as many blocks, each
-// streaming twice as long (measured on the H100, 35B-A3B experts at T = 1: gate_up 23.8 -> 19.5
-// µs, 144 -> 72 blocks; down 17.0 -> 16.6, 288 -> 144).
-SkinnyTiling grouped_tiling(int64_t max_rows, int64_t N, int64_t slots, bool fp8) {
+// How a grouped launch covers its slots' row tiles: 64-row tiles, or with FP8 weights and at most 8
+// rows per expert 128-row ones where 64-row tiles of every slot would take more than one wave of
+// blocks (one per SM): half as many blocks, each streaming twice as long (measured on the H100,
+// 35B-A3B experts at T = 1: gate_up 23.8 -> 19.5 µs, 144 -> 72 blocks; down 17.0 -> 16.6, 288 ->
+// 144). Tiles that still outnumber the SMs run two blocks per SM (measured on the H100, 35B-A3B
+// layer, `moe_bench`, µs: FP8 in a graph T = 1 42.7 -> 41.5, where the down projection's 144 128-row
+// blocks had taken two waves, T = 2 64.9 -> 57.3, T = 8 123.8 -> 107.4, T = 16 245 -> 186, T = 32
+// 397 -> 300, where the down projection had run ~25 waves of one block per SM; BF16 alone T = 1 61.3
+// -> 55.0, T = 8 179.6 -> 160.2, T = 16 287.7 -> 264.3, T = 32 459.8 -> 408.5).
+void set_grouped_tiling(skinny::Params& p, int64_t slots) {
   const int sms = cuda_utils::current_device_sm_count("cuda::grouped_skinny_gemm");
-  const int64_t blocks = slots * ((N + skinny::kRows - 1) / skinny::kRows);
-  const bool wide = fp8 && skinny::has_tile_rows(128, true, max_rows) && blocks > sms;
-  return {wide ? 128 : skinny::kRows, 1};
+  const auto blocks = [&](int64_t tile_rows) { return slots * ((p.N + tile_rows - 1) / tile_rows); };
+  const bool fp8 = p.scale_inv != nullptr;
+  p.tile_rows = fp8 && skinny::has_tile_rows(128, true, p.T) && blocks(skinny::kRows) > sms ? 128 : skinny::kRows;
+  p.splits = 1;
+  p.two_per_sm = blocks(p.tile_rows) > sms;
 }
 
 }  // namespace
@@ -386,21 +393,14 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
                                 "x and w, 1 <= slots <= 65535, the expert list and row offsets, and for an extra "
                                 "expert its 16-byte aligned matrix, with scales where w has them)");
   }
-  skinny::Params p = skinny::make_params(x, ldx, w, scale_inv, y, ldy, max_rows, N, K, /*out_f32=*/false,
-                                         grouped_tiling(max_rows, N, groups.slots, scale_inv != nullptr));
+  skinny::Params p = skinny::make_params(x, ldx, w, scale_inv, y, ldy, max_rows, N, K, /*out_f32=*/false, {});
+  set_grouped_tiling(p, groups.slots);
   p.active_experts = groups.active_experts;
   p.row_offsets = groups.row_offsets;
   p.x_rows = groups.x_rows;
   p.extra_expert = groups.extra_expert;
   p.extra_w = groups.extra_w;
   p.extra_scale_inv = groups.extra_scale_inv;
-  // Tiles that outnumber the SMs run two blocks per SM. Measured on the H100, 35B-A3B layer,
-  // `moe_bench`, µs: FP8 in a graph T = 1 42.7 -> 41.5 (the down projection's 144 128-row blocks had
-  // taken two waves), T = 2 64.9 -> 57.3, T = 8 123.8 -> 107.4, T = 16 245 -> 186, T = 32 397 -> 300
-  // (the down projection had run ~25 waves of one block per SM); BF16 alone T = 1 61.3 -> 55.0, T = 8
-  // 179.6 -> 160.2, T = 16 287.7 -> 264.3, T = 32 459.8 -> 408.5.
-  p.two_per_sm = groups.slots * ((N + p.tile_rows - 1) / p.tile_rows) >
-                 cuda_utils::current_device_sm_count("cuda::grouped_skinny_gemm");
   if (scale_inv) {
     skinny::launch<uint8_t>(p, stream, unsigned(groups.slots));
   } else {

@@ -96,10 +96,10 @@ struct Params {
   int64_t extra_expert = -1;
   const void* extra_w = nullptr;
   const float* extra_scale_inv = nullptr;
-  // Two blocks per SM, for grouped launches (BF16 or FP8 W8A16, up to 32 tokens) with more blocks
-  // than SMs, which would otherwise take a second, mostly idle wave, or at 9–32 tokens dozens of
-  // waves of short blocks: half the ring each; at T <= 8 half the warps (each with two m16 tiles),
-  // with wgmma (BF16 above 8 tokens) two streams.
+  // Two blocks per SM, for grouped launches (BF16 up to 64 tokens, FP8 W8A16 up to 32) with more
+  // blocks than SMs, which would otherwise take a second, mostly idle wave, or above 8 tokens dozens
+  // of waves of short blocks: half the ring each; at T <= 8 half the warps (each with two m16
+  // tiles), with wgmma (BF16 above 8 tokens) two streams.
   bool two_per_sm = false;
   // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
@@ -142,7 +142,7 @@ struct Config {
   static constexpr bool kWgmma = kXFp8 || (!kFp8 && kNT > 1);
   static_assert(!kXFp8 || kWgmma, "W8A8 runs on wgmma only");
   static_assert(kBlocksPerSm == 1 || (kBlocksPerSm == 2 && kNT <= 8 && !kXFp8),
-                "two blocks per SM: up to 32 tokens, not W8A8");
+                "two blocks per SM: up to 64 tokens, not W8A8");
   static constexpr bool kWidenW = kFp8 && !kXFp8;  // W8A16: E4M3 weights widened to BF16 in registers
   static constexpr int kStepK = kRowBytes / int(sizeof(WeightT));
   static constexpr int kWBytes = kRows * kRowBytes;               // 16-byte chunks, swizzled (w_chunk)

@@ -74,6 +74,13 @@ TEST(GpuMoeRoute, NanLogitsStillGiveDistinctExperts) {
 // they have at H = 256 (and the SiLU its range) for any H.
 struct Bf16MoeBlock {
   explicit Bf16MoeBlock(const MoeDims& d) : Bf16MoeBlock(d, std::sqrt(256.f / float(d.hidden))) {}
+  MoeWeights<float> cpu() const {
+    return {router.values.data(),    gate_up.values.data(), down.values.data(),
+            s_gate_up.values.data(), s_down.values.data(),  s_gate.values.data()};
+  }
+  testing_util::Bf16Data router, gate_up, down, s_gate_up, s_down, s_gate;
+
+ private:
   Bf16MoeBlock(const MoeDims& d, float over_h)
       : router(random_bf16(size_t(d.num_experts * d.hidden), 2, 0.1f * over_h)),
         gate_up(random_bf16(size_t(d.num_experts * 2 * d.expert_intermediate * d.hidden), 3, 0.06f * over_h)),
@@ -81,11 +88,6 @@ struct Bf16MoeBlock {
         s_gate_up(random_bf16(size_t(2 * d.shared_intermediate * d.hidden), 5, 0.06f * over_h)),
         s_down(random_bf16(size_t(d.hidden * d.shared_intermediate), 6, 0.07f)),
         s_gate(random_bf16(size_t(d.hidden), 7, 0.1f * over_h)) {}
-  MoeWeights<float> cpu() const {
-    return {router.values.data(),    gate_up.values.data(), down.values.data(),
-            s_gate_up.values.data(), s_down.values.data(),  s_gate.values.data()};
-  }
-  testing_util::Bf16Data router, gate_up, down, s_gate_up, s_down, s_gate;
 };
 
 struct DeviceMoeBlock {
