@@ -16,7 +16,7 @@
 // cp.async ring and its own warps (16 or 32 rows each), which meet at a named barrier per step; the
 // whole block meets only at the end, where the streams' sums are added in shared memory. One block
 // per SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
-// warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per stream)
+// warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per m64 tile of each stream)
 // with ~200 KB of rings keeps 48–160 KB of weights in flight per SM (grouped launches whose blocks
 // outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
 // A thread loads the same chunks of every step (addresses computed once), x only for the T real
@@ -158,13 +158,17 @@ struct Config {
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
   // instead of 8; BF16 alike within noise; FP8's 128-row tiles: 2 streams of 8 warps, 5 steps deep).
   // More tokens: a warpgroup per stream (BF16, wgmma), or 8 warps (W8A16; registers). W8A8: a
-  // warpgroup per stream for any T (wgmma; 128-row tiles are two m64 tiles of the same warpgroup).
+  // warpgroup per m64 tile of each stream for any T (wgmma; see kWarpgroupsPerStream).
   // FP8 32-row tiles with one token tile also split each step's k in two halves between two warps (each with
   // its own sums, added in the final reduction; 16 warps in all): the widening makes a step's work long enough
   // that one warp per m16 tile delays the stream's next loads (measured on the H100: 9B mlp down 21.8 -> 20.9 µs
   // at T = 1, 24.7 -> 23.4 at T = 8; the same split with 64 rows, at 1024 threads or 2 streams, was slower).
   static constexpr int kKSplit = kWidenW && kNT == 1 && kRows == 32 ? 2 : 1;
-  static constexpr int kThreads = kWgmma     ? 128 * kStreams
+  // W8A8 128-row tiles with more than one n8 token tile: a warpgroup per m64 tile of each stream, so a
+  // step's two halves are multiplied side by side (measured on the H100 at T = 64, one warpgroup
+  // doing both: 9B in_proj 25.6 -> 24.4 µs, lm_head 390.9 -> 375.6; at T <= 8, no gain).
+  static constexpr int kWarpgroupsPerStream = kXFp8 && kNT > 1 ? kRows / 64 : 1;
+  static constexpr int kThreads = kWgmma     ? 128 * kWarpgroupsPerStream * kStreams
                                   : kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit / kBlocksPerSm
                                              : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
@@ -175,7 +179,7 @@ struct Config {
   static constexpr int kSums = kStreams * kKSplit;                        // partial sums per output, reduced at the end
   static_assert(kRows % (16 * kRowWarps) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
   static_assert(!kWgmma || ((kRows == 64 || (kXFp8 && kRows == 128)) && kWBytes % 1024 == 0),
-                "wgmma: one m64 tile per stream (W8A8: or two), every step's W and x on 1024-byte boundaries");
+                "wgmma: one m64 tile per warpgroup (W8A8: or two), every step's W and x on 1024-byte boundaries");
   static constexpr int kStages = kBudget / kStreams / kStepBytes;
   static constexpr int kRedStride = kRows + 4;              // fp32 row of the final reduction, padded against conflicts
   static constexpr size_t kAlignSlack = kWgmma ? 1024 : 0;  // the ring is moved to a 1024-byte boundary
@@ -203,13 +207,29 @@ __device__ inline void finish_split_k(const Params& p, int64_t n0, int tile_rows
   __syncthreads();
   if (!last) return;
   __threadfence();
+  // Four adjacent outputs per thread where the partials' rows allow 16-byte loads: the kernel's tail
+  // is this block's chain of L2 round trips, a quarter as long (measured on the H100 at T = 64, a
+  // 64-row tile's 4096 outputs over 512 threads, W8A8 × 2 splits: 9B o_proj 16.0 -> 13.3 µs, mlp
+  // down 27.1 -> 24.5, which made it the autotune's pick, 30.2 -> 27.3 in the decode sequence).
   const int rows = int(std::min<int64_t>(tile_rows, p.N - n0));
-  for (int i = threadIdx.x; i < rows * p.T; i += blockDim.x) {
-    const int t = i / rows;
-    const int64_t n = n0 + i % rows;
-    float v = 0.f;
-    for (int s = 0; s < p.splits; ++s) v += __ldcg(&p.partial[(int64_t(s) * p.T + t) * p.N + n]);
-    store_output(p, t, n, v);
+  const int width = rows % 4 == 0 && p.N % 4 == 0 ? 4 : 1;
+  const int groups = rows / width;
+  for (int i = threadIdx.x; i < groups * p.T; i += blockDim.x) {
+    const int t = i / groups;
+    const int64_t n = n0 + i % groups * width;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < p.splits; ++s) {
+      const float* src = &p.partial[(int64_t(s) * p.T + t) * p.N + n];
+      if (width == 4) {
+        const float4 part = __ldcg(reinterpret_cast<const float4*>(src));
+        v.x += part.x, v.y += part.y, v.z += part.z, v.w += part.w;
+      } else {
+        v.x += __ldcg(src);
+      }
+    }
+    const float sums[4] = {v.x, v.y, v.z, v.w};
+    for (int e = 0; e < width; ++e) store_output(p, t, n + e, sums[e]);
   }
   if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;
 }
@@ -421,11 +441,12 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   auto compute = [&](int j) {
     if constexpr (C::kWgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-      // The stream's warpgroup multiplies each m64 tile mt of the step's W (64 rows; W8A8 128-row
-      // tiles have two) by its x [8·kNT tokens], 32 bytes of each row per instruction (acc[mt] is
-      // the tile's accumulator: warp `part` holds its rows 16part.., see wgmma.cuh) and waits until
-      // the tensor cores have read the slot: it is refilled after the next barrier.
-      const uint32_t w_addr = mma::smem_address(slot(j)), x_addr = w_addr + C::kWBytes;
+      // Each warpgroup multiplies its m64 tiles of the step's W (W8A8 128-row tiles: both, or with
+      // two warpgroups per stream the one at rows 64(part / 4)..) by x [8·kNT tokens], 32 bytes of
+      // each row per instruction (warp part % 4 holds rows 16(part % 4).. of each, see wgmma.cuh),
+      // and waits until the tensor cores have read the slot: it is refilled after the next barrier.
+      const uint32_t w_addr = mma::smem_address(slot(j)) + (part / 4) * C::kWarpTiles * 64 * kRowBytes;
+      const uint32_t x_addr = mma::smem_address(slot(j)) + C::kWBytes;
       wgmma::fence();
 #pragma unroll
       for (int mt = 0; mt < C::kWarpTiles; ++mt) {
@@ -529,7 +550,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   __syncthreads();  // every stream is done with its ring: reuse it for the reduction
 
   // C fragment (mt, jt): row (part·kWarpTiles + mt)·16 + g (+8 in e = 2, 3), token 8jt + 2c (+1 in
-  // odd e); with wgmma, m64 tile mt's rows: 64mt + 16part + g (+8).
+  // odd e); with wgmma, m64 tile (part / 4)·kWarpTiles + mt's rows 16(part % 4) + g (+8).
   float* red = reinterpret_cast<float*>(smem);  // [stream, k part][token][row]
   const int sum_index = stream * C::kKSplit + k_part;
 #pragma unroll
@@ -538,7 +559,9 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
     for (int jt = 0; jt < kNT; ++jt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = (C::kWgmma ? mt * 64 + part * 16 : (part * C::kWarpTiles + mt) * 16) + g + (e >> 1) * 8;
+        const int row =
+            (C::kWgmma ? ((part / 4) * C::kWarpTiles + mt) * 64 + part % 4 * 16 : (part * C::kWarpTiles + mt) * 16) +
+            g + (e >> 1) * 8;
         const int t = jt * 8 + 2 * c4 + (e & 1);
         red[(sum_index * C::kTokenRows + t) * C::kRedStride + row] = acc[mt][jt][e];
       }
