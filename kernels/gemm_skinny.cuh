@@ -655,15 +655,20 @@ void launch_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
   cuda_utils::launch_programmatic(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, "skinny GEMM", p);
 }
 
-// 64-row tiles of more than one token tile, two blocks per SM where p asks.
+// kTileRows-row tiles, two blocks per SM where p asks (Params::two_per_sm) and the form has them.
+template <typename WeightT, int kNT, int kTileRows, bool kHasPaired>
+void launch_one_or_two_per_sm(const Params& p, unsigned grid_y, cudaStream_t stream) {
+  if constexpr (kHasPaired) {
+    if (p.two_per_sm) return launch_tiles<WeightT, kNT, kTileRows, false, 2>(p, grid_y, stream);
+  }
+  launch_tiles<WeightT, kNT, kTileRows>(p, grid_y, stream);
+}
+
+// 64-row tiles of more than one token tile (FP8's 64-token step leaves a 2-slot ring at half the
+// shared memory, so it has no two-per-SM form).
 template <typename WeightT, int kNT>
 void launch_token_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
-  constexpr bool kHasPaired = kNT <= 4 || sizeof(WeightT) == 2;  // FP8's 64-token step leaves 2 slots
-  if (kHasPaired && p.two_per_sm) {
-    if constexpr (kHasPaired) launch_tiles<WeightT, kNT, kRows, false, 2>(p, grid_y, stream);
-  } else {
-    launch_tiles<WeightT, kNT, kRows>(p, grid_y, stream);
-  }
+  launch_one_or_two_per_sm<WeightT, kNT, kRows, kNT <= 4 || sizeof(WeightT) == 2>(p, grid_y, stream);
 }
 
 template <int kNT>
@@ -701,17 +706,9 @@ void launch(const Params& p, cudaStream_t stream, unsigned expert_slots = 0) {
     } else if (sizeof(WeightT) == 2 && p.tile_rows == 48) {
       if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, 48>(p, y, stream);
     } else if (sizeof(WeightT) == 1 && p.tile_rows == 128) {
-      if constexpr (sizeof(WeightT) == 1) {
-        if (p.two_per_sm) {
-          launch_tiles<WeightT, 1, 128, false, 2>(p, y, stream);
-        } else {
-          launch_tiles<WeightT, 1, 128>(p, y, stream);
-        }
-      }
-    } else if (sizeof(WeightT) == 2 && p.two_per_sm) {  // FP8 takes 128-row tiles first (grouped_tiling)
-      if constexpr (sizeof(WeightT) == 2) launch_tiles<WeightT, 1, kRows, false, 2>(p, y, stream);
-    } else {
-      launch_tiles<WeightT, 1, kRows>(p, y, stream);
+      if constexpr (sizeof(WeightT) == 1) launch_one_or_two_per_sm<WeightT, 1, 128, true>(p, y, stream);
+    } else {  // FP8 two per SM takes 128-row tiles (set_grouped_tiling in gemm.cu)
+      launch_one_or_two_per_sm<WeightT, 1, kRows, sizeof(WeightT) == 2>(p, y, stream);
     }
   } else if (p.T <= 16) {
     launch_token_tiles<WeightT, 2>(p, y, stream);

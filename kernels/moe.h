@@ -85,9 +85,9 @@ void moe_route(const float* logits, int64_t T, int64_t num_experts, int64_t top_
 // expert's intermediate size is the experts' (the published models) and T <= 64, it runs as expert E
 // of the grouped launches (one more pair per token, weighted by its gate, not renormalised);
 // otherwise its GEMMs and SiLU-mul run on their own before the combine. For T <= 64 (BF16) or 32
-// (FP8) the grouped GEMMs are the weight-streaming kernel, which reads gate_up's x rows through the sort's token index;
-// larger batches gather x first for the tile kernel. No host synchronisation: the launch geometry depends only on T, so
-// it is asynchronous and CUDA-graph capturable.
+// (FP8) the grouped GEMMs are the weight-streaming kernel, which reads gate_up's x rows through the
+// sort's token index; larger batches gather x first for the tile kernel. No host synchronisation:
+// the launch geometry depends only on T, so it is asynchronous and CUDA-graph capturable.
 class MoeRunner {
  public:
   MoeRunner(const MoeDims& dims, int64_t max_tokens);
