@@ -10,15 +10,16 @@
 // ahead of cuBLASLt's 27.8; the mma.sync form was bound by its ldmatrix traffic: x as large as W,
 // read by every warp).
 //
-// The block's K range is read as streams (4, or 2 where a step is too large for 4 rings), each one
-// step at a time: a 128-byte line of each of the block's rows (64 BF16 or 128 FP8 weights),
-// interleaved so the streams together read 256–512 contiguous bytes per row. Each stream has its own
-// cp.async ring and its own warps (16 or 32 rows each), which meet at a named barrier per step; the
-// whole block meets only at the end, where the streams' sums are added in shared memory. One block
-// per SM (T <= 8: a warp per m16 tile of each stream, 512 threads for 64 rows; more tokens: a
-// warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16); W8A8: a warpgroup per m64 tile of each stream)
-// with ~200 KB of rings keeps 48–160 KB of weights in flight per SM (grouped launches whose blocks
-// outnumber the SMs: two blocks per SM, each with half of that; Params::two_per_sm).
+// The block's K range is read as streams (4, or 2 where a step is too large for 4 rings; 3 for
+// W8A8's swapped tiles), each one step at a time: a 128-byte line of each of the block's rows (64
+// BF16 or 128 FP8 weights), interleaved so the streams together read 256–512 contiguous bytes per
+// row. Each stream has its own cp.async ring and its own warps (16 or 32 rows each), which meet at
+// a named barrier per step; the whole block meets only at the end, where the streams' sums are
+// added in shared memory. One block per SM (T <= 8: a warp per m16 tile of each stream, 512 threads
+// for 64 rows; more tokens: a warpgroup per stream (BF16, 512 threads) or 256 threads (W8A16);
+// W8A8: a warpgroup per m64 tile of each stream) with ~200 KB of rings keeps 48–160 KB of weights
+// in flight per SM (grouped launches whose blocks outnumber the SMs: two blocks per SM, each with
+// half of that; Params::two_per_sm).
 // A thread loads the same chunks of every step (addresses computed once), x only for the T real
 // tokens (the padding rows of the ring are zeroed once).
 //
@@ -41,7 +42,10 @@
 // it runs): E4M3 wgmma m64nNk32 on the ring as it lies, each 128-k step (one scale block of W, one
 // group of each token) into its own accumulator, added times the two scales. Measured on the H100
 // against the W8A16 form (mma.sync, x through ldmatrix) and cuBLASLt W8A8: 9B q_proj at T = 64 17.4
-// µs vs 30.2 and 19.5, 9B gate_up at T = 16 38.9 vs 46.6 and 45.5.
+// µs vs 30.2 and 19.5, 9B gate_up at T = 16 38.9 vs 46.6 and 45.5. W8A8 tiles of 80 or 96 rows
+// (kSwappedRows) swap the operands: x's 64 token rows (zero-padded) are the m64 A operand and the
+// tile's weight rows B (n = 80 or 96), so the tiles can match the SM count where whole m64 tiles
+// cannot (9B in_proj: 129 tiles of 96 rows on 132 SMs, where 128-row tiles leave 35 SMs idle).
 //
 // Split-K (few tiles): each block writes its fp32 partial [split][T][N] to a workspace and the last
 // block of a row tile to finish (a self-resetting counter per tile) adds the partials in split
@@ -62,6 +66,9 @@
 namespace ds::kernels::skinny {
 
 constexpr int kRows = 64;  // weight rows (outputs) per block; 32, 48 (BF16) or 128 (FP8) as alternatives for T <= 8
+// W8A8 tile heights with x as the wgmma's A operand and W as its B (see Config::kSwapAB).
+constexpr int kSwappedRows[] = {80, 96};
+constexpr bool is_swapped_rows(int tile_rows) { return tile_rows == kSwappedRows[0] || tile_rows == kSwappedRows[1]; }
 constexpr int kMaxTokens = 64;
 static_assert(kMaxTokens == kFp8RowsMaxTokens, "Fp8Rows are sized for the W8A8 skinny kernel's steps");
 constexpr int kRowBytes = 128;  // bytes of each weight row per stream step
@@ -80,7 +87,7 @@ struct Params {
   int T;
   int64_t N, K;
   bool out_f32;
-  int tile_rows;  // kRows, 32, 48 or 128 (see has_tile_rows)
+  int tile_rows;  // kRows, 32, 48 or 128 (see has_tile_rows); W8A8 also kSwappedRows (see supports_w8a8)
   int splits;
   float* partial = nullptr;      // [splits][T][N] when splits > 1
   unsigned* counters = nullptr;  // [ceil(N/tile_rows)], zero between calls
@@ -137,6 +144,12 @@ struct Config {
   static constexpr int kBudget = kBlocksPerSm == 1 ? kSmemBudget : kPairedSmemBudget;
   static constexpr bool kFp8 = sizeof(WeightT) == 1;
   static_assert(kFp8 || !kXFp8, "E4M3 activations go with E4M3 weights");
+  // W8A8 tiles whose rows are not whole m64 tiles: x's 64 token rows are the wgmma's A operand (m64) and
+  // the tile's weight rows its B (n = kRows), one warpgroup per stream; a tile may then straddle two
+  // 128-row scale blocks of W, so a step carries both blocks' scales.
+  static constexpr bool kSwapAB = kXFp8 && kTileRows % 64 != 0;
+  static_assert(!kSwapAB || kNT == 8, "swapped operands: x's 64 token rows are one m64 tile");
+  static constexpr int kAccN8 = kSwapAB ? kTileRows / 8 : kNT;  // n8 tiles of a warp's accumulators
   // W8A8, and BF16 with more than one n8 token tile: a warpgroup per stream runs wgmma m64n(8·kNT) on
   // the ring's W and x as they lie (see wgmma.cuh), so neither operand passes through registers.
   static constexpr bool kWgmma = kXFp8 || (!kFp8 && kNT > 1);
@@ -152,7 +165,10 @@ struct Config {
   static constexpr int kXScaleOffset = kScaleOffset + 16;                    // W8A8: the tokens' scales
   static constexpr int kStepData = kScaleOffset + (kFp8 ? 16 : 0) + (kXFp8 ? kTokenRows * 4 : 0);
   static constexpr int kStepBytes = kWgmma ? (kStepData + 1023) / 1024 * 1024 : kStepData;
-  static constexpr int kStreams = kBudget / 4 / kStepBytes >= 3 ? 4 : 2;
+  // Swapped tiles' 20-21 KB steps: 3 streams of 3 slots rather than 2 of 5 (measured on the H100 at
+  // T = 64, "norm + FP8 rows" in a graph: 35B-A3B in_proj 13.0 -> 11.5 µs, 27B gate_up 77.7 -> 75.2,
+  // 9B in_proj 22.3 -> 22.8).
+  static constexpr int kStreams = kSwapAB ? 3 : kBudget / 4 / kStepBytes >= 3 ? 4 : 2;
   // One n8 token tile: a warp per m16 tile of each stream (8 warps per 32 rows), which hides the
   // per-step latencies, FP8's longer chains of widening and twice the MMAs per byte above all
   // (measured on the H100: FP8 9B in_proj 25.0 -> 23.1 µs, 27B mlp down 43 -> 38.5 with 16 warps
@@ -167,19 +183,21 @@ struct Config {
   // W8A8 128-row tiles with more than one n8 token tile: a warpgroup per m64 tile of each stream, so a
   // step's two halves are multiplied side by side (measured on the H100 at T = 64, one warpgroup
   // doing both: 9B in_proj 25.6 -> 24.4 µs, lm_head 390.9 -> 375.6; at T <= 8, no gain).
-  static constexpr int kWarpgroupsPerStream = kXFp8 && kNT > 1 ? kRows / 64 : 1;
+  static constexpr int kWarpgroupsPerStream = kXFp8 && kNT > 1 && !kSwapAB ? kRows / 64 : 1;
   static constexpr int kThreads = kWgmma     ? 128 * kWarpgroupsPerStream * kStreams
                                   : kNT == 1 ? 32 * kStreams * kRows / 16 * kKSplit / kBlocksPerSm
                                              : 256;
   static constexpr int kWarpsPerStream = kThreads / 32 / kStreams;
   static constexpr int kStreamThreads = 32 * kWarpsPerStream;
   static constexpr int kRowWarps = kWarpsPerStream / kKSplit;             // warps of a stream splitting its rows
-  static constexpr int kWarpTiles = kRows / 16 / kRowWarps;               // m16 tiles of weight rows per warp
+  static constexpr int kWarpTiles = kSwapAB ? 1 : kRows / 16 / kRowWarps;  // m16 tiles of weight rows per warp
   static constexpr int kRowsPerPass = kStreamThreads / (kRowBytes / 16);  // rows one pass of a stream's loads covers
   static constexpr int kSums = kStreams * kKSplit;                        // partial sums per output, reduced at the end
-  static_assert(kRows % (16 * kRowWarps) == 0 && kRows % kRowsPerPass == 0, "the warps and loads cover the rows");
-  static_assert(!kWgmma || ((kRows == 64 || (kXFp8 && kRows == 128)) && kWBytes % 1024 == 0),
-                "wgmma: one m64 tile per warpgroup (W8A8: or two), every step's W and x on 1024-byte boundaries");
+  static_assert((kSwapAB || kRows % (16 * kRowWarps) == 0) && kRows % kRowsPerPass == 0,
+                "the warps and loads cover the rows");
+  static_assert(
+      !kWgmma || ((kRows == 64 || (kXFp8 && kRows == 128) || kSwapAB) && kWBytes % 1024 == 0),
+      "wgmma: one m64 tile per warpgroup (W8A8: or two, or x's), every step's W and x on 1024-byte boundaries");
   static constexpr int kStages = kBudget / kStreams / kStepBytes;
   static constexpr int kRedStride = kRows + 4;              // fp32 row of the final reduction, padded against conflicts
   static constexpr size_t kAlignSlack = kWgmma ? 1024 : 0;  // the ring is moved to a 1024-byte boundary
@@ -321,8 +339,14 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   unsigned w_valid = 0;  // bit i: row w_r0 + kRowsPerPass·i exists (rows past N are zero-filled)
 #pragma unroll
   for (int i = 0; i < kWLoads; ++i) w_valid |= unsigned(n0 + w_r0 + kRowsPerPass * i < p.N) << i;
-  const float* scale_src =  // FP8: a step is one scale block
+  const float* scale_src =  // FP8: a step is one scale block (swapped: of the tile's first row)
       C::kFp8 ? p.scale_inv + (n0 / kFp8BlockSize) * (p.K / kFp8BlockSize) + first_k / kFp8BlockSize : nullptr;
+  // Swapped: the scale block of the tile's last row (the same or the next), and the tile's first
+  // column (weight row) in it.
+  const int64_t last_row_block = (std::min<int64_t>(n0 + kRows, p.N) - 1) / kFp8BlockSize;
+  const float* last_scale_src =
+      C::kSwapAB ? scale_src + (last_row_block - n0 / kFp8BlockSize) * (p.K / kFp8BlockSize) : nullptr;
+  const int last_block_col = kFp8BlockSize - int(n0 % kFp8BlockSize);
   auto slot = [&](int j) { return ring + (j % C::kStages) * C::kStepBytes; };
   auto load_w = [&](int j) {
     uint8_t* dst = slot(j);
@@ -334,6 +358,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
                        valid ? src + i * kRowsPerPass * row_bytes : w, valid);
     }
     if (C::kFp8 && stream_tid == 0) mma::cp_async_4(dst + C::kScaleOffset, scale_src + j * C::kStreams);
+    if (C::kSwapAB && stream_tid == 1) mma::cp_async_4(dst + C::kScaleOffset + 4, last_scale_src + j * C::kStreams);
   };
   // x rows of tokens t < T only (W8A8: and their scales); the padding rows were zeroed once
   // (zero_x_padding).
@@ -435,9 +460,36 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
     }
   };
 
-  float acc[C::kWarpTiles][kNT][4] = {};
+  float acc[C::kWarpTiles][C::kAccN8][4] = {};
   // W8A8: one step's products per m64 tile.
-  [[maybe_unused]] float step_acc[kXFp8 ? C::kWarpTiles : 1][kXFp8 ? 4 * kNT : 1] = {};
+  [[maybe_unused]] float step_acc[kXFp8 ? C::kWarpTiles : 1][kXFp8 ? 4 * C::kAccN8 : 1] = {};
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // Swapped operands: x's tokens (A, m64) times the step's kRows weight rows (B); the warp holds
+  // tokens 16·part + g (+8) of columns (weight rows) 8jn + 2c4 (+1), whose products are added times
+  // the token's scale and the scale of the column's block (first or last, see last_block_col).
+  [[maybe_unused]] auto swapped_step = [&](int j) {
+    if constexpr (C::kSwapAB) {
+      const uint32_t w_addr = mma::smem_address(slot(j)), x_addr = w_addr + C::kWBytes;
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kRowBytes / 32; ++kk) {
+        wgmma::mma_e4m3<kRows>(step_acc[0], wgmma::descriptor_k_major_sw128(x_addr + 32 * kk),
+                               wgmma::descriptor_k_major_sw128(w_addr + 32 * kk), /*accumulate=*/kk > 0);
+      }
+      wgmma::commit_group();
+      wgmma::wait_group<0>();
+      const float* w_scales = reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
+      const float* x_scales = reinterpret_cast<const float*>(slot(j) + C::kXScaleOffset);
+      const float token_scale[2] = {x_scales[16 * part + g], x_scales[16 * part + g + 8]};
+#pragma unroll
+      for (int jn = 0; jn < C::kAccN8; ++jn) {
+        const float w_scale = w_scales[8 * jn >= last_block_col];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[0][jn][e] += w_scale * token_scale[e >> 1] * step_acc[0][4 * jn + e];
+      }
+    }
+  };
+#endif
   auto compute = [&](int j) {
     if constexpr (C::kWgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -445,37 +497,41 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
       // two warpgroups per stream the one at rows 64(part / 4)..) by x [8·kNT tokens], 32 bytes of
       // each row per instruction (warp part % 4 holds rows 16(part % 4).. of each, see wgmma.cuh),
       // and waits until the tensor cores have read the slot: it is refilled after the next barrier.
-      const uint32_t w_addr = mma::smem_address(slot(j)) + (part / 4) * C::kWarpTiles * 64 * kRowBytes;
-      const uint32_t x_addr = mma::smem_address(slot(j)) + C::kWBytes;
-      wgmma::fence();
+      if constexpr (C::kSwapAB) {
+        swapped_step(j);
+      } else {
+        const uint32_t w_addr = mma::smem_address(slot(j)) + (part / 4) * C::kWarpTiles * 64 * kRowBytes;
+        const uint32_t x_addr = mma::smem_address(slot(j)) + C::kWBytes;
+        wgmma::fence();
 #pragma unroll
-      for (int mt = 0; mt < C::kWarpTiles; ++mt) {
-        auto& sum = reinterpret_cast<float(&)[4 * kNT]>(acc[mt]);
+        for (int mt = 0; mt < C::kWarpTiles; ++mt) {
+          auto& sum = reinterpret_cast<float(&)[4 * kNT]>(acc[mt]);
 #pragma unroll
-        for (int kk = 0; kk < kRowBytes / 32; ++kk) {
-          const uint64_t a = wgmma::descriptor_k_major_sw128(w_addr + mt * 64 * kRowBytes + 32 * kk);
-          const uint64_t b = wgmma::descriptor_k_major_sw128(x_addr + 32 * kk);
-          if constexpr (kXFp8) {
-            wgmma::mma_e4m3<8 * kNT>(step_acc[mt], a, b, /*accumulate=*/kk > 0);
-          } else {
-            wgmma::mma_bf16<8 * kNT>(sum, a, b);
+          for (int kk = 0; kk < kRowBytes / 32; ++kk) {
+            const uint64_t a = wgmma::descriptor_k_major_sw128(w_addr + mt * 64 * kRowBytes + 32 * kk);
+            const uint64_t b = wgmma::descriptor_k_major_sw128(x_addr + 32 * kk);
+            if constexpr (kXFp8) {
+              wgmma::mma_e4m3<8 * kNT>(step_acc[mt], a, b, /*accumulate=*/kk > 0);
+            } else {
+              wgmma::mma_bf16<8 * kNT>(sum, a, b);
+            }
           }
         }
-      }
-      wgmma::commit_group();
-      wgmma::wait_group<0>();
-      if constexpr (kXFp8) {
-        // The step is one 128×128 scale block of W and one 128-group of each token: its products
-        // are added times the weight scale and the token's scale (column 8jt + 2c4 + e % 2).
-        const float w_scale = *reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
-        const float* x_scales = reinterpret_cast<const float*>(slot(j) + C::kXScaleOffset);
+        wgmma::commit_group();
+        wgmma::wait_group<0>();
+        if constexpr (kXFp8) {
+          // The step is one 128×128 scale block of W and one 128-group of each token: its products
+          // are added times the weight scale and the token's scale (column 8jt + 2c4 + e % 2).
+          const float w_scale = *reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
+          const float* x_scales = reinterpret_cast<const float*>(slot(j) + C::kXScaleOffset);
 #pragma unroll
-        for (int jt = 0; jt < kNT; ++jt) {
-          const float scale[2] = {w_scale * x_scales[8 * jt + 2 * c4], w_scale * x_scales[8 * jt + 2 * c4 + 1]};
+          for (int jt = 0; jt < kNT; ++jt) {
+            const float scale[2] = {w_scale * x_scales[8 * jt + 2 * c4], w_scale * x_scales[8 * jt + 2 * c4 + 1]};
 #pragma unroll
-          for (int mt = 0; mt < C::kWarpTiles; ++mt) {
+            for (int mt = 0; mt < C::kWarpTiles; ++mt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mt][jt][e] += scale[e & 1] * step_acc[mt][4 * jt + e];
+              for (int e = 0; e < 4; ++e) acc[mt][jt][e] += scale[e & 1] * step_acc[mt][4 * jt + e];
+            }
           }
         }
       }
@@ -550,19 +606,21 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   __syncthreads();  // every stream is done with its ring: reuse it for the reduction
 
   // C fragment (mt, jt): row (part·kWarpTiles + mt)·16 + g (+8 in e = 2, 3), token 8jt + 2c (+1 in
-  // odd e); with wgmma, m64 tile (part / 4)·kWarpTiles + mt's rows 16(part % 4) + g (+8).
+  // odd e); with wgmma, m64 tile (part / 4)·kWarpTiles + mt's rows 16(part % 4) + g (+8); swapped,
+  // token 16·part + g (+8 in e = 2, 3), row 8jt + 2c (+1 in odd e).
   float* red = reinterpret_cast<float*>(smem);  // [stream, k part][token][row]
   const int sum_index = stream * C::kKSplit + k_part;
 #pragma unroll
   for (int mt = 0; mt < C::kWarpTiles; ++mt) {
 #pragma unroll
-    for (int jt = 0; jt < kNT; ++jt) {
+    for (int jt = 0; jt < C::kAccN8; ++jt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row =
-            (C::kWgmma ? ((part / 4) * C::kWarpTiles + mt) * 64 + part % 4 * 16 : (part * C::kWarpTiles + mt) * 16) +
-            g + (e >> 1) * 8;
-        const int t = jt * 8 + 2 * c4 + (e & 1);
+        const int row = C::kSwapAB ? jt * 8 + 2 * c4 + (e & 1)
+                                   : (C::kWgmma ? ((part / 4) * C::kWarpTiles + mt) * 64 + part % 4 * 16
+                                                : (part * C::kWarpTiles + mt) * 16) +
+                                         g + (e >> 1) * 8;
+        const int t = C::kSwapAB ? 16 * part + g + (e >> 1) * 8 : jt * 8 + 2 * c4 + (e & 1);
         red[(sum_index * C::kTokenRows + t) * C::kRedStride + row] = acc[mt][jt][e];
       }
     }
@@ -612,6 +670,17 @@ inline SkinnyTiling default_tiling(int64_t T, int64_t N, int64_t K, int sms, siz
   return {kRows, 4 * tiles >= sms ? 1 : many_splits(T, N, K, kRows, sms, workspace_bytes)};
 }
 
+// `rows`-row tiles of the swapped W8A8 form (kSwappedRows), split where they fill under half the SMs,
+// if its blocks fill at least 85% of at most three waves (one block per SM), else splits 0: what
+// they are for is matching the SM count where m64 multiples cannot (measured on the H100 at T = 64:
+// 9B in_proj 129 96-row tiles 21.7 µs vs 97 128-row ones 24.4; 80-row tiles' 155 blocks 33.3).
+inline SkinnyTiling swapped_tiling(int64_t T, int64_t N, int64_t K, int rows, int sms, size_t workspace_bytes) {
+  const int64_t tiles = (N + rows - 1) / rows;
+  const int splits = 2 * tiles >= sms ? 1 : many_splits(T, N, K, rows, sms, workspace_bytes);
+  const int64_t blocks = tiles * splits, waves = (blocks + sms - 1) / sms;
+  return {rows, waves <= 3 && 100 * blocks >= 85 * waves * sms ? splits : 0};
+}
+
 // Tilings worth timing (the autotune), the default first: 64-row tiles with one split and with
 // many_splits; for T <= 8 where 64-row tiles leave SMs idle, 32-row and (BF16 only: they would
 // straddle FP8's 128-row scale blocks) 48-row tiles with one split, more blocks each streaming its
@@ -632,13 +701,21 @@ inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool f
     if (!fp8) out.push_back({48, 1});
   }
   if (fp8 && (N + kRows - 1) / kRows > sms) out.push_back({128, 1});
+  if (fp8 && T > 16) {  // W8A8 only (supports_w8a8)
+    for (const int rows : kSwappedRows) {
+      if (const SkinnyTiling tiling = swapped_tiling(T, N, K, rows, sms, workspace_bytes); tiling.splits) {
+        out.push_back(tiling);
+      }
+    }
+  }
   return out;
 }
 
 // Whether the W8A8 form (FP8 weights, x quantized as for cuBLASLt W8A8, E4M3 wgmma) runs T tokens
-// as `tiling`: 64-row tiles (one m64 wgmma per stream) or 128-row ones (two).
+// as `tiling`: 64-row tiles (one m64 wgmma per stream), 128-row ones (two) or kSwappedRows (x as A).
 inline bool supports_w8a8(int64_t T, SkinnyTiling tiling) {
-  return T >= 1 && T <= kMaxTokens && (tiling.tile_rows == kRows || tiling.tile_rows == 128);
+  return T >= 1 && T <= kMaxTokens &&
+         (tiling.tile_rows == kRows || tiling.tile_rows == 128 || is_swapped_rows(tiling.tile_rows));
 }
 
 // Whether the kernel has tile_rows for this weight type and T (see tilings).
@@ -673,7 +750,11 @@ void launch_token_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
 
 template <int kNT>
 void launch_w8a8_tiles(const Params& p, unsigned grid_y, cudaStream_t stream) {
-  if (p.tile_rows == 128) {
+  if (p.tile_rows == kSwappedRows[0]) {  // x is one m64 tile of 64 token rows, whatever T
+    launch_tiles<uint8_t, 8, kSwappedRows[0], true>(p, grid_y, stream);
+  } else if (p.tile_rows == kSwappedRows[1]) {
+    launch_tiles<uint8_t, 8, kSwappedRows[1], true>(p, grid_y, stream);
+  } else if (p.tile_rows == 128) {
     launch_tiles<uint8_t, kNT, 128, true>(p, grid_y, stream);
   } else {
     launch_tiles<uint8_t, kNT, kRows, true>(p, grid_y, stream);

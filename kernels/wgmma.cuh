@@ -71,6 +71,24 @@ __device__ __forceinline__ void fence_shared_for_async_proxy() {
                : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8), DS_WGMMA_ACC8(16), DS_WGMMA_ACC8(24)                    \
                : "l"(a), "l"(b), "r"(int(accumulate)))
 
+#define DS_WGMMA_N80(INSTR, IMM_TAIL)                                                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n" INSTR                                            \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                    \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
+               "%32, %33, %34, %35, %36, %37, %38, %39"                                                      \
+               "}, %40, %41, p, 1, 1" IMM_TAIL ";\n}\n"                                                      \
+               : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8), DS_WGMMA_ACC8(16), DS_WGMMA_ACC8(24), DS_WGMMA_ACC8(32) \
+               : "l"(a), "l"(b), "r"(int(accumulate)))
+#define DS_WGMMA_N96(INSTR, IMM_TAIL)                                                                         \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n" INSTR                                             \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
+               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"               \
+               "}, %48, %49, p, 1, 1" IMM_TAIL ";\n}\n"                                                       \
+               : DS_WGMMA_ACC8(0), DS_WGMMA_ACC8(8), DS_WGMMA_ACC8(16), DS_WGMMA_ACC8(24), DS_WGMMA_ACC8(32), \
+                 DS_WGMMA_ACC8(40)                                                                            \
+               : "l"(a), "l"(b), "r"(int(accumulate)))
+
 // d[64 × kN] += A[64 × 16] · B[kN × 16]ᵀ, BF16 A and B K-major in shared memory (see the descriptors).
 template <int kN>
 __device__ __forceinline__ void mma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b) {
@@ -89,15 +107,19 @@ __device__ __forceinline__ void mma_bf16(float (&d)[kN / 2], uint64_t a, uint64_
 // memory: the same descriptors, 32 E4M3 of k per 32-byte step.
 template <int kN>
 __device__ __forceinline__ void mma_e4m3(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
-  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64, "instantiated widths");
+  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64 || kN == 80 || kN == 96, "instantiated widths");
   if constexpr (kN == 8) {
     DS_WGMMA_N8("wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3", "");
   } else if constexpr (kN == 16) {
     DS_WGMMA_N16("wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "");
   } else if constexpr (kN == 32) {
     DS_WGMMA_N32("wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3", "");
-  } else {
+  } else if constexpr (kN == 64) {
     DS_WGMMA_N64("wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3", "");
+  } else if constexpr (kN == 80) {
+    DS_WGMMA_N80("wgmma.mma_async.sync.aligned.m64n80k32.f32.e4m3.e4m3", "");
+  } else {
+    DS_WGMMA_N96("wgmma.mma_async.sync.aligned.m64n96k32.f32.e4m3.e4m3", "");
   }
 }
 
@@ -105,6 +127,8 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[kN / 2], uint64_t a, uint64_
 #undef DS_WGMMA_N16
 #undef DS_WGMMA_N32
 #undef DS_WGMMA_N64
+#undef DS_WGMMA_N80
+#undef DS_WGMMA_N96
 #undef DS_WGMMA_ACC8
 
 }  // namespace ds::kernels::wgmma

@@ -613,8 +613,10 @@ TEST(GpuGemm, Fp8SkinnyW8A8MatchesQuantizedReference) {
     cpu::gemm_fp8_w8a8(x.values.data(), s.ldx, W.w.data(), W.scales.data(), want.data(), s.ldy, s.T, s.N, s.K);
     want = columns(want, s.T, s.N, s.ldy);
     DeviceBuffer<bf16> dx(x.bits), dy(size_t((s.T + 2) * s.ldy));
-    for (const cuda::SkinnyTiling& tiling : {cuda::SkinnyTiling{64, 1}, cuda::SkinnyTiling{64, 3},
-                                             cuda::SkinnyTiling{128, 1}, cuda::SkinnyTiling{128, 2}}) {
+    // 80 and 96 rows: x as the wgmma's A operand, tiles straddling W's 128-row scale blocks.
+    for (const cuda::SkinnyTiling& tiling :
+         {cuda::SkinnyTiling{64, 1}, cuda::SkinnyTiling{64, 3}, cuda::SkinnyTiling{128, 1}, cuda::SkinnyTiling{128, 2},
+          cuda::SkinnyTiling{80, 1}, cuda::SkinnyTiling{96, 1}, cuda::SkinnyTiling{96, 3}}) {
       if (tiling.splits > s.K / 128) continue;  // each split needs a 128-k step
       SCOPED_TRACE("T=" + std::to_string(s.T) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) + " rows " +
                    std::to_string(tiling.tile_rows) + " splits " + std::to_string(tiling.splits));
@@ -647,6 +649,9 @@ TEST(GpuGemm, Fp8SkinnyW8A8MatchesQuantizedReference) {
   EXPECT_THROW(runner.skinny_gemm(dx.get(), 512, dw.get(), nullptr, dy.get(), 256, 16, 256, 512,
                                   cuda::SkinnyTiling{64, 1}, nullptr, /*w8a8=*/true),
                std::invalid_argument);  // BF16 weights
+  EXPECT_THROW(runner.skinny_gemm(dx.get(), 512, W.dw.get(), W.dscale.get(), dy.get(), 256, 16, 256, 512,
+                                  cuda::SkinnyTiling{96, 1}, nullptr, /*w8a8=*/false),
+               std::invalid_argument);  // 96-row tiles are W8A8 only
   EXPECT_THROW(runner.gemm_fp8(dx.get(), 512, W.dw.get(), W.dscale.get(), dy.get(), 256, 16, 256, 512, 1.f, nullptr,
                                cuda::Fp8Path::kSkinnyW8A8),
                std::invalid_argument);  // beta
