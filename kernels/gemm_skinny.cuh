@@ -348,29 +348,48 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
       C::kSwapAB ? scale_src + (last_row_block - n0 / kFp8BlockSize) * (p.K / kFp8BlockSize) : nullptr;
   const int last_block_col = kFp8BlockSize - int(n0 % kFp8BlockSize);
   auto slot = [&](int j) { return ring + (j % C::kStages) * C::kStepBytes; };
+  const int64_t w_pass_bytes = kRowsPerPass * row_bytes;
   auto load_w = [&](int j) {
     uint8_t* dst = slot(j);
     const uint8_t* src = w_src + int64_t(j) * (C::kStreams * kRowBytes);
 #pragma unroll
-    for (int i = 0; i < kWLoads; ++i) {
+    for (int i = 0; i < kWLoads; ++i, src += w_pass_bytes) {
       const bool valid = (w_valid >> i) & 1u;
-      mma::cp_async_16(dst + 16 * w_chunk<C::kWidenW>(w_r0 + kRowsPerPass * i, w_ch),
-                       valid ? src + i * kRowsPerPass * row_bytes : w, valid);
+      mma::cp_async_16(dst + 16 * w_chunk<C::kWidenW>(w_r0 + kRowsPerPass * i, w_ch), valid ? src : w, valid);
     }
     if (C::kFp8 && stream_tid == 0) mma::cp_async_4(dst + C::kScaleOffset, scale_src + j * C::kStreams);
     if (C::kSwapAB && stream_tid == 1) mma::cp_async_4(dst + C::kScaleOffset + 4, last_scale_src + j * C::kStreams);
   };
   // x rows of tokens t < T only (W8A8: and their scales); the padding rows were zeroed once
-  // (zero_x_padding).
+  // (zero_x_padding). A thread's x chunks are the same every step (chunk x_ch of token rows x_r0 +
+  // kXRowsPerPass·i), so their source offsets are computed once (set_x_offsets, after the kernel
+  // before, which may write x_rows, has finished; 32 bits: x is under 4 GB) and the per-step work
+  // is one add and one load per chunk (measured on the H100, ncu at T = 64: ~450 instructions per
+  // warp and step in the W8A8 96-row form, issue-bound).
+  constexpr int kXRowsPerPass = std::max(1, C::kStreamThreads / C::kXChunks);
+  constexpr int kXLoads = (C::kTokenRows + kXRowsPerPass - 1) / kXRowsPerPass;
+  const int x_ch = stream_tid % C::kXChunks, x_r0 = stream_tid / C::kXChunks;
+  uint32_t x_src[kXLoads];
+  unsigned x_valid = 0;  // bit i: row x_r0 + kXRowsPerPass·i is a token (< T)
+  auto set_x_offsets = [&] {
+    const int64_t src_row_bytes = kXFp8 ? p.K : p.ldx * 2;
+#pragma unroll
+    for (int i = 0; i < kXLoads; ++i) {
+      const int r = x_r0 + kXRowsPerPass * i;
+      const bool valid = r < p.T && stream_tid < kXRowsPerPass * C::kXChunks;
+      x_valid |= unsigned(valid) << i;
+      x_src[i] = valid ? uint32_t((p.x_rows ? p.x_rows[r] : r) * src_row_bytes + x_ch * 16) : 0u;
+    }
+  };
   auto load_x = [&](int j) {
     uint4* dst = reinterpret_cast<uint4*>(slot(j) + C::kWBytes);
     const int64_t k0 = first_k + int64_t(j) * (C::kStreams * C::kStepK);
     const uint8_t* src = kXFp8 ? p.xq + k0 : reinterpret_cast<const uint8_t*>(p.x + k0);
-    const int64_t src_row_bytes = kXFp8 ? p.K : p.ldx * 2;
-    for (int c = stream_tid; c < p.T * C::kXChunks; c += C::kStreamThreads) {
-      const int r = c / C::kXChunks, ch = c % C::kXChunks;
-      const int64_t x_row = p.x_rows ? p.x_rows[r] : r;
-      mma::cp_async_16(dst + mma::swizzled_chunk(r, ch, C::kXChunks), src + x_row * src_row_bytes + ch * 16, true);
+#pragma unroll
+    for (int i = 0; i < kXLoads; ++i) {
+      if ((x_valid >> i) & 1u) {
+        mma::cp_async_16(dst + mma::swizzled_chunk(x_r0 + kXRowsPerPass * i, x_ch, C::kXChunks), src + x_src[i], true);
+      }
     }
     if (kXFp8 && stream_tid < p.T) {
       mma::cp_async_4(slot(j) + C::kXScaleOffset + 4 * stream_tid,
@@ -481,11 +500,13 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
       const float* w_scales = reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
       const float* x_scales = reinterpret_cast<const float*>(slot(j) + C::kXScaleOffset);
       const float token_scale[2] = {x_scales[16 * part + g], x_scales[16 * part + g + 8]};
+      const float scale[2][2] = {{w_scales[0] * token_scale[0], w_scales[0] * token_scale[1]},
+                                 {w_scales[1] * token_scale[0], w_scales[1] * token_scale[1]}};
 #pragma unroll
       for (int jn = 0; jn < C::kAccN8; ++jn) {
-        const float w_scale = w_scales[8 * jn >= last_block_col];
+        const float(&column_scale)[2] = scale[8 * jn >= last_block_col];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[0][jn][e] += w_scale * token_scale[e >> 1] * step_acc[0][4 * jn + e];
+        for (int e = 0; e < 4; ++e) acc[0][jn][e] += column_scale[e >> 1] * step_acc[0][4 * jn + e];
       }
     }
   };
@@ -568,6 +589,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   zero_x_padding();  // seen by the stream's warps after the loop's first barrier
   cuda_utils::allow_dependent_launch();
   cuda_utils::wait_for_previous_grids();
+  set_x_offsets();
 #pragma unroll
   for (int j = 0; j < C::kStages - 1; ++j) {
     if (j < num) load_x(j);
