@@ -420,7 +420,7 @@ void GemmRunner::skinny_gemm(const bf16* x, int64_t ldx, const void* w, const fl
                                 " as " + tiling_name(tiling) +
                                 " (needs 1 <= T <= 64, K % 128 == 0, 16-byte aligned x rows and W, 64 rows per "
                                 "block or for T <= 8 32, (BF16) 48 or (FP8) 128, 1 <= splits <= K/128 with "
-                                "partials fitting the workspace; W8A8: FP8 W, 64 or 128 rows, sm_90)");
+                                "partials fitting the workspace; W8A8: FP8 W, 64, 128, 80 or 96 rows, sm_90)");
   }
   if (w8a8) {
     run_skinny_w8a8(x, ldx, static_cast<const uint8_t*>(w), scale_inv, y, ldy, T, N, K, stream, tiling);

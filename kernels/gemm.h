@@ -127,7 +127,8 @@ void grouped_skinny_gemm(const bf16* x, int64_t ldx, const void* w, const float*
 bool grouped_skinny_supports(int64_t max_rows, int64_t K, int64_t ldx, const void* x, const void* w);
 
 // How GemmRunner's skinny kernel covers a shape: weight rows per block (64; for T <= 8 also 32, and 48
-// for BF16, 128 for FP8 weights) and K splits; zeros: the kernel's default for the shape.
+// for BF16, 128 for FP8 weights; W8A8 also 128, 80 or 96) and K splits; zeros: the kernel's default
+// for the shape.
 struct SkinnyTiling {
   int tile_rows = 0;
   int splits = 0;

@@ -2,13 +2,13 @@
 // once is the whole cost. Internal to gemm.cu (GemmRunner picks it per shape, see gemm.h; and
 // grouped_skinny_gemm, the experts of a small MoE batch in one launch).
 //
-// A block owns 64 weight rows (32/48/128 as alternatives, see tilings) and every token (padded to n8
-// tiles) over one K range, so W is read exactly once and x (small) from L2. MMAs are BF16 with fp32
-// accumulation, W as the A operand (rows = outputs), x as B: mma.m16n8k16 from registers for one n8
-// token tile and for W8A16, and for BF16 with more tokens (and W8A8, below) wgmma m64nN on the ring's
-// shared memory (measured on the H100 at T = 64: 4096×4096 22.6 -> 17.3 µs, 9B q_proj 27.6 -> 26.3,
-// ahead of cuBLASLt's 27.8; the mma.sync form was bound by its ldmatrix traffic: x as large as W,
-// read by every warp).
+// A block owns 64 weight rows (32/48/128, W8A8 also 80/96, as alternatives, see tilings) and every
+// token (padded to n8 tiles) over one K range, so W is read exactly once and x (small) from L2.
+// MMAs are BF16 with fp32 accumulation, W as the A operand (rows = outputs), x as B: mma.m16n8k16
+// from registers for one n8 token tile and for W8A16, and for BF16 with more tokens (and W8A8,
+// below) wgmma m64nN on the ring's shared memory (measured on the H100 at T = 64: 4096×4096 22.6 ->
+// 17.3 µs, 9B q_proj 27.6 -> 26.3, ahead of cuBLASLt's 27.8; the mma.sync form was bound by its
+// ldmatrix traffic: x as large as W, read by every warp).
 //
 // The block's K range is read as streams (4, or 2 where a step is too large for 4 rings; 3 for
 // W8A8's swapped tiles), each one step at a time: a 128-byte line of each of the block's rows (64
