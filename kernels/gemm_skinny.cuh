@@ -489,11 +489,12 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   [[maybe_unused]] auto swapped_step = [&](int j) {
     if constexpr (C::kSwapAB) {
       const uint32_t w_addr = mma::smem_address(slot(j)), x_addr = w_addr + C::kWBytes;
+      const uint64_t x_desc = wgmma::descriptor_k_major_sw128(x_addr), w_desc = wgmma::descriptor_k_major_sw128(w_addr);
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < kRowBytes / 32; ++kk) {
-        wgmma::mma_e4m3<kRows>(step_acc[0], wgmma::descriptor_k_major_sw128(x_addr + 32 * kk),
-                               wgmma::descriptor_k_major_sw128(w_addr + 32 * kk), /*accumulate=*/kk > 0);
+        wgmma::mma_e4m3<kRows>(step_acc[0], wgmma::descriptor_advance(x_desc, 32 * kk),
+                               wgmma::descriptor_advance(w_desc, 32 * kk), /*accumulate=*/kk > 0);
       }
       wgmma::commit_group();
       wgmma::wait_group<0>();
@@ -523,14 +524,16 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
       } else {
         const uint32_t w_addr = mma::smem_address(slot(j)) + (part / 4) * C::kWarpTiles * 64 * kRowBytes;
         const uint32_t x_addr = mma::smem_address(slot(j)) + C::kWBytes;
+        const uint64_t w_desc = wgmma::descriptor_k_major_sw128(w_addr),
+                       x_desc = wgmma::descriptor_k_major_sw128(x_addr);
         wgmma::fence();
 #pragma unroll
         for (int mt = 0; mt < C::kWarpTiles; ++mt) {
           auto& sum = reinterpret_cast<float(&)[4 * kNT]>(acc[mt]);
 #pragma unroll
           for (int kk = 0; kk < kRowBytes / 32; ++kk) {
-            const uint64_t a = wgmma::descriptor_k_major_sw128(w_addr + mt * 64 * kRowBytes + 32 * kk);
-            const uint64_t b = wgmma::descriptor_k_major_sw128(x_addr + 32 * kk);
+            const uint64_t a = wgmma::descriptor_advance(w_desc, mt * 64 * kRowBytes + 32 * kk);
+            const uint64_t b = wgmma::descriptor_advance(x_desc, 32 * kk);
             if constexpr (kXFp8) {
               wgmma::mma_e4m3<8 * kNT>(step_acc[mt], a, b, /*accumulate=*/kk > 0);
             } else {
@@ -544,10 +547,11 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
           // The step is one 128×128 scale block of W and one 128-group of each token: its products
           // are added times the weight scale and the token's scale (column 8jt + 2c4 + e % 2).
           const float w_scale = *reinterpret_cast<const float*>(slot(j) + C::kScaleOffset);
-          const float* x_scales = reinterpret_cast<const float*>(slot(j) + C::kXScaleOffset);
+          const float2* x_scales = reinterpret_cast<const float2*>(slot(j) + C::kXScaleOffset);
 #pragma unroll
           for (int jt = 0; jt < kNT; ++jt) {
-            const float scale[2] = {w_scale * x_scales[8 * jt + 2 * c4], w_scale * x_scales[8 * jt + 2 * c4 + 1]};
+            const float2 token_scales = x_scales[4 * jt + c4];  // tokens 8jt + 2c4, +1
+            const float scale[2] = {w_scale * token_scales.x, w_scale * token_scales.y};
 #pragma unroll
             for (int mt = 0; mt < C::kWarpTiles; ++mt) {
 #pragma unroll

@@ -24,6 +24,13 @@ __device__ __forceinline__ uint64_t descriptor_k_major_sw128(uint32_t addr) {
   return uint64_t((addr & 0x3ffff) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// The descriptor of the same tile `bytes` further along k (a multiple of 16): the start address
+// field holds addr >> 4 in 14 bits, and shared addresses (< 256 KB) leave it room, so stepping is one
+// add instead of rebuilding the descriptor.
+__device__ __forceinline__ uint64_t descriptor_advance(uint64_t descriptor, uint32_t bytes) {
+  return descriptor + (bytes >> 4);
+}
+
 // Orders this thread's earlier register writes (of the accumulators) before the warpgroup's next
 // wgmma reads them.
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
