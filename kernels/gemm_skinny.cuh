@@ -108,7 +108,7 @@ struct Params {
   // of waves of short blocks: half the ring each; at T <= 8 half the warps (each with two m16
   // tiles), with wgmma (BF16 above 8 tokens) two streams.
   bool two_per_sm = false;
-  // W8A8 (FP8 weights, 64- or 128-row tiles, not grouped): x quantized per token and 128-group by
+  // W8A8 (FP8 weights, 64-, 128-, 80- or 96-row tiles, not grouped): x quantized per token and 128-group by
   // quantize_fp8_kernel ([T][K] E4M3, scales [K/128][T]) is read instead of x.
   const uint8_t* xq = nullptr;
   const float* x_scales = nullptr;
@@ -136,8 +136,8 @@ inline Params make_params(const void* x, int64_t ldx, const void* w, const float
 }
 
 // Per weight type, n8 token tiles, rows per block and activation type (kXFp8: W8A8): the streams
-// (4, else 2 where 4 would leave fewer than 3 steps per ring), ring depth and the shared-memory
-// layout of a step.
+// (4, else 2 where 4 would leave fewer than 3 steps per ring; swapped tiles 3), ring depth and the
+// shared-memory layout of a step.
 template <typename WeightT, int kNT, int kTileRows, bool kXFp8, int kBlocksPerSm = 1>
 struct Config {
   static constexpr int kRows = kTileRows;
@@ -147,7 +147,7 @@ struct Config {
   // W8A8 tiles whose rows are not whole m64 tiles: x's 64 token rows are the wgmma's A operand (m64) and
   // the tile's weight rows its B (n = kRows), one warpgroup per stream; a tile may then straddle two
   // 128-row scale blocks of W, so a step carries both blocks' scales.
-  static constexpr bool kSwapAB = kXFp8 && kTileRows % 64 != 0;
+  static constexpr bool kSwapAB = kXFp8 && is_swapped_rows(kTileRows);
   static_assert(!kSwapAB || kNT == 8, "swapped operands: x's 64 token rows are one m64 tile");
   static constexpr int kAccN8 = kSwapAB ? kTileRows / 8 : kNT;  // n8 tiles of a warp's accumulators
   // W8A8, and BF16 with more than one n8 token tile: a warpgroup per stream runs wgmma m64n(8·kNT) on
@@ -165,7 +165,7 @@ struct Config {
   static constexpr int kXScaleOffset = kScaleOffset + 16;                    // W8A8: the tokens' scales
   static constexpr int kStepData = kScaleOffset + (kFp8 ? 16 : 0) + (kXFp8 ? kTokenRows * 4 : 0);
   static constexpr int kStepBytes = kWgmma ? (kStepData + 1023) / 1024 * 1024 : kStepData;
-  // Swapped tiles' 20-21 KB steps: 3 streams of 3 slots rather than 2 of 5 (measured on the H100 at
+  // Swapped tiles' 19-21 KB steps: 3 streams of 3 slots rather than 2 of 5 (measured on the H100 at
   // T = 64, "norm + FP8 rows" in a graph: 35B-A3B in_proj 13.0 -> 11.5 µs, 27B gate_up 77.7 -> 75.2,
   // 9B in_proj 22.3 -> 22.8).
   static constexpr int kStreams = kSwapAB ? 3 : kBudget / 4 / kStepBytes >= 3 ? 4 : 2;
@@ -199,7 +199,8 @@ struct Config {
       !kWgmma || ((kRows == 64 || (kXFp8 && kRows == 128) || kSwapAB) && kWBytes % 1024 == 0),
       "wgmma: one m64 tile per warpgroup (W8A8: or two, or x's), every step's W and x on 1024-byte boundaries");
   static constexpr int kStages = kBudget / kStreams / kStepBytes;
-  static constexpr int kRedStride = kRows + 4;              // fp32 row of the final reduction, padded against conflicts
+  // fp32 row of the final reduction, padded against conflicts (swapped tiles' stores still meet 2-way ones)
+  static constexpr int kRedStride = kRows + 4;
   static constexpr size_t kAlignSlack = kWgmma ? 1024 : 0;  // the ring is moved to a 1024-byte boundary
   static constexpr size_t kSmemBytes = size_t(kStreams) * kStages * kStepBytes + kAlignSlack;
   static_assert(kStages >= 3, "the ring needs two steps in flight while one is computed");
@@ -342,11 +343,15 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   const float* scale_src =  // FP8: a step is one scale block (swapped: of the tile's first row)
       C::kFp8 ? p.scale_inv + (n0 / kFp8BlockSize) * (p.K / kFp8BlockSize) + first_k / kFp8BlockSize : nullptr;
   // Swapped: the scale block of the tile's last row (the same or the next), and the tile's first
-  // column (weight row) in it.
-  const int64_t last_row_block = (std::min<int64_t>(n0 + kRows, p.N) - 1) / kFp8BlockSize;
-  const float* last_scale_src =
-      C::kSwapAB ? scale_src + (last_row_block - n0 / kFp8BlockSize) * (p.K / kFp8BlockSize) : nullptr;
-  const int last_block_col = kFp8BlockSize - int(n0 % kFp8BlockSize);
+  // column (weight row) in that next block (kRows or more: none; a multiple of 16, so an n8 column
+  // tile never straddles blocks).
+  const float* last_scale_src = nullptr;
+  int second_block_col = kRows;
+  if constexpr (C::kSwapAB) {
+    const int64_t last_row_block = (std::min<int64_t>(n0 + kRows, p.N) - 1) / kFp8BlockSize;
+    last_scale_src = scale_src + (last_row_block - n0 / kFp8BlockSize) * (p.K / kFp8BlockSize);
+    second_block_col = kFp8BlockSize - int(n0 % kFp8BlockSize);
+  }
   auto slot = [&](int j) { return ring + (j % C::kStages) * C::kStepBytes; };
   const int64_t w_pass_bytes = kRowsPerPass * row_bytes;
   auto load_w = [&](int j) {
@@ -363,10 +368,12 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   // x rows of tokens t < T only (W8A8: and their scales); the padding rows were zeroed once
   // (zero_x_padding). A thread's x chunks are the same every step (chunk x_ch of token rows x_r0 +
   // kXRowsPerPass·i), so their source offsets are computed once (set_x_offsets, after the kernel
-  // before, which may write x_rows, has finished; 32 bits: x is under 4 GB) and the per-step work
+  // before, which may write x_rows, has finished; 32 bits: x holds at most a batch's tokens, T <= 64
+  // or a small MoE batch's rows, far under 4 GB) and the per-step work
   // is one add and one load per chunk (measured on the H100, ncu at T = 64: ~450 instructions per
   // warp and step in the W8A8 96-row form, issue-bound).
-  constexpr int kXRowsPerPass = std::max(1, C::kStreamThreads / C::kXChunks);
+  static_assert(C::kStreamThreads % C::kXChunks == 0, "a pass of the stream's threads covers whole x rows");
+  constexpr int kXRowsPerPass = C::kStreamThreads / C::kXChunks;
   constexpr int kXLoads = (C::kTokenRows + kXRowsPerPass - 1) / kXRowsPerPass;
   const int x_ch = stream_tid % C::kXChunks, x_r0 = stream_tid / C::kXChunks;
   uint32_t x_src[kXLoads];
@@ -376,7 +383,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
 #pragma unroll
     for (int i = 0; i < kXLoads; ++i) {
       const int r = x_r0 + kXRowsPerPass * i;
-      const bool valid = r < p.T && stream_tid < kXRowsPerPass * C::kXChunks;
+      const bool valid = r < p.T;
       x_valid |= unsigned(valid) << i;
       x_src[i] = valid ? uint32_t((p.x_rows ? p.x_rows[r] : r) * src_row_bytes + x_ch * 16) : 0u;
     }
@@ -485,7 +492,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // Swapped operands: x's tokens (A, m64) times the step's kRows weight rows (B); the warp holds
   // tokens 16·part + g (+8) of columns (weight rows) 8jn + 2c4 (+1), whose products are added times
-  // the token's scale and the scale of the column's block (first or last, see last_block_col).
+  // the token's scale and the scale of the column's block (first or last, see second_block_col).
   [[maybe_unused]] auto swapped_step = [&](int j) {
     if constexpr (C::kSwapAB) {
       const uint32_t w_addr = mma::smem_address(slot(j)), x_addr = w_addr + C::kWBytes;
@@ -505,7 +512,7 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
                                  {w_scales[1] * token_scale[0], w_scales[1] * token_scale[1]}};
 #pragma unroll
       for (int jn = 0; jn < C::kAccN8; ++jn) {
-        const float(&column_scale)[2] = scale[8 * jn >= last_block_col];
+        const float(&column_scale)[2] = scale[8 * jn >= second_block_col];
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[0][jn][e] += column_scale[e >> 1] * step_acc[0][4 * jn + e];
       }
@@ -515,13 +522,13 @@ __global__ void __launch_bounds__(Config<WeightT, kNT, kTileRows, kXFp8, kBlocks
   auto compute = [&](int j) {
     if constexpr (C::kWgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-      // Each warpgroup multiplies its m64 tiles of the step's W (W8A8 128-row tiles: both, or with
-      // two warpgroups per stream the one at rows 64(part / 4)..) by x [8·kNT tokens], 32 bytes of
-      // each row per instruction (warp part % 4 holds rows 16(part % 4).. of each, see wgmma.cuh),
-      // and waits until the tensor cores have read the slot: it is refilled after the next barrier.
       if constexpr (C::kSwapAB) {
         swapped_step(j);
       } else {
+        // Each warpgroup multiplies its m64 tiles of the step's W (W8A8 128-row tiles: both, or with
+        // two warpgroups per stream the one at rows 64(part / 4)..) by x [8·kNT tokens], 32 bytes of
+        // each row per instruction (warp part % 4 holds rows 16(part % 4).. of each, see wgmma.cuh),
+        // and waits until the tensor cores have read the slot: it is refilled after the next barrier.
         const uint32_t w_addr = mma::smem_address(slot(j)) + (part / 4) * C::kWarpTiles * 64 * kRowBytes;
         const uint32_t x_addr = mma::smem_address(slot(j)) + C::kWBytes;
         const uint64_t w_desc = wgmma::descriptor_k_major_sw128(w_addr),
@@ -712,11 +719,11 @@ inline SkinnyTiling swapped_tiling(int64_t T, int64_t N, int64_t K, int rows, in
 // straddle FP8's 128-row scale blocks) 48-row tiles with one split, more blocks each streaming its
 // rows' whole K; for FP8 where 64-row tiles take more than a wave, 128-row tiles (one scale block;
 // W8A16 only at T <= 8, see has_tile_rows), fewer blocks each streaming as many bytes as a BF16
-// 64-row block and, with more tokens, reading x once per 128 rows. Measured on the
-// H100: BF16 4096×4096 12.3 µs with 32 rows vs 13.2 with 64; FP8 9B in_proj 24.2 -> 22.6 µs with
-// 128 rows, 35B-A3B in_proj 14.8 -> 12.9. Dropped: 32-row tiles at T = 64 (4096×4096 16.9 µs,
-// behind cuBLASLt's 16.1), a split count filling the waves best (27B mlp down 13 splits: 78.5 vs
-// 65.9 µs with one).
+// 64-row block and, with more tokens, reading x once per 128 rows; above 16 tokens (their steps
+// always hold 64 token rows of x) W8A8 80- and 96-row tiles where they fill the SMs
+// (swapped_tiling). Measured on the H100: BF16 4096×4096 12.3 µs with 32 rows vs 13.2 with 64; FP8 9B in_proj 24.2
+// -> 22.6 µs with 128 rows, 35B-A3B in_proj 14.8 -> 12.9. Dropped: 32-row tiles at T = 64 (4096×4096 16.9 µs, behind
+// cuBLASLt's 16.1), a split count filling the waves best (27B mlp down 13 splits: 78.5 vs 65.9 µs with one).
 inline std::vector<SkinnyTiling> tilings(int64_t T, int64_t N, int64_t K, bool fp8, int sms, size_t workspace_bytes) {
   const SkinnyTiling first = default_tiling(T, N, K, sms, workspace_bytes);
   std::vector<SkinnyTiling> out{first};
