@@ -47,6 +47,7 @@ struct Params {
   const __nv_bfloat16* k_cache;
   const __nv_bfloat16* v_cache;
   int64_t page_size, num_kv_heads;
+  int page_shift;  // log2(page_size) where it is a power of two (the common case), else -1
   const int32_t* cu_q;
   const int32_t* kv_lens;
   const int32_t* page_table;
@@ -71,20 +72,43 @@ struct Tile {
   static constexpr size_t kSmemBytes = size_t(kQChunks + 4 * kKvChunks) * 16;  // Q, K×2, V×2
 };
 
-// cp.async of keys [j0, j0 + BC) of (sequence s, kv head) into one K and one V stage; rows at or
-// past kv_end are zero-filled.
+// Where a thread's share of a K/V tile comes from: the same 16-byte chunk column of every
+// kThreads / kChunks-th key row, so the per-block parts of a row's cache offset are computed once.
+struct KvSource {
+  const int32_t* pages;  // this sequence's page table row
+  int64_t page_stride;   // elements per page (all KV heads)
+  int64_t head_chunk;    // offset of this KV head's first slot, plus this thread's chunk
+};
+
+template <int D>
+__device__ __forceinline__ KvSource kv_source(const Params& p, int64_t s, int64_t kv_head) {
+  const int chunk = threadIdx.x % (D / 8);
+  return {p.page_table + s * p.max_pages_per_seq, p.num_kv_heads * p.page_size * D,
+          kv_head * p.page_size * D + chunk * 8};
+}
+
+// cp.async of keys [j0, j0 + BC) into one K and one V stage; rows at or past kv_end are
+// zero-filled. A row's page and slot cost a shift and a mask (one division where page_size is
+// not a power of two), once per row rather than once per chunk: the index math had been ~40% of
+// the prefill kernel's instructions (ncu on the H200, 1 × 4096 tokens).
 template <int D, int BC>
-__device__ __forceinline__ void load_kv_tile(const Params& p, int64_t s, int64_t kv_head, int64_t j0, int64_t kv_end,
+__device__ __forceinline__ void load_kv_tile(const Params& p, const KvSource& src, int64_t j0, int64_t kv_end,
                                              uint4* k_stage, uint4* v_stage) {
   constexpr int kChunks = Tile<D, BC>::kChunks;
-  for (int i = threadIdx.x; i < BC * kChunks; i += kThreads) {
-    const int row = i / kChunks, chunk = i % kChunks;
+  constexpr int kRowsPerPass = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && BC % kRowsPerPass == 0, "passes cover the tile");
+  const int chunk = threadIdx.x % kChunks, row0 = threadIdx.x / kChunks;
+#pragma unroll
+  for (int pass = 0; pass < BC / kRowsPerPass; ++pass) {
+    const int row = row0 + pass * kRowsPerPass;
     const int64_t j = j0 + row;
     const bool valid = j < kv_end;
     int64_t offset = 0;
     if (valid) {
-      const int64_t page = p.page_table[s * p.max_pages_per_seq + j / p.page_size];
-      offset = ((page * p.num_kv_heads + kv_head) * p.page_size + j % p.page_size) * D + chunk * 8;
+      const int32_t key = int32_t(j);  // sequence lengths are int32 (kv_lens)
+      const int32_t page_index = p.page_shift >= 0 ? key >> p.page_shift : key / int32_t(p.page_size);
+      const int32_t slot = p.page_shift >= 0 ? key & int32_t(p.page_size - 1) : key % int32_t(p.page_size);
+      offset = src.pages[page_index] * src.page_stride + src.head_chunk + int64_t(slot) * D;
     }
     const int dst = mma::swizzled_chunk(row, chunk, kChunks);
     mma::cp_async_16(&k_stage[dst], p.k_cache + offset, valid);
@@ -104,7 +128,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
   const int64_t s = blockIdx.x / p.row_tiles_per_seq;
-  const int64_t row0 = int64_t(blockIdx.x % p.row_tiles_per_seq) * kRowsPerBlock;
+  // A sequence's last row tiles (the most keys under the causal mask) first, so that the light
+  // ones fill the last wave instead of the heavy ones trailing it.
+  const int64_t row0 = int64_t(p.row_tiles_per_seq - 1 - blockIdx.x % p.row_tiles_per_seq) * kRowsPerBlock;
   const int64_t kv_head = blockIdx.y;
   const int split = blockIdx.z;
   const int64_t q_start = p.cu_q[s], q_len = p.cu_q[s + 1] - q_start;
@@ -126,7 +152,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
                      p.q + (token * p.num_q_heads + head) * D + chunk * 8, valid);
   }
   const int num_tiles = kv_end > kv_begin ? int((kv_end - kv_begin + BC - 1) / BC) : 0;
-  if (num_tiles > 0) load_kv_tile<D, BC>(p, s, kv_head, kv_begin, kv_end, k_tiles[0], v_tiles[0]);
+  const KvSource kv_src = kv_source<D>(p, s, kv_head);
+  if (num_tiles > 0) load_kv_tile<D, BC>(p, kv_src, kv_begin, kv_end, k_tiles[0], v_tiles[0]);
   mma::cp_async_commit();
 
   // This thread's two rows (g and g + 8 of the warp's 16) and their exclusive key limits.
@@ -136,6 +163,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     limit[h] = row_of[h] < rows_total ? std::min(prefix + row_of[h] / p.group + 1, kv_end) : kv_end;
   }
   const bool warp_active = row0 + warp * 16 < rows_total;
+  // Keys below every limit of the warp's rows need no mask: only tiles from here on are masked
+  // (the causal diagonal and the range's end).
+  const int64_t unmasked_end = kv_begin + __reduce_min_sync(0xffffffffu, int(std::min(limit[0], limit[1]) - kv_begin));
 
   float o[D / 8][4];
 #pragma unroll
@@ -146,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     const int stage = tile & 1;
     const int64_t j0 = kv_begin + int64_t(tile) * BC;
     if (tile + 1 < num_tiles) {
-      load_kv_tile<D, BC>(p, s, kv_head, j0 + BC, kv_end, k_tiles[stage ^ 1], v_tiles[stage ^ 1]);
+      load_kv_tile<D, BC>(p, kv_src, j0 + BC, kv_end, k_tiles[stage ^ 1], v_tiles[stage ^ 1]);
       mma::cp_async_commit();
       mma::cp_async_wait<1>();
     } else {
@@ -172,15 +202,17 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
           mma::mma_bf16(sc[2 * np + 1], a, b[2], b[3]);
         }
       }
-      // Mask, scale to log2 units, online softmax.
+      // Mask (tiles reaching past unmasked_end only), scale to log2 units, online softmax.
+      const bool masked = j0 + BC > unmasked_end;
+      const int key_limit[2] = {int(limit[0] - j0), int(limit[1] - j0)};  // in this tile's keys
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int nt = 0; nt < BC / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1;
-          const int64_t j = j0 + nt * 8 + 2 * c + (e & 1);
-          sc[nt][e] = j < limit[h] ? sc[nt][e] * p.scale_log2 : -INFINITY;
+          const int key = nt * 8 + 2 * c + (e & 1);
+          sc[nt][e] = !masked || key < key_limit[h] ? sc[nt][e] * p.scale_log2 : -INFINITY;
           tile_max[h] = fmaxf(tile_max[h], sc[nt][e]);
         }
       }
@@ -203,12 +235,16 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
           l[e >> 1] += sc[nt][e];
         }
       }
+      // Rescale O only when a row's running max moved (D/2 multiplies per thread; once the max has
+      // settled, most tiles of a long prompt leave every row's alpha at 1).
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt) {
-        o[nt][0] *= alpha[0];
-        o[nt][1] *= alpha[0];
-        o[nt][2] *= alpha[1];
-        o[nt][3] *= alpha[1];
+        for (int nt = 0; nt < D / 8; ++nt) {
+          o[nt][0] *= alpha[0];
+          o[nt][1] *= alpha[0];
+          o[nt][2] *= alpha[1];
+          o[nt][3] *= alpha[1];
+        }
       }
       // O += P·V: the S accumulators of key n-tiles 2kk, 2kk+1 are the A fragment of k-step kk.
 #pragma unroll
@@ -379,6 +415,7 @@ void attention(const AttentionIo<bf16>& io, const AttentionBatch& batch, const P
   p.k_cache = as_nv(cache.k);
   p.v_cache = as_nv(cache.v);
   p.page_size = cache.page_size;
+  p.page_shift = (cache.page_size & (cache.page_size - 1)) == 0 ? __builtin_ctzll(uint64_t(cache.page_size)) : -1;
   p.num_kv_heads = cache.num_kv_heads;
   p.cu_q = batch.cu_q;
   p.kv_lens = batch.kv_lens;

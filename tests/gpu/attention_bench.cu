@@ -2,9 +2,11 @@
 //   decode: batch × context in {1k, 4k, 16k, 32k}, GB/s against the KV-read floor (every cached
 //           key and value read once) and the 3.02 TB/s copy ceiling;
 //   prefill: causal prompts, TFLOP/s (4·Hq·D per visible (query, key) pair) against 790.
+// Usage: attention_bench [decode|prefill] (default both; one alone for profiling its kernels).
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -69,12 +71,18 @@ double run(const Setup& s, void* workspace, size_t ws_bytes) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  if (!only.empty() && only != "decode" && only != "prefill") {
+    std::fprintf(stderr, "usage: attention_bench [decode|prefill]\n");
+    return 2;
+  }
   const size_t ws_bytes = cuda::attention_workspace_bytes(64, kHq, kD);
   void* workspace = bench::device_alloc<char>(ws_bytes);
   std::printf("decode (Hq %ld, Hkv %ld, D %ld, page %ld)\n%6s %7s | %9s %9s %6s\n", long(kHq), long(kHkv), long(kD),
               long(kPage), "batch", "context", "us", "GB/s", "%copy");
   for (int64_t batch : {1, 8, 32, 64}) {
+    if (only == "prefill") break;
     for (int64_t ctx : {1024, 4096, 16384, 32768}) {
       if (batch * ctx > 64 * 16384) continue;  // keep the cache under ~9 GB
       const Setup s = make(std::vector<std::pair<int64_t, int64_t>>(size_t(batch), {1, ctx}));
@@ -86,6 +94,7 @@ int main() {
   }
   std::printf("prefill (causal, no cached prefix)\n%6s %7s | %9s %9s %6s\n", "seqs", "length", "us", "TFLOP/s", "%peak");
   for (auto [seqs, len] : {std::pair<int64_t, int64_t>{1, 4096}, {8, 1024}, {1, 16384}, {4, 8192}}) {
+    if (only == "decode") break;
     const Setup s = make(std::vector<std::pair<int64_t, int64_t>>(size_t(seqs), {len, len}));
     const double us = run(s, workspace, ws_bytes);
     const double pairs = double(seqs) * double(len) * double(len + 1) / 2;
