@@ -123,8 +123,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
   constexpr int kChunks = T::kChunks;
   extern __shared__ uint4 smem[];
   uint4* q_tile = smem;
-  uint4* k_tiles[2] = {smem + T::kQChunks, smem + T::kQChunks + T::kKvChunks};
-  uint4* v_tiles[2] = {smem + T::kQChunks + 2 * T::kKvChunks, smem + T::kQChunks + 3 * T::kKvChunks};
+  // Stage i's K tile, then V's (computed, not an array of pointers, which a run-time stage index
+  // would put in local memory).
+  auto k_tile_of = [&](int stage) { return smem + T::kQChunks + stage * T::kKvChunks; };
+  auto v_tile_of = [&](int stage) { return smem + T::kQChunks + (2 + stage) * T::kKvChunks; };
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
   const int64_t s = blockIdx.x / p.row_tiles_per_seq;
@@ -153,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
   }
   const int num_tiles = kv_end > kv_begin ? int((kv_end - kv_begin + BC - 1) / BC) : 0;
   const KvSource kv_src = kv_source<D>(p, s, kv_head);
-  if (num_tiles > 0) load_kv_tile<D, BC>(p, kv_src, kv_begin, kv_end, k_tiles[0], v_tiles[0]);
+  if (num_tiles > 0) load_kv_tile<D, BC>(p, kv_src, kv_begin, kv_end, k_tile_of(0), v_tile_of(0));
   mma::cp_async_commit();
 
   // This thread's two rows (g and g + 8 of the warp's 16) and their exclusive key limits.
@@ -167,6 +169,14 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
   // (the causal diagonal and the range's end).
   const int64_t unmasked_end = kv_begin + __reduce_min_sync(0xffffffffu, int(std::min(limit[0], limit[1]) - kv_begin));
 
+  // ldmatrix addresses: Q's A fragments and V's trans-loaded ones at the lanes of a_fragment_chunk,
+  // K's at those of b_fragment_chunk; a stage is a fixed byte offset from stage 0.
+  const uint32_t smem_base = mma::smem_address(smem);
+  const mma::FragmentLanes q_lanes = mma::a_fragment_lanes(smem_base, lane, kChunks);
+  const mma::FragmentLanes k_lanes = mma::b_fragment_lanes(mma::smem_address(k_tile_of(0)), lane, kChunks);
+  const mma::FragmentLanes v_lanes = mma::a_fragment_lanes(mma::smem_address(v_tile_of(0)), lane, kChunks);
+  constexpr uint32_t kStageBytes = T::kKvChunks * 16;
+
   float o[D / 8][4];
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
@@ -176,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     const int stage = tile & 1;
     const int64_t j0 = kv_begin + int64_t(tile) * BC;
     if (tile + 1 < num_tiles) {
-      load_kv_tile<D, BC>(p, kv_src, j0 + BC, kv_end, k_tiles[stage ^ 1], v_tiles[stage ^ 1]);
+      load_kv_tile<D, BC>(p, kv_src, j0 + BC, kv_end, k_tile_of(stage ^ 1), v_tile_of(stage ^ 1));
       mma::cp_async_commit();
       mma::cp_async_wait<1>();
     } else {
@@ -185,19 +195,18 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     __syncthreads();
 
     if (warp_active) {
-      const uint4* k_tile = k_tiles[stage];
-      const uint4* v_tile = v_tiles[stage];
+      const uint32_t stage_offset = stage * kStageBytes;
       float sc[BC / 8][4];
 #pragma unroll
       for (int nt = 0; nt < BC / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
         uint32_t a[4];
-        mma::ldmatrix_x4(a, &q_tile[mma::a_fragment_chunk(lane, warp * 16, ks * 2, kChunks)]);
+        mma::ldmatrix_x4(a, mma::fragment_address(q_lanes, warp * 16, ks, kChunks));
 #pragma unroll
         for (int np = 0; np < BC / 16; ++np) {
           uint32_t b[4];
-          mma::ldmatrix_x4(b, &k_tile[mma::b_fragment_chunk(lane, np * 16, ks * 2, kChunks)]);
+          mma::ldmatrix_x4(b, mma::fragment_address(k_lanes, np * 16, ks, kChunks, stage_offset));
           mma::mma_bf16(sc[2 * np], a, b[0], b[1]);
           mma::mma_bf16(sc[2 * np + 1], a, b[2], b[3]);
         }
@@ -256,7 +265,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
           uint32_t b[4];
-          mma::ldmatrix_x4_trans(b, &v_tile[mma::a_fragment_chunk(lane, kk * 16, dp * 2, kChunks)]);
+          mma::ldmatrix_x4_trans(b, mma::fragment_address(v_lanes, kk * 16, dp, kChunks, stage_offset));
           mma::mma_bf16(o[2 * dp], a, b[0], b[1]);
           mma::mma_bf16(o[2 * dp + 1], a, b[2], b[3]);
         }

@@ -99,4 +99,35 @@ __device__ __forceinline__ int b_fragment_chunk(int lane, int n0, int chunk0, in
   return swizzled_chunk(n0 + (lane & 7) + ((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1), chunks_per_row);
 }
 
+// A lane's ldmatrix addresses into a swizzled tile, for fragments whose first row is a multiple of
+// 8 and whose k-step `step` covers chunks 2·step and 2·step + 1: the swizzle's XOR then depends only
+// on the lane and step % 4, so the four chunk offsets are computed once and each fragment's address
+// is one of them plus compile-time offsets (in unrolled loops, no XOR and shifts per ldmatrix: in the
+// attention kernel they had been a third of a key tile's instructions).
+struct FragmentLanes {
+  uint32_t row_base;            // shared address of the lane's row in a fragment at row 0
+  uint32_t chunk_offset[4];     // bytes: ((2·(step % 4) + half) ^ (row & 7)) chunks
+};
+
+__device__ __forceinline__ FragmentLanes fragment_lanes(uint32_t tile, int lane_row, int half, int chunks_per_row) {
+  FragmentLanes f;
+  f.row_base = tile + uint32_t(lane_row * chunks_per_row * 16);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) f.chunk_offset[k] = uint32_t(((2 * k + half) ^ (lane_row & 7)) * 16);
+  return f;
+}
+// The lanes of a_fragment_chunk (A fragments; also trans-loaded B fragment pairs).
+__device__ __forceinline__ FragmentLanes a_fragment_lanes(uint32_t tile, int lane, int chunks_per_row) {
+  return fragment_lanes(tile, lane & 15, lane >> 4, chunks_per_row);
+}
+// The lanes of b_fragment_chunk (two n-tiles of B fragments).
+__device__ __forceinline__ FragmentLanes b_fragment_lanes(uint32_t tile, int lane, int chunks_per_row) {
+  return fragment_lanes(tile, (lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1, chunks_per_row);
+}
+// The address of the fragment at rows row0.. (a multiple of 8) and k-step `step`, plus `extra` bytes.
+__device__ __forceinline__ uint32_t fragment_address(const FragmentLanes& f, int row0, int step, int chunks_per_row,
+                                                     uint32_t extra = 0) {
+  return f.row_base + extra + uint32_t((row0 * chunks_per_row + 8 * (step >> 2)) * 16) + f.chunk_offset[step & 3];
+}
+
 }  // namespace ds::kernels::mma
