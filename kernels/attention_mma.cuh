@@ -105,8 +105,8 @@ __device__ __forceinline__ int b_fragment_chunk(int lane, int n0, int chunk0, in
 // is one of them plus compile-time offsets (in unrolled loops, no XOR and shifts per ldmatrix: in the
 // attention kernel they had been a third of a key tile's instructions).
 struct FragmentLanes {
-  uint32_t row_base;            // shared address of the lane's row in a fragment at row 0
-  uint32_t chunk_offset[4];     // bytes: ((2·(step % 4) + half) ^ (row & 7)) chunks
+  uint32_t row_base;         // shared address of the lane's row in a fragment at row 0
+  uint32_t chunk_offset[4];  // bytes: ((2·(step % 4) + half) ^ (row & 7)) chunks
 };
 
 __device__ __forceinline__ FragmentLanes fragment_lanes(uint32_t tile, int lane_row, int half, int chunks_per_row) {
