@@ -1,6 +1,6 @@
 // Paged attention at Qwen3.5-9B's full-attention geometry (Hq 16, Hkv 4, head_dim 256, page 64):
 //   decode: batch × context in {1k, 4k, 16k, 32k}, GB/s against the KV-read floor (every cached
-//           key and value read once) and the 3.02 TB/s copy ceiling;
+//           key and value read once) and the card's copy ceiling (measured at start);
 //   prefill: causal prompts, TFLOP/s (4·Hq·D per visible (query, key) pair) against 790.
 // Usage: attention_bench [decode|prefill] (default both; one alone for profiling its kernels).
 #include <cmath>
@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
       const double us = run(s, workspace, ws_bytes);
       const double bytes = double(batch * ctx) * kHkv * kD * 2 * 2;
       std::printf("%6ld %7ld | %9.1f %9.0f %5.1f%%\n", long(batch), long(ctx), us, bytes / us * 1e-3,
-                  bytes / us * 1e-3 / bench::kCopyGbS * 100);
+                  bytes / us * 1e-3 / bench::copy_gbs() * 100);
     }
   }
   std::printf("prefill (causal, no cached prefix)\n%6s %7s | %9s %9s %6s\n", "seqs", "length", "us", "TFLOP/s", "%peak");

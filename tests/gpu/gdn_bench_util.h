@@ -12,11 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "tests/gpu/copy_ceiling.h"
+
 namespace ds::kernels::gpu_bench {
 
-// Device-to-device copy bandwidth of GPU.md's H100 80GB HBM3 (read + write), the ceiling of the
-// memory-bound kernels.
-inline constexpr double kCopyCeilingGBs = 3020.0;
+// The ceiling of the memory-bound kernels: the card's copy bandwidth (copy_ceiling.h).
+using bench::copy_gbs;
 
 inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {

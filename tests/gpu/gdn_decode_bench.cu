@@ -1,6 +1,7 @@
 // GDN decode at batch 1..256: the gated-delta-rule decode kernel alone and the fused decode path
 // (conv + gating + L2 norm + recurrence + gated RMSNorm, 2 launches), as µs and GB/s of state
-// traffic against the floor (fp32 state read once and written once, plus q, k, v) at 3.02 TB/s.
+// traffic against the floor (fp32 state read once and written once, plus q, k, v) at the card's
+// copy bandwidth (measured at start).
 // Each run uses a different set of slots of a pool larger than L2.
 // Usage: gdn_decode_bench
 #include <cuda_runtime.h>
@@ -21,7 +22,7 @@ using ds::kernels::GdnDims;
 using ds::kernels::gpu_bench::check;
 using ds::kernels::gpu_bench::free_all;
 using ds::kernels::gpu_bench::gpu_name_or_skip;
-using ds::kernels::gpu_bench::kCopyCeilingGBs;
+using ds::kernels::gpu_bench::copy_gbs;
 using ds::kernels::gpu_bench::median_us;
 
 void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStream_t stream) {
@@ -67,7 +68,7 @@ void bench(const char* name, const GdnDims& d, int64_t B, double fla_us, cudaStr
   const double bytes = 2.0 * B * state_bytes_per_slot + double(B) * (d.conv_dim() + d.value_dim()) * sizeof(bf16);
   const double gbs = bytes / t_rule * 1e-3;
   std::printf("%-14s B=%-4ld | rule %7.1f us %6.0f GB/s (%3.0f%% of %.2f TB/s; floor %6.1f us)", name, long(B), t_rule,
-              gbs, 100 * gbs / kCopyCeilingGBs, kCopyCeilingGBs / 1000, bytes / kCopyCeilingGBs * 1e-3);
+              gbs, 100 * gbs / copy_gbs(), copy_gbs() / 1000, bytes / copy_gbs() * 1e-3);
   std::printf(" | fused decode %7.1f us | rule per-launch (events) %7.1f us", t_fused, t_rule_event);
   if (fla_us > 0) std::printf(" | FLA (GPU.md) %.0f us", fla_us);
   std::printf("\n");

@@ -6,7 +6,8 @@
 // T <= 64 our W8A8 skinny kernel (x quantized as for cuBLASLt, E4M3 wgmma; its quantize launch
 // included).
 // Prints TFLOP/s (BF16 also against the 790 TFLOP/s BF16 ceiling) and, since small-T GEMMs are
-// weight-bound, GB/s against 3.02 TB/s, counting the bytes a GEMM must move (W, x in BF16, y).
+// weight-bound, GB/s against the card's copy bandwidth (measured at start), counting the bytes a
+// GEMM must move (W, x in BF16, y).
 // Times are per call with 20 calls queued back to back (bench::queued_us), weights rotating over
 // copies larger than L2: the GPU time a call costs inside a forward pass, without launch latency.
 // For T <= 64 the "read us" column is what reading the same weight bytes alone takes (16-byte
@@ -211,15 +212,15 @@ int main(int argc, char** argv) {
           "%8.1f %8.0f %5.1f%% %8.1f | %9.1f %5.1f%% | %9.1f %5.1f%% %9.1f %5.1f%% | %9.1f %5.1f%% %9.1f %5.1f%% %9.1f "
           "%5.1f%% | %s | %s%s%s\n",
           p.model, p.name, long(p.N), long(p.K), long(T), us, tflops(us), tflops(us) / bench::kPeakBf16TflopS * 100,
-          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::kCopyGbS * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
-          tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::kCopyGbS * 100, us_w8a16,
-          tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::kCopyGbS * 100, us_read8,
-          us_w8a8_skinny, gbs(fp8_bytes, us_w8a8_skinny) / bench::kCopyGbS * 100, after_norm_bf16,
-          gbs(bf16_bytes, after_norm_bf16) / bench::kCopyGbS * 100, after_norm_fp8,
-          gbs(fp8_bytes, after_norm_fp8) / bench::kCopyGbS * 100, graph_bf16,
-          gbs(bf16_bytes, graph_bf16) / bench::kCopyGbS * 100, graph_fp8,
-          gbs(fp8_bytes, graph_fp8) / bench::kCopyGbS * 100, graph_norm_fp8,
-          gbs(fp8_bytes, graph_norm_fp8) / bench::kCopyGbS * 100, bf16_skinny ? "skinny" : "cublaslt",
+          gbs(bf16_bytes, us), gbs(bf16_bytes, us) / bench::copy_gbs() * 100, us_cublaslt, us_skinny, us_read, us_w8a8,
+          tflops(us_w8a8), gbs(fp8_bytes, us_w8a8), gbs(fp8_bytes, us_w8a8) / bench::copy_gbs() * 100, us_w8a16,
+          tflops(us_w8a16), gbs(fp8_bytes, us_w8a16), gbs(fp8_bytes, us_w8a16) / bench::copy_gbs() * 100, us_read8,
+          us_w8a8_skinny, gbs(fp8_bytes, us_w8a8_skinny) / bench::copy_gbs() * 100, after_norm_bf16,
+          gbs(bf16_bytes, after_norm_bf16) / bench::copy_gbs() * 100, after_norm_fp8,
+          gbs(fp8_bytes, after_norm_fp8) / bench::copy_gbs() * 100, graph_bf16,
+          gbs(bf16_bytes, graph_bf16) / bench::copy_gbs() * 100, graph_fp8,
+          gbs(fp8_bytes, graph_fp8) / bench::copy_gbs() * 100, graph_norm_fp8,
+          gbs(fp8_bytes, graph_norm_fp8) / bench::copy_gbs() * 100, bf16_skinny ? "skinny" : "cublaslt",
           cuda::to_string(auto_path), t_pad != T ? (" (w8a8 T_pad=" + std::to_string(t_pad) + ")").c_str() : "",
           T <= 64
               ? (" | autotune bf16: " + bf16_tuned + "; fp8: " + fp8_tuned + "; fp8 rows: " + fp8_rows_tuned).c_str()

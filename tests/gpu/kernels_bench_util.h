@@ -1,5 +1,6 @@
 // Helpers for the kernel microbenchmarks: checked CUDA calls, median timing with CUDA events, and
-// the H100 ceilings of /work/shared/GPU.md.
+// the ceilings: BF16 GEMM peak (H100's, measured; the H200 has the same SMs and clocks) and the
+// card's copy bandwidth, measured at run time (copy_ceiling.h).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,11 +15,11 @@
 #include <vector>
 
 #include "kernels/common.h"
+#include "tests/gpu/copy_ceiling.h"
 
 namespace ds::kernels::bench {
 
 inline constexpr double kPeakBf16TflopS = 790.0;  // measured dense BF16 GEMM ceiling (H100 80GB HBM3)
-inline constexpr double kCopyGbS = 3020.0;        // measured device-to-device copy (read + write)
 
 // Token counts from a command-line argument "T,T,..." (each in [1, max]), or `fallback` when
 // `arg` is null; exits with status 2 and a message naming `program` on anything else.

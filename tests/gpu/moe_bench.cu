@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
     const double matrix_elems = hit * 3.0 * double(Ie * H) + 3.0 * double(Is * H);
     const double bytes = (matrix_elems + double(E * H)) * 2.0, bytes8 = matrix_elems + double(E * H) * 2.0;
     std::printf("%6ld | %9.1f %12.1f %9.0f %5.1f%% | %9.1f %9.0f %5.1f%% | %11.1f %11.1f\n", long(T), us, hit,
-                bytes / us * 1e-3, bytes / us * 1e-3 / bench::kCopyGbS * 100, us8, bytes8 / us8 * 1e-3,
-                bytes8 / us8 * 1e-3 / bench::kCopyGbS * 100, us8_rows, us8_rows_graph);
+                bytes / us * 1e-3, bytes / us * 1e-3 / bench::copy_gbs() * 100, us8, bytes8 / us8 * 1e-3,
+                bytes8 / us8 * 1e-3 / bench::copy_gbs() * 100, us8_rows, us8_rows_graph);
     cudaFree(x);
     cudaFree(out);
   }

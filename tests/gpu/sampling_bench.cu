@@ -48,7 +48,8 @@ int main() {
         },
         3, 20);
     const double bytes = double(rows * vocab) * 4;
-    std::printf("%-24s | %9.1f %9.0f %5.1f%%\n", c.name, us, bytes / us * 1e-3, bytes / us * 1e-3 / bench::kCopyGbS * 100);
+    std::printf("%-24s | %9.1f %9.0f %5.1f%%\n", c.name, us, bytes / us * 1e-3,
+                bytes / us * 1e-3 / bench::copy_gbs() * 100);
   }
   return 0;
 }
