@@ -72,8 +72,15 @@ struct Tile {
   static constexpr size_t kSmemBytes = size_t(kQChunks + 4 * kKvChunks) * 16;  // Q, K×2, V×2
 };
 
-// Where a thread's share of a K/V tile comes from: the same 16-byte chunk column of every
-// kThreads / kChunks-th key row, so the per-block parts of a row's cache offset are computed once.
+// A thread's share of a K/V tile: the same 16-byte chunk column of every kThreads / kChunks-th key
+// row (kv_chunk_column), so the per-block parts of a row's cache offset are computed once (KvSource).
+template <int D>
+__device__ __forceinline__ int kv_chunk_column() {
+  constexpr int kChunks = D / 8;
+  static_assert(kThreads % kChunks == 0, "a pass of the block's threads covers whole key rows");
+  return threadIdx.x % kChunks;
+}
+
 struct KvSource {
   const int32_t* pages;  // this sequence's page table row
   int64_t page_stride;   // elements per page (all KV heads)
@@ -82,22 +89,22 @@ struct KvSource {
 
 template <int D>
 __device__ __forceinline__ KvSource kv_source(const Params& p, int64_t s, int64_t kv_head) {
-  const int chunk = threadIdx.x % (D / 8);
   return {p.page_table + s * p.max_pages_per_seq, p.num_kv_heads * p.page_size * D,
-          kv_head * p.page_size * D + chunk * 8};
+          kv_head * p.page_size * D + kv_chunk_column<D>() * 8};
 }
 
 // cp.async of keys [j0, j0 + BC) into one K and one V stage; rows at or past kv_end are
-// zero-filled. A row's page and slot cost a shift and a mask (one division where page_size is
-// not a power of two), once per row rather than once per chunk: the index math had been ~40% of
-// the prefill kernel's instructions (ncu on the H200, 1 × 4096 tokens).
+// zero-filled. A row's page and slot cost a 32-bit shift and mask (a division and a modulo where
+// page_size is not a power of two) and its offset one multiply-add: the 64-bit division, modulo
+// and nested offset products per chunk had been ~40% of the prefill kernel's instructions (ncu on
+// the H200, 1 × 4096 tokens).
 template <int D, int BC>
 __device__ __forceinline__ void load_kv_tile(const Params& p, const KvSource& src, int64_t j0, int64_t kv_end,
                                              uint4* k_stage, uint4* v_stage) {
   constexpr int kChunks = Tile<D, BC>::kChunks;
   constexpr int kRowsPerPass = kThreads / kChunks;
-  static_assert(kThreads % kChunks == 0 && BC % kRowsPerPass == 0, "passes cover the tile");
-  const int chunk = threadIdx.x % kChunks, row0 = threadIdx.x / kChunks;
+  static_assert(BC % kRowsPerPass == 0, "passes cover the tile");
+  const int chunk = kv_chunk_column<D>(), row0 = threadIdx.x / kChunks;
 #pragma unroll
   for (int pass = 0; pass < BC / kRowsPerPass; ++pass) {
     const int row = row0 + pass * kRowsPerPass;

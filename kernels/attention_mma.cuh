@@ -99,11 +99,12 @@ __device__ __forceinline__ int b_fragment_chunk(int lane, int n0, int chunk0, in
   return swizzled_chunk(n0 + (lane & 7) + ((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1), chunks_per_row);
 }
 
-// A lane's ldmatrix addresses into a swizzled tile, for fragments whose first row is a multiple of
-// 8 and whose k-step `step` covers chunks 2·step and 2·step + 1: the swizzle's XOR then depends only
-// on the lane and step % 4, so the four chunk offsets are computed once and each fragment's address
-// is one of them plus compile-time offsets (in unrolled loops, no XOR and shifts per ldmatrix: in the
-// attention kernel they had been a third of a key tile's instructions).
+// A lane's ldmatrix addresses into a swizzled tile (chunks_per_row a multiple of 8), for fragments
+// whose first row is a multiple of 8 and whose k-step `step` covers chunks 2·step and 2·step + 1:
+// the swizzle's XOR then depends only on the lane and step % 4, so the four chunk offsets are
+// computed once and each fragment's address is one of them plus compile-time offsets (in unrolled
+// loops, no XOR and shifts per ldmatrix: in the attention kernel they had been a third of a key
+// tile's instructions).
 struct FragmentLanes {
   uint32_t row_base;         // shared address of the lane's row in a fragment at row 0
   uint32_t chunk_offset[4];  // bytes: ((2·(step % 4) + half) ^ (row & 7)) chunks
