@@ -12,19 +12,14 @@
 #include <string>
 #include <vector>
 
-#include "tests/gpu/copy_ceiling.h"
+#include "tests/gpu/kernels_bench_util.h"
 
 namespace ds::kernels::gpu_bench {
 
-// The ceiling of the memory-bound kernels: the card's copy bandwidth (copy_ceiling.h).
+// Checked CUDA calls and the ceiling of the memory-bound kernels (the card's copy bandwidth), as
+// the other kernel benchmarks have them.
+using bench::check;
 using bench::copy_gbs;
-
-inline void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(err));
-    std::exit(1);
-  }
-}
 
 // The name of GPU 0; without a visible GPU the benchmark reports itself skipped (exit code 77).
 inline std::string gpu_name_or_skip() {
